@@ -1,0 +1,51 @@
+# The two commands a new machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+INTEROP := tests/interop
+NODE_STAMP := $(INTEROP)/node_modules/.installed
+
+.PHONY: install install-node run test test-fast lint fmt types check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# npm ci installs exactly the committed lockfile. A lock written by npm 11 may list only the
+# linux builds of optional native packages; npm ci then refuses it and npm install, which
+# honours the same lock, is the fallback.
+$(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	cd $(INTEROP) && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
+	touch $@
+
+install-node: $(NODE_STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/gateway serve --config gateway.toml
+
+test: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not interop"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway tests
+	$(VENV)/bin/ruff format --check gateway tests
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format gateway tests
+	$(VENV)/bin/ruff check --fix gateway tests
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint types test
+
+clean:
+	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache

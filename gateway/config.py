@@ -1,0 +1,243 @@
+"""Configuration: frozen dataclasses loaded from TOML, overridden by environment and flags.
+
+Precedence, lowest first: built-in defaults < the TOML file < ``GATEWAY_<SECTION>_<KEY>``
+environment variables < command-line flags. Every key is validated once, here; the rest of
+the program only sees typed values. Unknown keys and wrong types are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def default_data_dir() -> str:
+    """``$STATE_DIRECTORY`` under systemd (``StateDirectory=``), else ``./var``."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may pass several colon-separated directories; the first is ours.
+        return state.split(":")[0]
+    return "var"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    # websockets protocol-level keepalive; the LiveStore client also pings at the RPC layer.
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    # Time allowed for the opening handshake and for an idle HTTP keep-alive connection.
+    open_timeout: float = 10.0
+    http_keepalive_timeout: float = 5.0
+    close_timeout: float = 5.0
+    # Answer browser CORS preflights for the HTTP transport with Access-Control-Allow-Origin.
+    cors_allow_origin: str = "*"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    data_dir: str = field(default_factory=default_data_dir)
+    # SQLite synchronous mode; "full" makes every acked push survive power loss.
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    # Largest inbound WebSocket message / HTTP body. The client pushes at most ~900 KB.
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Bytes queued for one connection before it is evicted as a slow consumer (close 1013).
+    send_buffer_limit: int = 8 * 1024 * 1024
+    # Catch-up chunks sent ahead of the client's Acks for one pull (flow control, spec §5.6).
+    catchup_window: int = 8
+    max_store_id_length: int = 256
+    # Largest decoded sync payload (the `payload` URL parameter), in bytes.
+    max_payload_bytes: int = 16 * 1024
+    # Concurrent requests (pulls + pushes) in flight on one WebSocket connection.
+    max_requests_per_connection: int = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "limits": LimitsConfig,
+    "log": LogConfig,
+}
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
+    """Check ``value`` against ``annotation``; environment strings are parsed first."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        allowed = [a for a in args if a is not type(None)]
+        if type(None) in args and (
+            value is None or (from_env and str(value).lower() in {"", "none", "off"})
+        ):
+            return None
+        (inner,) = allowed
+        return _coerce(key, value, inner, from_env=from_env)
+    if annotation is bool:
+        if from_env and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected a boolean, got {type(value).__name__}")
+    if annotation is int:
+        if from_env and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__}")
+    if annotation is float:
+        if from_env and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {type(value).__name__}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _validate(config: Config) -> Config:
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    if config.store.backend not in {"sqlite"}:
+        raise ConfigError(f"store.backend: unknown backend {config.store.backend!r} (sqlite)")
+    if config.store.synchronous not in {"full", "normal", "extra"}:
+        raise ConfigError("store.synchronous: one of full, normal, extra")
+    limits = config.limits
+    if limits.max_message_bytes < 1024 * 1024:
+        raise ConfigError("limits.max_message_bytes: must be at least 1 MiB (spec §9)")
+    for name in (
+        "send_buffer_limit",
+        "catchup_window",
+        "max_store_id_length",
+        "max_payload_bytes",
+        "max_requests_per_connection",
+    ):
+        if getattr(limits, name) < 1:
+            raise ConfigError(f"limits.{name}: must be positive")
+    if config.log.level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("log.level: one of debug, info, warning, error")
+    return config
+
+
+def build_config(
+    file_data: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Merge file, environment and explicit overrides (in that order) into a valid Config."""
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for section, values in (file_data or {}).items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}]: expected a table")
+        types_ = _field_types(_SECTIONS[section])
+        for key, value in values.items():
+            if key not in types_:
+                raise ConfigError(f"{section}.{key}: unknown key")
+            sections[section][key] = _coerce(f"{section}.{key}", value, types_[key], from_env=False)
+    for name, value in (env or {}).items():
+        if not name.startswith("GATEWAY_"):
+            continue
+        rest = name[len("GATEWAY_") :].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS:
+            continue
+        types_ = _field_types(_SECTIONS[section])
+        if key not in types_:
+            raise ConfigError(f"{name}: unknown key {section}.{key}")
+        sections[section][key] = _coerce(name, value, types_[key], from_env=True)
+    for section, values in (overrides or {}).items():
+        types_ = _field_types(_SECTIONS[section])
+        for key, value in values.items():
+            sections[section][key] = _coerce(f"{section}.{key}", value, types_[key], from_env=False)
+    built = Config(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
+    return _validate(built)
+
+
+def load_config(
+    path: str | Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read ``path`` (TOML) if given, then apply the environment and ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return build_config(data, os.environ if env is None else env, overrides)
+
+
+def make_config(**flat: Any) -> Config:
+    """Build a Config from flat keyword overrides (``port=0, data_dir=...``); for tests.
+
+    Each keyword names a key of exactly one section. The host defaults to 127.0.0.1 and the
+    port to 0 so every test server gets a free port.
+    """
+    flat.setdefault("host", "127.0.0.1")
+    flat.setdefault("port", 0)
+    overrides: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in flat.items():
+        owners = [s for s, cls in _SECTIONS.items() if key in _field_types(cls)]
+        if len(owners) != 1:
+            raise ConfigError(f"make_config: unknown or ambiguous key {key!r}")
+        overrides[owners[0]][key] = value
+    return build_config(None, {}, overrides)
+
+
+def as_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data (for ``check-config``)."""
+    return dataclasses.asdict(config)

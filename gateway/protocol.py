@@ -1,0 +1,429 @@
+"""Wire protocol of ``@livestore/sync-cf`` 0.4.0: pure decoding and encoding, no I/O.
+
+Inbound frames are Effect-RPC JSON messages (spec §4); they are decoded into small frozen
+dataclasses. Outbound frames are built as ``bytes`` directly, because the hot path (live
+fan-out, catch-up) splices already-encoded events instead of re-serialising them: an event is
+encoded once when it is pushed, stored as those bytes, and copied verbatim into every
+``PullResponse`` that carries it.
+
+Error vocabulary:
+
+- :class:`FrameError`: the frame itself is unusable (not JSON, not an object, a numeric id).
+  Answered with a connection-level ``Defect`` frame.
+- :class:`PayloadError`: a ``Request`` whose payload does not match the RPC schema.
+  Answered with ``Exit`` / ``Die`` for that request only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+# Limits of the 0.4.0 protocol (spec §9).
+MAX_EVENTS_PER_ITEM: Final = 100
+MAX_ITEM_BYTES: Final = 900_000
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+TAG_WS_PULL: Final = "SyncWsRpc.Pull"
+TAG_WS_PUSH: Final = "SyncWsRpc.Push"
+TAG_HTTP_PULL: Final = "SyncHttpRpc.Pull"
+TAG_HTTP_PUSH: Final = "SyncHttpRpc.Push"
+TAG_HTTP_PING: Final = "SyncHttpRpc.Ping"
+
+
+class FrameError(Exception):
+    """A frame that cannot be interpreted at all; the connection answers with a Defect."""
+
+
+class PayloadError(Exception):
+    """A request payload that fails the RPC schema; that request dies (Exit / Die)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound messages
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: str
+    tag: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A message the server tolerates without answering (Eof, Pong, unknown ``_tag``)."""
+
+    tag: str
+
+
+Inbound = Request | Ack | Interrupt | Ping | Ignored
+
+PING: Final = Ping()
+
+
+def _request_id(message: dict[str, Any], key: str) -> str:
+    value = message.get(key)
+    if isinstance(value, str):
+        return value
+    # Spec §4.2: ids are decimal strings. A numeric id is a protocol violation.
+    raise FrameError(f"{message.get('_tag')}.{key} must be a string, got {_kind(value)}")
+
+
+def decode_frame(data: bytes | str) -> Inbound:
+    """Decode one WebSocket text frame (or an HTTP body) into a message."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise FrameError(f"frame must be a JSON object, got {_kind(message)}")
+    tag = message.get("_tag")
+    if tag == "Ping":
+        return PING
+    if tag == "Request":
+        rpc = message.get("tag")
+        if not isinstance(rpc, str):
+            raise FrameError("Request.tag must be a string")
+        request_id = _request_id(message, "id")
+        payload = message.get("payload")
+        if not isinstance(payload, dict):
+            # The request is addressable, so fail only it.
+            return Request(request_id, rpc, {"__invalid__": _kind(payload)})
+        return Request(request_id, rpc, payload)
+    if tag == "Ack":
+        return Ack(_request_id(message, "requestId"))
+    if tag == "Interrupt":
+        return Interrupt(_request_id(message, "requestId"))
+    if isinstance(tag, str):
+        return Ignored(tag)
+    raise FrameError("frame has no string _tag")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# RPC payloads
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    backend_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    store_id: str
+    live: bool
+    cursor: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A pushed event, validated, with its canonical JSON encoding."""
+
+    seq: int
+    parent: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    store_id: str
+    batch: list[NewEvent]
+    backend_id: str | None
+
+
+def _check_payload(payload: dict[str, Any]) -> None:
+    if "__invalid__" in payload:
+        raise PayloadError(
+            f"Expected an object for the request payload, got {payload['__invalid__']}"
+        )
+
+
+def _store_id(payload: dict[str, Any]) -> str:
+    store_id = payload.get("storeId")
+    if not isinstance(store_id, str):
+        raise PayloadError(f'["storeId"]: expected string, got {_kind(store_id)}')
+    return store_id
+
+
+def _safe_int(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SAFE_INTEGER:
+        return value
+    raise PayloadError(f"{where}: expected a non-negative safe integer, got {_kind(value)}")
+
+
+def _option(value: object, where: str) -> tuple[bool, object]:
+    """Decode an Effect ``Option`` (spec §4.3); returns (is_some, value)."""
+    if not isinstance(value, dict):
+        raise PayloadError(f"{where}: expected an Option, got {_kind(value)}")
+    tag = value.get("_tag")
+    if tag == "None":
+        return False, None
+    if tag == "Some":
+        if "value" not in value:
+            raise PayloadError(f'{where}["value"] is missing')
+        return True, value["value"]
+    raise PayloadError(f'{where}["_tag"]: expected "None" or "Some"')
+
+
+def decode_pull(payload: dict[str, Any], *, http: bool = False) -> PullRequest:
+    """Decode a ``SyncWsRpc.Pull`` / ``SyncHttpRpc.Pull`` payload (spec §5.1)."""
+    _check_payload(payload)
+    store_id = _store_id(payload)
+    if http:
+        live = False
+    else:
+        live_value = payload.get("live")
+        if not isinstance(live_value, bool):
+            raise PayloadError(f'["live"]: expected boolean, got {_kind(live_value)}')
+        live = live_value
+    if "cursor" not in payload:
+        raise PayloadError('["cursor"] is missing')
+    is_some, value = _option(payload["cursor"], '["cursor"]')
+    cursor = None
+    if is_some:
+        if not isinstance(value, dict):
+            raise PayloadError(f'["cursor"]["value"]: expected object, got {_kind(value)}')
+        backend_id = value.get("backendId")
+        if not isinstance(backend_id, str):
+            raise PayloadError('["cursor"]["value"]["backendId"]: expected string')
+        seq = _safe_int(
+            value.get("eventSequenceNumber"), '["cursor"]["value"]["eventSequenceNumber"]'
+        )
+        cursor = Cursor(backend_id, seq)
+    return PullRequest(store_id, live, cursor)
+
+
+_EVENT_STRINGS: Final = ("name", "clientId", "sessionId")
+
+
+def _encode_event(event: object, index: int) -> NewEvent:
+    where = f'["batch"][{index}]'
+    if not isinstance(event, dict):
+        raise PayloadError(f"{where}: expected object, got {_kind(event)}")
+    for key in _EVENT_STRINGS:
+        if not isinstance(event.get(key), str):
+            raise PayloadError(f'{where}["{key}"]: expected string, got {_kind(event.get(key))}')
+    seq = _safe_int(event.get("seqNum"), f'{where}["seqNum"]')
+    parent = _safe_int(event.get("parentSeqNum"), f'{where}["parentSeqNum"]')
+    # Canonical form: the known fields only, `args` kept absent when it was absent.
+    canonical: dict[str, object] = {"name": event["name"]}
+    if "args" in event:
+        canonical["args"] = event["args"]
+    canonical["seqNum"] = seq
+    canonical["parentSeqNum"] = parent
+    canonical["clientId"] = event["clientId"]
+    canonical["sessionId"] = event["sessionId"]
+    return NewEvent(seq, parent, orjson.dumps(canonical))
+
+
+def decode_push(payload: dict[str, Any]) -> PushRequest:
+    """Decode a ``SyncWsRpc.Push`` / ``SyncHttpRpc.Push`` payload (spec §6.1)."""
+    _check_payload(payload)
+    store_id = _store_id(payload)
+    batch = payload.get("batch")
+    if not isinstance(batch, list):
+        raise PayloadError(f'["batch"]: expected array, got {_kind(batch)}')
+    if "backendId" not in payload:
+        raise PayloadError('["backendId"] is missing')
+    is_some, value = _option(payload["backendId"], '["backendId"]')
+    if is_some and not isinstance(value, str):
+        raise PayloadError('["backendId"]["value"]: expected string')
+    events = [_encode_event(event, i) for i, event in enumerate(batch)]
+    return PushRequest(store_id, events, value if is_some else None)  # type: ignore[arg-type]
+
+
+def chain_error(batch: list[NewEvent]) -> str | None:
+    """Why a batch does not chain (spec §6.2 SHOULD), or None when it does.
+
+    Each event must come after its parent, and every later event must name the previous
+    event as its parent. ``seqNum == parentSeqNum + 1`` is deliberately not required.
+    """
+    previous: NewEvent | None = None
+    for index, event in enumerate(batch):
+        if event.seq <= event.parent:
+            return f"batch[{index}]: seqNum {event.seq} must be greater than parentSeqNum"
+        if previous is not None and event.parent != previous.seq:
+            return (
+                f"batch[{index}]: parentSeqNum {event.parent} does not chain from "
+                f"seqNum {previous.seq}"
+            )
+        previous = event
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbound frames
+
+PONG: Final = b'{"_tag":"Pong"}'
+NO_MORE: Final = b'{"_tag":"NoMore"}'
+_META_PREFIX: Final = b'{"_tag":"Some","value":{"_tag":"SyncMessage.SyncMetadata","createdAt":"'
+_META_SUFFIX: Final = b'"}}'
+
+
+def iso_millis(created_ms: int) -> str:
+    """ISO 8601 with milliseconds and ``Z``, as the reference's ``createdAt`` (spec §5.3)."""
+    moment = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created_ms % 1000:03d}Z"
+
+
+def metadata(created_ms: int) -> bytes:
+    return _META_PREFIX + iso_millis(created_ms).encode() + _META_SUFFIX
+
+
+def event_entry(data: bytes, meta: bytes) -> bytes:
+    """One element of ``PullResponse.batch``: the stored event plus its metadata."""
+    return b'{"eventEncoded":' + data + b',"metadata":' + meta + b"}"
+
+
+def more_known(remaining: int) -> bytes:
+    return b'{"_tag":"MoreKnown","remaining":' + str(remaining).encode() + b"}"
+
+
+def pull_item(entries: list[bytes], page_info: bytes, backend_id_json: bytes) -> bytes:
+    """A serialised ``PullResponse`` (spec §5.3)."""
+    return (
+        b'{"batch":['
+        + b",".join(entries)
+        + b'],"pageInfo":'
+        + page_info
+        + b',"backendId":'
+        + backend_id_json
+        + b"}"
+    )
+
+
+# Bytes of a PullResponse around its entries, with the longest pageInfo we emit.
+_ITEM_OVERHEAD: Final = len(pull_item([], more_known(MAX_SAFE_INTEGER), b'""'))
+
+
+def split_pages(entries: list[bytes], backend_id_json: bytes) -> list[list[bytes]]:
+    """Split entries into pages of at most 100 events and 900,000 serialised bytes.
+
+    A single entry larger than the byte limit still gets a page of its own (spec §15.3)
+    rather than failing the pull.
+    """
+    pages: list[list[bytes]] = []
+    current: list[bytes] = []
+    budget = MAX_ITEM_BYTES - _ITEM_OVERHEAD - len(backend_id_json)
+    size = 0
+    for entry in entries:
+        cost = len(entry) + 1  # the separating comma
+        if current and (len(current) >= MAX_EVENTS_PER_ITEM or size + cost > budget):
+            pages.append(current)
+            current = []
+            size = 0
+        current.append(entry)
+        size += cost
+    if current:
+        pages.append(current)
+    return pages
+
+
+def request_id_json(request_id: str) -> bytes:
+    return orjson.dumps(request_id)
+
+
+def chunk_prefix(rid_json: bytes) -> bytes:
+    """The per-request start of a Chunk frame; the rest (:func:`chunk_tail`) can be shared."""
+    return b'{"_tag":"Chunk","requestId":' + rid_json
+
+
+def chunk_tail(item: bytes) -> bytes:
+    return b',"values":[' + item + b"]}"
+
+
+def exit_success_void(rid_json: bytes) -> bytes:
+    return b'{"_tag":"Exit","requestId":' + rid_json + b',"exit":{"_tag":"Success"}}'
+
+
+def exit_success(rid_json: bytes, value: bytes) -> bytes:
+    return (
+        b'{"_tag":"Exit","requestId":'
+        + rid_json
+        + b',"exit":{"_tag":"Success","value":'
+        + value
+        + b"}}"
+    )
+
+
+PUSH_ACK: Final = b"{}"
+HTTP_PONG: Final = b'{"_tag":"SyncMessage.Pong"}'
+
+
+def exit_fail(rid_json: bytes, error: dict[str, Any]) -> bytes:
+    cause = {"_tag": "Fail", "error": error}
+    return (
+        b'{"_tag":"Exit","requestId":'
+        + rid_json
+        + b',"exit":{"_tag":"Failure","cause":'
+        + orjson.dumps(cause)
+        + b"}}"
+    )
+
+
+def exit_die(rid_json: bytes, defect: str) -> bytes:
+    cause = {"_tag": "Die", "defect": defect}
+    return (
+        b'{"_tag":"Exit","requestId":'
+        + rid_json
+        + b',"exit":{"_tag":"Failure","cause":'
+        + orjson.dumps(cause)
+        + b"}}"
+    )
+
+
+def defect(message: str) -> bytes:
+    return orjson.dumps({"_tag": "Defect", "defect": {"name": "Error", "message": message}})
+
+
+def server_ahead(head: int, provided: int) -> dict[str, Any]:
+    return {"_tag": "ServerAheadError", "minimumExpectedNum": head, "providedNum": provided}
+
+
+def backend_mismatch(expected: str, received: str) -> dict[str, Any]:
+    return {"_tag": "BackendIdMismatchError", "expected": expected, "received": received}
+
+
+def unknown_error(message: str, note: str) -> dict[str, Any]:
+    return {"_tag": "UnknownError", "cause": {"name": "Error", "message": message}, "note": note}
+
+
+def store_mismatch(store_id: str) -> dict[str, Any]:
+    """A request naming another store than its URL (the URL's storeId is authoritative)."""
+    return unknown_error(f"storeId {store_id!r} does not match the URL's storeId", "store mismatch")

@@ -1,0 +1,383 @@
+"""Network glue: one listening socket for the WebSocket and the HTTP transport.
+
+``websockets`` only handles ``GET`` requests, while the HTTP transport POSTs JSON bodies.
+So each accepted TCP connection starts with a tiny sniffer that reads the request method:
+``GET`` connections are handed, bytes and all, to a ``websockets`` ``ServerConnection``
+(handshake hook :meth:`Frontend.process_request`, then :class:`gateway.session.Peer`);
+anything else goes to :class:`gateway.http.HttpConnection`. Both paths parse the sync URL
+with :mod:`gateway.handshake` and run the same ``validate_payload`` hook, and both drive
+the same :class:`gateway.engine.SyncEngine`.
+
+We build the ``websockets`` ``Server`` ourselves instead of calling ``serve()`` because
+``serve()`` owns the protocol factory, and the sniffer must run first. The connection
+handler below mirrors the one in ``websockets.asyncio.server.serve`` (handshake under
+``open_timeout``, then the session), which is why websockets is pinned below 18.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from gateway import __version__
+from gateway.config import Config
+from gateway.engine import SyncEngine
+from gateway.handshake import (
+    Admission,
+    NotSync,
+    PayloadContext,
+    Refusal,
+    SyncTarget,
+    ValidatePayload,
+    parse_target,
+    redact_target,
+)
+from gateway.http import HttpConnection, HttpResponse, handle_http_request
+from gateway.session import Peer
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+
+logger = logging.getLogger("gateway.server")
+
+SERVER_HEADER = f"gateway/{__version__}"
+INFO_TEXT = "Info: gateway sync endpoint for @livestore/sync-cf 0.4.0 clients.\n"
+# Longest request method we wait for before deciding how to route a connection.
+_MAX_METHOD = 16
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+class GatewayConnection(ServerConnection):
+    """A ``ServerConnection`` that remembers what its handshake admitted."""
+
+    target: SyncTarget
+    admission: Admission
+
+
+def _response(
+    status: int, body: bytes, content_type: str, *, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            *extra,
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    return _response(refusal.status, refusal.body(), "application/json", extra=refusal.headers)
+
+
+def _wants_websocket(request: Request) -> bool:
+    for value in request.headers.get_all("Upgrade"):
+        if any(token.strip().lower() == "websocket" for token in value.split(",")):
+            return True
+    return False
+
+
+class _Sniffer(asyncio.Protocol):
+    """Reads the first bytes of a connection and hands it to the right protocol."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self._frontend = frontend
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._frontend.config.server.open_timeout, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        space = self._buffer.find(b" ", 0, _MAX_METHOD)
+        if space < 0 and len(self._buffer) < _MAX_METHOD:
+            return
+        assert self._transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        method = bytes(self._buffer[:space]) if space > 0 else b""
+        initial = bytes(self._buffer)
+        self._buffer.clear()
+        if method == b"GET" or space < 0:
+            # websockets answers malformed request lines with a 400 itself.
+            self._frontend.open_websocket(self._transport, initial)
+        else:
+            self._frontend.open_http(self._transport, initial)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class Frontend:
+    """The listening socket and everything that happens before the sync engine."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: SyncEngine,
+        validate_payload: ValidatePayload,
+        ready_check: ReadyCheck,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.validate_payload = validate_payload
+        self.ready_check = ready_check
+        self.ws_server: Server | None = None
+        self.http_connections: set[HttpConnection] = set()
+        self.peers: set[Peer] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        server_config = self.config.server
+
+        async def create_server() -> asyncio.Server:
+            return await loop.create_server(
+                lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
+            )
+
+        quiet = logging.getLogger("gateway.websockets")
+        self.ws_server = Server(create_server, self._handle_websocket, quiet)
+        await self.ws_server
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        assert self.ws_server is not None
+        return self.ws_server.sockets
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; established connections carry on."""
+        self.closing = True
+        if self.ws_server is not None:
+            self.ws_server.server.close()
+
+    async def close(self, timeout: float) -> None:  # noqa: ASYNC109 - bounds several waits
+        """Close peers with 1001 (going away), end HTTP connections, wait for handlers."""
+        self.stop_accepting()
+        for conn in tuple(self.http_connections):
+            conn.shutdown()
+        if self.ws_server is not None:
+            self.ws_server.close(code=1001, reason="server shutting down")
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ws_server.wait_closed()
+            except TimeoutError:
+                logger.warning("connections still open after %.1f s; aborting them", timeout)
+                for connection in tuple(self.ws_server.all_connections):
+                    connection.transport.abort()
+        for conn in tuple(self.http_connections):
+            conn.abort()
+        if self._tasks:
+            await asyncio.wait(tuple(self._tasks), timeout=timeout)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def open_websocket(self, transport: asyncio.Transport, initial: bytes) -> None:
+        assert self.ws_server is not None
+        server_config = self.config.server
+        protocol = ServerProtocol(
+            max_size=self.config.limits.max_message_bytes,
+            logger=logging.getLogger("gateway.websockets"),
+        )
+        connection = GatewayConnection(
+            protocol,
+            self.ws_server,
+            ping_interval=server_config.ping_interval,
+            ping_timeout=server_config.ping_timeout,
+            close_timeout=server_config.close_timeout,
+        )
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        connection.data_received(initial)
+
+    def open_http(self, transport: asyncio.Transport, initial: bytes) -> None:
+        conn = HttpConnection(self, transport)
+        self.http_connections.add(conn)
+        transport.set_protocol(conn)
+        conn.data_received(initial)
+
+    # -- WebSocket ------------------------------------------------------------------------
+
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """The handshake hook: answer plain GETs, refuse bad sync requests before 101."""
+        limits = self.config.limits
+        target = parse_target(
+            request.path,
+            max_store_id_length=limits.max_store_id_length,
+            max_payload_bytes=limits.max_payload_bytes,
+        )
+        if isinstance(target, NotSync):
+            return await self.plain_get(target.path)
+        if isinstance(target, Refusal):
+            return refusal_response(target)
+        if target.transport != "ws":
+            return refusal_response(
+                Refusal(
+                    status=405,
+                    code="METHOD_NOT_ALLOWED",
+                    message="the http transport uses POST",
+                    headers=(("Allow", "POST, OPTIONS"),),
+                )
+            )
+        if not _wants_websocket(request):
+            return refusal_response(
+                Refusal(
+                    status=426,
+                    code="UPGRADE_REQUIRED",
+                    message="transport=ws expects Upgrade: websocket",
+                    headers=(("Upgrade", "websocket"),),
+                )
+            )
+        if self.closing:
+            return refusal_response(
+                Refusal(status=503, code="SHUTTING_DOWN", message="server is shutting down")
+            )
+        context = PayloadContext(
+            store_id=target.store_id,
+            payload=target.payload,
+            transport="ws",
+            headers={name.lower(): value for name, value in request.headers.raw_items()},
+            remote_addr=_remote(connection.remote_address),
+        )
+        decision = await self.validate_payload(context)
+        if isinstance(decision, Refusal):
+            logger.info(
+                "refused ws store=%s path=%s code=%s remote=%s",
+                target.store_id,
+                redact_target(request.path),
+                decision.code,
+                context.remote_addr,
+            )
+            return refusal_response(decision)
+        assert isinstance(connection, GatewayConnection)
+        connection.target = target
+        connection.admission = decision
+        return None
+
+    async def plain_get(self, path: str) -> Response:
+        if path == "/healthz":
+            return _response(200, b"ok\n", "text/plain; charset=utf-8")
+        if path == "/readyz":
+            if not self.closing and await self.ready_check():
+                return _response(200, b"ready\n", "text/plain; charset=utf-8")
+            return refusal_response(
+                Refusal(status=503, code="NOT_READY", message="the store is not reachable")
+            )
+        if path == "/":
+            return _response(200, INFO_TEXT.encode(), "text/plain; charset=utf-8")
+        return refusal_response(Refusal(status=404, code="NOT_FOUND", message="no such endpoint"))
+
+    async def _handle_websocket(self, connection: ServerConnection) -> None:
+        """Mirror of ``serve()``'s handler: handshake under a timeout, then the session."""
+        assert self.ws_server is not None
+        server = self.ws_server
+        try:
+            async with asyncio.timeout(self.config.server.open_timeout):
+                await connection.handshake(self.process_request, None, SERVER_HEADER)
+            if connection.protocol.state is not State.OPEN:
+                connection.transport.abort()
+                return
+            assert isinstance(connection, GatewayConnection)
+            server.all_connections.add(connection)
+            connection.start_keepalive()
+            try:
+                await self._session(connection)
+            except Exception:
+                logger.exception("session failed")
+            finally:
+                server.all_connections.discard(connection)
+                await connection.close()
+        except Exception:
+            connection.transport.abort()
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                server.handler_tasks.discard(task)
+
+    async def _session(self, connection: GatewayConnection) -> None:
+        target, admission = connection.target, connection.admission
+        peer = Peer(
+            connection,
+            target.store_id,
+            self.engine,
+            limits=self.config.limits,
+            spawn=self.spawn,
+        )
+        started = time.monotonic()
+        remote = _remote(connection.remote_address)
+        logger.info(
+            "open transport=ws store=%s subject=%s reason=%s remote=%s",
+            target.store_id,
+            admission.subject,
+            admission.reason,
+            remote,
+        )
+        self.peers.add(peer)
+        try:
+            await peer.run()
+        finally:
+            self.peers.discard(peer)
+            peer.close()
+            logger.info(
+                "close transport=ws store=%s subject=%s code=%s duration=%.1fs "
+                "events_in=%d frames_out=%d remote=%s",
+                target.store_id,
+                admission.subject,
+                connection.close_code,
+                time.monotonic() - started,
+                peer.events_in,
+                peer.frames_out,
+                remote,
+            )
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def handle_http(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, remote: str | None
+    ) -> HttpResponse:
+        return await handle_http_request(self, method, target, headers, body, remote)
+
+
+def _remote(address: object) -> str | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None

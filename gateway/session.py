@@ -1,0 +1,251 @@
+"""One WebSocket peer: reads RPC frames, runs its requests, writes their answers.
+
+Request state is keyed by the request id *of this connection* (two clients may both use
+"0"). Pulls and pushes run as tasks, so the reader keeps answering Pings and taking Acks
+while a catch-up streams or a push waits for the store. Every frame is written without
+awaiting (``broadcast`` on one connection), which keeps frames in the order they were
+produced; the only awaited sends are catch-up chunks, which wait for the socket to drain
+so a large backlog never piles up in memory. A connection whose queued bytes exceed
+``limits.send_buffer_limit`` is evicted (close 1013): its client reconnects and re-pulls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from gateway import protocol
+from gateway.config import LimitsConfig
+from gateway.engine import SyncEngine
+from gateway.hub import Subscription
+from gateway.protocol import (
+    PING,
+    Ack,
+    FrameError,
+    Interrupt,
+    PayloadError,
+    Request,
+)
+from gateway.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER = 1013
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class _Active:
+    """An in-flight request: its task, and for a pull its subscription and Ack window."""
+
+    __slots__ = ("acked", "subscription", "task", "unacked")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.subscription: Subscription | None = None
+        self.unacked = 0
+        self.acked: asyncio.Event | None = None
+
+    def ack(self) -> None:
+        if self.unacked > 0:
+            self.unacked -= 1
+            if self.acked is not None:
+                self.acked.set()
+
+
+class Peer:
+    """The sync session of one WebSocket connection; also its hub ``Outbox``."""
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        store_id: str,
+        engine: SyncEngine,
+        *,
+        limits: LimitsConfig,
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        self.connection = connection
+        self.store_id = store_id
+        self.engine = engine
+        self.limits = limits
+        self._spawn = spawn
+        self._active: dict[str, _Active] = {}
+        self._evicted = False
+        self.events_in = 0
+        self.frames_out = 0
+
+    # -- Outbox ---------------------------------------------------------------------------
+
+    @property
+    def send_limit(self) -> int:
+        return self.limits.send_buffer_limit
+
+    def write(self, frame: bytes) -> None:
+        connection = self.connection
+        if self._evicted or connection.protocol.state is not State.OPEN:
+            return
+        if connection.transport.get_write_buffer_size() > self.limits.send_buffer_limit:
+            self.evict("slow consumer")
+            return
+        broadcast((connection,), frame, text=True)
+        self.frames_out += 1
+
+    def evict(self, reason: str) -> None:
+        if self._evicted:
+            return
+        self._evicted = True
+        logger.warning("evicting store=%s: %s", self.store_id, reason)
+        self._drop_requests()
+        self._spawn(self.connection.close(CLOSE_SLOW_CONSUMER, reason))
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        connection = self.connection
+        while True:
+            try:
+                data = await connection.recv(decode=False)
+            except ConnectionClosed:
+                return
+            self.handle(data)
+
+    def handle(self, data: bytes | str) -> None:
+        try:
+            message = protocol.decode_frame(data)
+        except FrameError as exc:
+            self.write(protocol.defect(str(exc)))
+            return
+        if message is PING:
+            self.write(protocol.PONG)
+        elif isinstance(message, Request):
+            self._start(message)
+        elif isinstance(message, Ack):
+            active = self._active.get(message.request_id)
+            if active is not None:
+                active.ack()
+        elif isinstance(message, Interrupt):
+            self._interrupt(message.request_id)
+        # Anything else (Eof, Pong, unknown tags) is tolerated silently (spec §4.5).
+
+    def _start(self, request: Request) -> None:
+        rid_json = protocol.request_id_json(request.id)
+        if request.id in self._active:
+            self.write(protocol.exit_die(rid_json, f"request id {request.id} is already in use"))
+            return
+        if request.tag == protocol.TAG_WS_PULL:
+            runner = self._pull
+        elif request.tag == protocol.TAG_WS_PUSH:
+            runner = self._push
+        else:
+            self.write(protocol.exit_die(rid_json, f"Unknown request tag: {request.tag}"))
+            return
+        if len(self._active) >= self.limits.max_requests_per_connection:
+            self.write(protocol.exit_die(rid_json, "too many concurrent requests"))
+            return
+        active = _Active()
+        self._active[request.id] = active
+        task = asyncio.get_running_loop().create_task(runner(request, rid_json, active))
+        active.task = task
+        task.add_done_callback(lambda t: self._finished(request.id, active, t))
+
+    def _finished(self, request_id: str, active: _Active, task: asyncio.Task[None]) -> None:
+        active.task = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("request failed store=%s", self.store_id, exc_info=task.exception())
+        # A live pull stays registered after its catch-up task ends.
+        subscription = active.subscription
+        ended = subscription is None or subscription.closed
+        if ended and self._active.get(request_id) is active:
+            del self._active[request_id]
+
+    def _interrupt(self, request_id: str) -> None:
+        active = self._active.pop(request_id, None)
+        if active is None:
+            return
+        if active.subscription is not None:
+            self.engine.hub.unsubscribe(active.subscription)
+        if active.task is not None:
+            active.task.cancel()
+
+    def _drop_requests(self) -> None:
+        for request_id in tuple(self._active):
+            self._interrupt(request_id)
+
+    def close(self) -> None:
+        """The connection is gone: drop subscriptions and stop request tasks."""
+        self._drop_requests()
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _pull(self, request: Request, rid_json: bytes, active: _Active) -> None:
+        try:
+            pull = protocol.decode_pull(request.payload)
+        except PayloadError as exc:
+            self.write(protocol.exit_die(rid_json, str(exc)))
+            return
+        if pull.store_id != self.store_id:
+            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(pull.store_id)))
+            return
+        subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
+        active.subscription = subscription
+        try:
+            opened = await self.engine.open_pull(pull, subscription)
+            if isinstance(opened, dict):
+                active.subscription = None
+                self.write(protocol.exit_fail(rid_json, opened))
+                return
+            prefix = protocol.chunk_prefix(rid_json)
+            window = self.limits.catchup_window
+            async for item in self.engine.backlog_items(opened):
+                while active.unacked >= window:
+                    if active.acked is None:
+                        active.acked = asyncio.Event()
+                    active.acked.clear()
+                    await active.acked.wait()
+                active.unacked += 1
+                if self._evicted:
+                    return
+                # Awaiting the drain paces the backlog to what the socket takes.
+                await self.connection.send(prefix + protocol.chunk_tail(item), text=True)
+                self.frames_out += 1
+        except ConnectionClosed:
+            return
+        except StoreError as exc:
+            # An UnknownError on a pull would stop the client's pull loop for good (spec
+            # §7.3); closing makes it reconnect and pull again instead.
+            logger.error("pull failed store=%s: %s", self.store_id, exc)
+            if subscription is not None:
+                self.engine.hub.unsubscribe(subscription)
+            self._spawn(self.connection.close(CLOSE_INTERNAL_ERROR, "storage unavailable"))
+            return
+        except BaseException:
+            if subscription is not None:
+                self.engine.hub.unsubscribe(subscription)
+            raise
+        if subscription is not None:
+            active.acked = None
+            subscription.go_live()
+        else:
+            self.write(protocol.exit_success_void(rid_json))
+
+    async def _push(self, request: Request, rid_json: bytes, active: _Active) -> None:
+        try:
+            push = protocol.decode_push(request.payload)
+        except PayloadError as exc:
+            self.write(protocol.exit_die(rid_json, str(exc)))
+            return
+        if push.store_id != self.store_id:
+            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(push.store_id)))
+            return
+        error = await self.engine.push(push)
+        if error is None:
+            self.events_in += len(push.batch)
+            self.write(protocol.exit_success(rid_json, protocol.PUSH_ACK))
+        else:
+            self.write(protocol.exit_fail(rid_json, error))

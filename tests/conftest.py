@@ -1,0 +1,88 @@
+"""Shared fixtures: a real gateway on 127.0.0.1:0 with its SQLite log in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import orjson
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import Config, make_config
+
+# Every wait in the suite is a multiple of this unit, so a slow CI box can scale them up.
+TIMEOUT_UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def sync_query(store_id: str, *, payload: object = None, transport: str = "ws") -> str:
+    """The query string the real 0.4.0 client builds (spec §2.1), payload double-encoded."""
+    params = [("storeId", store_id)]
+    if payload is not None:
+        params.append(("payload", quote(orjson.dumps(payload).decode(), safe="")))
+    params.append(("transport", transport))
+    return urlencode(params)
+
+
+class GatewayHarness:
+    """A running in-process gateway plus helpers to build client URLs and restart it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.gw = Gateway(config)
+
+    @property
+    def port(self) -> int:
+        return self.gw.port
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ws_url(self, store_id: str, *, payload: object = None, path: str = "/") -> str:
+        return f"ws://{self.base}{path}?{sync_query(store_id, payload=payload)}"
+
+    def http_url(self, store_id: str, *, payload: object = None, path: str = "/") -> str:
+        query = sync_query(store_id, payload=payload, transport="http")
+        return f"http://{self.base}{path}?{query}"
+
+    async def start(self) -> None:
+        await self.gw.start()
+
+    async def stop(self) -> None:
+        await self.gw.stop()
+
+    async def restart(self) -> None:
+        """Stop the server and start a new one on the same data directory (a new port)."""
+        await self.gw.stop()
+        self.gw = Gateway(self.config)
+        await self.gw.start()
+
+
+@pytest.fixture(name="make_gateway")
+async def _make_gateway(tmp_path: Path) -> AsyncIterator[object]:
+    """Factory: ``await make_gateway(**config_overrides)`` starts a gateway; all are stopped after."""
+    started: list[GatewayHarness] = []
+
+    async def factory(**overrides: object) -> GatewayHarness:
+        overrides.setdefault("data_dir", str(tmp_path / f"data{len(started)}"))
+        harness = GatewayHarness(make_config(**overrides))
+        await harness.start()
+        started.append(harness)
+        return harness
+
+    yield factory
+    for harness in started:
+        await harness.stop()
+
+
+@pytest.fixture(name="gateway")
+async def _gateway(make_gateway: object) -> GatewayHarness:
+    """A gateway with default development settings on 127.0.0.1:0."""
+    return await make_gateway()  # type: ignore[operator, no-any-return]

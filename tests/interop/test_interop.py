@@ -1,0 +1,613 @@
+"""End-to-end interop: the real, unmodified LiveStore 0.4.0 npm client against the gateway.
+
+Each test starts the gateway as a subprocess (``python -m gateway serve --port 0``), parses the one
+``listening on ws://HOST:PORT`` line it prints on stderr, and drives one or more long-running Node
+client processes (``client.mjs``: a full LiveStore store with ``@livestore/adapter-node`` and the
+``makeWsSync`` / ``makeHttpSync`` backends of ``@livestore/sync-cf``) through JSON lines on their
+stdin/stdout. Nothing here sleeps to synchronise: every wait is on an output line, with a timeout.
+
+Needs ``node`` (20+) and ``npm ci`` in tests/interop. Without them the tests are skipped, except
+under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
+
+INTEROP_DIR = Path(__file__).resolve().parent
+REPO_ROOT = INTEROP_DIR.parent.parent
+CLIENT_SCRIPT = INTEROP_DIR / "client.mjs"
+
+# Every wait scales with this, so a slow CI box can stretch them (same knob as tests/conftest.py).
+UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
+
+LISTENING_RE = re.compile(r"listening on ws://(?P<host>[^\s:]+|\[[^\]]+\]):(?P<port>\d+)")
+
+# Lines of a child's stderr kept for failure messages.
+LOG_TAIL = 300
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _prerequisites_problem() -> str | None:
+    node = shutil.which("node")
+    if node is None:
+        return "node is not on PATH"
+    if not (INTEROP_DIR / "node_modules" / "@livestore" / "sync-cf").is_dir():
+        return "tests/interop/node_modules is missing (run `npm ci` in tests/interop)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _interop_prerequisites() -> None:
+    problem = _prerequisites_problem()
+    if problem is None:
+        return
+    if _in_ci():
+        pytest.fail(f"interop prerequisites missing under CI: {problem}")
+    pytest.skip(problem)
+
+
+async def _drain(stream: asyncio.StreamReader, sink: deque[str]) -> None:
+    while True:
+        line = await stream.readline()
+        if not line:
+            return
+        sink.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> int:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway subprocess
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` on 127.0.0.1 with a data dir; restartable on the same port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.log: deque[str] = deque(maxlen=LOG_TAIL)
+        self._drains: list[asyncio.Task[None]] = []
+        self.generation = 0
+
+    def ws_url(self, path: str = "/") -> str:
+        return f"ws://{self.host}:{self.port}{path}"
+
+    def http_url(self, path: str = "/") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(list(self.log)[-n:])
+
+    async def start(self, port: int = 0, timeout: float = 20.0) -> None:
+        assert self.proc is None, "already running"
+        self.generation += 1
+        self.log.append(f"--- gateway start #{self.generation} (port {port}) ---")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir),
+            cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._drains.append(asyncio.create_task(_drain(self.proc.stdout, self.log)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout * UNIT
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self.stop()
+                pytest.fail(
+                    f"gateway did not print 'listening on ws://HOST:PORT' within {timeout} s:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                raw = await asyncio.wait_for(self.proc.stderr.readline(), remaining)
+            except TimeoutError:
+                continue
+            if not raw:
+                code = await self.proc.wait()
+                await self._finish()
+                pytest.fail(
+                    f"gateway exited with code {code} before it was ready:\n{self.log_tail()}"
+                )
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.log.append(line)
+            match = LISTENING_RE.search(line)
+            if match:
+                self.host = match["host"]
+                self.port = int(match["port"])
+                break
+        assert self.port > 0, f"gateway reported port {self.port}"
+        if port:
+            assert self.port == port, f"asked for port {port}, gateway listens on {self.port}"
+        self._drains.append(asyncio.create_task(_drain(self.proc.stderr, self.log)))
+
+    async def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM (then SIGKILL after ``grace`` s); returns the exit code."""
+        if self.proc is None:
+            return 0
+        code = await _stop_process(self.proc, grace=grace * UNIT)
+        self.log.append(f"--- gateway #{self.generation} exited with {code} ---")
+        await self._finish()
+        return code
+
+    async def _finish(self) -> None:
+        for task in self._drains:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+        self._drains.clear()
+        self.proc = None
+
+    async def restart(self) -> None:
+        """Stop, then start a new process on the SAME port and data dir."""
+        port = self.port
+        code = await self.stop()
+        assert code == 0, f"gateway exited with {code} on SIGTERM:\n{self.log_tail()}"
+        await self.start(port=port)
+
+
+# ---------------------------------------------------------------------------------------------
+# A Node LiveStore client subprocess
+
+
+class ClientError(AssertionError):
+    pass
+
+
+class NodeClient:
+    """One ``node client.mjs`` process: a full LiveStore store synced with the gateway."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.stderr: deque[str] = deque(maxlen=LOG_TAIL)
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.ready_info: dict[str, Any] = {}
+        self._ids = itertools.count(1)
+        self._fatal: str | None = None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._drains = [
+            asyncio.create_task(self._read_stdout(proc.stdout)),
+            asyncio.create_task(_drain(proc.stderr, self.stderr)),
+        ]
+
+    @classmethod
+    async def start(
+        cls,
+        name: str,
+        *,
+        url: str,
+        store_id: str,
+        transport: str = "ws",
+        blocking_initial_sync: bool = False,
+        extra_args: tuple[str, ...] = (),
+        ready_timeout: float = 30.0,
+    ) -> NodeClient:
+        args = [
+            str(CLIENT_SCRIPT),
+            "--url",
+            url,
+            "--store-id",
+            store_id,
+            "--client-id",
+            name,
+            "--transport",
+            transport,
+            "--boot-timeout",
+            str(int(20 * UNIT)),
+            "--max-lifetime",
+            str(int(110 * UNIT)),
+            *(("--blocking-initial-sync",) if blocking_initial_sync else ()),
+            *extra_args,
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            *args,
+            cwd=INTEROP_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Dumps of 1,000 rows plus their events are one long JSON line.
+            limit=64 * 1024 * 1024,
+        )
+        client = cls(name, proc)
+        try:
+            client.ready_info = await client._expect(
+                lambda ev: ev.get("event") == "ready", ready_timeout, "ready"
+            )
+        except BaseException:
+            await client.kill()
+            raise
+        return client
+
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace").strip()
+            try:
+                event = json.loads(line)
+            except ValueError:
+                self.stderr.append(f"[stdout] {line}")
+                continue
+            if not isinstance(event, dict):
+                self.stderr.append(f"[stdout] {line}")
+                continue
+            if event.get("event") == "fatal":
+                self._fatal = str(event.get("error"))
+            await self.events.put(event)
+        await self.events.put({"event": "eof"})
+
+    def describe(self, n: int = 40) -> str:
+        tail = "\n".join(list(self.stderr)[-n:])
+        return f"client {self.name} (exit code {self.proc.returncode}); stderr tail:\n{tail}"
+
+    async def _expect(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout * UNIT
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ClientError(f"{self.name}: no {what} within {timeout} s\n{self.describe()}")
+            try:
+                event = await asyncio.wait_for(self.events.get(), remaining)
+            except TimeoutError:
+                continue
+            if event.get("event") == "fatal":
+                raise ClientError(f"{self.name}: fatal: {event.get('error')}\n{self.describe()}")
+            if event.get("event") == "eof":
+                await self.events.put(event)  # keep reporting EOF to later waits
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 5)
+                raise ClientError(
+                    f"{self.name}: exited while waiting for {what}"
+                    f"{': ' + self._fatal if self._fatal else ''}\n{self.describe()}"
+                )
+            if match(event):
+                return event
+
+    async def cmd(self, cmd: str, *, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+        """Send one command and return its ``ok`` reply; an ``error`` reply raises."""
+        if self.proc.returncode is not None or self.proc.stdin is None:
+            raise ClientError(f"{self.name}: process is gone\n{self.describe()}")
+        request_id = next(self._ids)
+        line = json.dumps({"id": request_id, "cmd": cmd, **params}) + "\n"
+        self.proc.stdin.write(line.encode())
+        await self.proc.stdin.drain()
+        # Give the client's own timeout (if any) the first chance to answer.
+        own = float(params.get("timeout", 0))
+        reply = await self._expect(
+            lambda ev: ev.get("id") == request_id, max(timeout, own + 10), f"reply to {cmd}"
+        )
+        if reply.get("event") != "ok":
+            raise ClientError(
+                f"{self.name}: {cmd} failed: {reply.get('error')}\n"
+                f"state: {json.dumps({k: v for k, v in reply.items() if k != 'error'})}\n"
+                f"{self.describe()}"
+            )
+        return reply
+
+    # Convenience wrappers -------------------------------------------------------------------
+
+    async def commit(self, prefix: str, count: int, *, start: int = 1, together: bool = False) -> None:
+        reply = await self.cmd("commit", prefix=prefix, count=count, start=start, together=together)
+        assert reply["committed"] == count
+
+    async def wait_rows(self, rows: int, timeout: float = 30.0) -> dict[str, Any]:
+        return await self.cmd("wait", rows=rows, timeout=timeout * UNIT)
+
+    async def wait_connected(self, timeout: float = 30.0) -> dict[str, Any]:
+        return await self.cmd("waitconnected", timeout=timeout * UNIT)
+
+    async def dump(self) -> dict[str, Any]:
+        return await self.cmd("dump", timeout=60)
+
+    async def shutdown(self, timeout: float = 15.0) -> None:
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            with contextlib.suppress(ClientError, ConnectionError):
+                await self.cmd("shutdown", timeout=timeout)
+        await self.kill(grace=timeout)
+
+    async def kill(self, grace: float = 5.0) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        await _stop_process(self.proc, grace=grace)
+        for task in self._drains:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+        with contextlib.suppress(Exception):
+            if self.proc.stdin is not None:
+                await self.proc.stdin.wait_closed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(name="gateway_proc")
+async def _gateway_proc(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    gw = GatewayProcess(tmp_path / "gateway-data")
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+ClientFactory = Callable[..., Awaitable[NodeClient]]
+
+
+@pytest.fixture(name="clients")
+async def _clients(gateway_proc: GatewayProcess) -> AsyncIterator[ClientFactory]:
+    """Factory for Node clients; all of them are shut down after the test."""
+    started: list[NodeClient] = []
+
+    async def factory(name: str, *, store_id: str, **kwargs: Any) -> NodeClient:
+        transport = kwargs.get("transport", "ws")
+        url = gateway_proc.ws_url() if transport == "ws" else gateway_proc.http_url()
+        client = await NodeClient.start(name, url=url, store_id=store_id, **kwargs)
+        started.append(client)
+        return client
+
+    try:
+        yield factory
+    finally:
+        await asyncio.gather(*(c.shutdown() for c in started), return_exceptions=True)
+
+
+@pytest.fixture(name="store_id")
+def _store_id() -> str:
+    return f"interop-{uuid.uuid4().hex[:12]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Assertions
+
+
+def row_ids(dump: dict[str, Any]) -> list[str]:
+    return [row["id"] for row in dump["rows"]]
+
+
+def assert_consistent(dump: dict[str, Any], who: str) -> None:
+    """The dump's rows mirror its confirmed eventlog, which is a gapless chain from 1."""
+    events = dump["events"]
+    seqs = [ev["seqNum"] for ev in events]
+    assert seqs == list(range(1, len(events) + 1)), f"{who}: eventlog seqNums are {seqs}"
+    parents = [ev["parentSeqNum"] for ev in events]
+    assert parents == list(range(len(events))), f"{who}: eventlog parentSeqNums are {parents}"
+    assert all(ev["name"] == "v1.TodoCreated" for ev in events), f"{who}: {events}"
+    assert [ev["args"]["id"] for ev in events] == row_ids(dump), (
+        f"{who}: rows do not follow the eventlog order"
+    )
+    assert [row["text"] for row in dump["rows"]] == [ev["args"]["text"] for ev in events]
+    assert dump["sync"]["pending"] == 0, f"{who}: {dump['sync']}"
+    assert len(set(row_ids(dump))) == len(dump["rows"]), f"{who}: duplicate rows"
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert_consistent(a, "A")
+    assert_consistent(b, "B")
+    assert a["rows"] == b["rows"]
+    assert a["events"] == b["events"]
+
+
+def ids(prefix: str, start: int, stop: int) -> list[str]:
+    return [f"{prefix}-{i}" for i in range(start, stop + 1)]
+
+
+def assert_subsequence_in_order(all_ids: list[str], mine: list[str]) -> None:
+    positions = [all_ids.index(x) for x in mine]
+    assert positions == sorted(positions), f"{mine} are out of order in {all_ids}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+async def test_two_stores_converge(clients: ClientFactory, store_id: str) -> None:
+    """§14 case 41: A commits 2; B boots (blocking) and sees them; B commits 2; A gets them live."""
+    a = await clients("client-A", store_id=store_id)
+    await a.commit("A", 2)
+    await a.wait_rows(2, timeout=15)
+
+    b = await clients("client-B", store_id=store_id, blocking_initial_sync=True)
+    assert b.ready_info["rowCount"] == 2, f"B booted without A's events: {b.ready_info}"
+    boot = await b.dump()
+    assert row_ids(boot) == ["A-1", "A-2"]
+
+    await b.commit("B", 2)
+    await b.wait_rows(4, timeout=15)
+    live = await a.wait_rows(4, timeout=10)
+    # The spec expects live delivery within about 1 s; allow slack for a loaded box.
+    assert live["waitedMs"] < 5000 * UNIT, f"A waited {live['waitedMs']} ms for B's events"
+
+    dump_a, dump_b = await a.dump(), await b.dump()
+    assert_same(dump_a, dump_b)
+    assert row_ids(dump_a) == ["A-1", "A-2", "B-1", "B-2"]
+    assert [ev["clientId"] for ev in dump_a["events"]] == ["client-A"] * 2 + ["client-B"] * 2
+    assert dump_a["counters"]["serverAheadErrors"] == 0
+    assert dump_b["counters"]["serverAheadErrors"] == 0
+
+
+async def test_concurrent_commits_rebase(clients: ClientFactory, store_id: str) -> None:
+    """§14 case 42: A and B push from the empty state at once; the loser rebases and re-pushes."""
+    a = await clients("client-A", store_id=store_id)
+    b = await clients("client-B", store_id=store_id)
+    await asyncio.gather(a.wait_connected(15), b.wait_connected(15))
+
+    # Hold each client's first Push frame on the wire so both leave with parentSeqNum 0.
+    await asyncio.gather(a.cmd("hold", on=True), b.cmd("hold", on=True))
+    await asyncio.gather(a.commit("A", 3, together=True), b.commit("B", 3, together=True))
+    await asyncio.gather(a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15))
+    released = await asyncio.gather(a.cmd("release"), b.cmd("release"))
+    assert all(r["released"] >= 1 for r in released), released
+
+    await asyncio.gather(a.wait_rows(6, timeout=30), b.wait_rows(6, timeout=30))
+    dump_a, dump_b = await a.dump(), await b.dump()
+    assert_same(dump_a, dump_b)
+
+    order = row_ids(dump_a)
+    assert order in (ids("A", 1, 3) + ids("B", 1, 3), ids("B", 1, 3) + ids("A", 1, 3)), order
+    winner, loser = (dump_a, dump_b) if order[0] == "A-1" else (dump_b, dump_a)
+    assert winner["counters"]["serverAheadErrors"] == 0, winner["counters"]
+    assert loser["counters"]["serverAheadErrors"] >= 1, (
+        f"the losing client never saw ServerAheadError: {loser['counters']}"
+    )
+    # The loser pushed its events twice: once rejected, once rebased onto the winner's.
+    assert loser["counters"]["pushesSent"] >= 2, loser["counters"]
+
+
+async def test_late_joiner_catches_up_1000_events(clients: ClientFactory, store_id: str) -> None:
+    """A pushes 1,000 events; a client that boots afterwards ends with all of them, in order."""
+    total = 1000
+    a = await clients("client-A", store_id=store_id)
+    await a.commit("A", total)
+    await a.wait_rows(total, timeout=45)
+
+    late = await clients("client-late", store_id=store_id, blocking_initial_sync=True)
+    await late.wait_rows(total, timeout=30)
+    dump_a, dump_late = await a.dump(), await late.dump()
+    assert_same(dump_a, dump_late)
+    assert row_ids(dump_late) == ids("A", 1, total)
+    assert dump_late["events"][-1]["seqNum"] == total
+
+
+async def test_gateway_restart_mid_session(
+    gateway_proc: GatewayProcess, clients: ClientFactory, store_id: str
+) -> None:
+    """§14 case 44: the gateway restarts (same port, same data); both running clients resume."""
+    a = await clients("client-A", store_id=store_id)
+    b = await clients("client-B", store_id=store_id)
+    await a.commit("A", 2)
+    await asyncio.gather(a.wait_rows(2, timeout=15), b.wait_rows(2, timeout=15))
+
+    old_port = gateway_proc.port
+    code = await gateway_proc.stop()
+    assert code == 0, f"gateway exited with {code} on SIGTERM:\n{gateway_proc.log_tail()}"
+
+    # Committed while the server is down: they stay pending in each client.
+    await a.commit("A", 2, start=3)
+    await b.commit("B", 2)
+    status_a, status_b = await asyncio.gather(
+        a.cmd("waitpending", count=2, timeout=10), b.cmd("waitpending", count=2, timeout=10)
+    )
+    assert status_a["sync"]["pending"] == 2, status_a
+    assert status_b["sync"]["pending"] == 2, status_b
+    assert status_a["rowCount"] == 4, status_a
+    assert status_b["rowCount"] == 4, status_b
+
+    await gateway_proc.start(port=old_port)
+    assert gateway_proc.port == old_port
+    await asyncio.gather(a.wait_connected(40), b.wait_connected(40))
+
+    # Committed after the restart, on both sides.
+    await a.commit("A", 1, start=5)
+    await b.commit("B", 1, start=3)
+
+    total = 2 + 2 + 2 + 1 + 1
+    await asyncio.gather(a.wait_rows(total, timeout=40), b.wait_rows(total, timeout=40))
+    dump_a, dump_b = await a.dump(), await b.dump()
+    assert_same(dump_a, dump_b)
+
+    order = row_ids(dump_a)
+    assert sorted(order) == sorted(ids("A", 1, 5) + ids("B", 1, 3)), order
+    assert order[:2] == ["A-1", "A-2"], "events from before the restart moved"
+    assert_subsequence_in_order(order, ids("A", 1, 5))
+    assert_subsequence_in_order(order, ids("B", 1, 3))
+    # Both clients really reconnected (a second socket each), and kept their identity.
+    assert dump_a["counters"]["wsOpened"] >= 2, dump_a["counters"]
+    assert dump_b["counters"]["wsOpened"] >= 2, dump_b["counters"]
+    assert dump_a["counters"]["backendIdMismatchErrors"] == 0
+    assert dump_b["counters"]["backendIdMismatchErrors"] == 0
+
+
+async def test_http_transport_client(clients: ClientFactory, store_id: str) -> None:
+    """§10 / case 38: a makeHttpSync client sees WS pushes, and its pushes reach the WS client."""
+    ws = await clients("client-ws", store_id=store_id)
+    await ws.commit("W", 2)
+    await ws.wait_rows(2, timeout=15)
+
+    http = await clients(
+        "client-http",
+        store_id=store_id,
+        transport="http",
+        blocking_initial_sync=True,
+        extra_args=("--poll-interval", "500"),
+    )
+    assert http.ready_info["rowCount"] == 2, f"HTTP client booted without W-1, W-2: {http.ready_info}"
+
+    await http.commit("H", 2)
+    await http.wait_rows(4, timeout=20)
+    await ws.wait_rows(4, timeout=15)
+
+    # A later WS push reaches the HTTP client through its polling pulls.
+    await ws.commit("W", 1, start=3)
+    await http.wait_rows(5, timeout=20)
+    await ws.wait_rows(5, timeout=15)
+
+    dump_ws, dump_http = await ws.dump(), await http.dump()
+    assert_same(dump_ws, dump_http)
+    assert row_ids(dump_http) == ["W-1", "W-2", "H-1", "H-2", "W-3"]
+    assert [ev["clientId"] for ev in dump_http["events"]] == [
+        "client-ws",
+        "client-ws",
+        "client-http",
+        "client-http",
+        "client-ws",
+    ]
+    counters = dump_http["counters"]
+    assert counters["wsOpened"] == 0, counters
+    assert counters["httpPushes"] >= 1, counters
+    assert counters["httpPulls"] >= 2, counters

@@ -1,0 +1,594 @@
+"""A raw-protocol test client for the gateway, plus event and HTTP helpers.
+
+The client speaks the Effect-RPC-over-JSON frames of spec §4 directly, one JSON object per text
+frame, so the conformance tests can send exactly the bytes they mean (including malformed ones) and
+see exactly what the server answers. It mirrors the real 0.4.0 client in one respect: by default it
+answers every ``Chunk`` with an ``Ack``, because a server MAY use acks as a window (spec §5.6).
+
+Frames for different requests interleave on one connection. ``RpcClient`` therefore keeps frames it
+read but that did not match what a test asked for in an ordered stash, and hands them out later.
+Nothing here sleeps: every wait is a bounded read, and "nothing arrived" is proven with
+``barrier()``, which sends a ``Ping`` and returns everything that came before the ``Pong``
+(frames are ordered per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.conftest import TIMEOUT_UNIT
+
+Frame = Any  # a parsed server frame: normally a dict, but a buggy server may send anything
+
+PULL = "SyncWsRpc.Pull"
+PUSH = "SyncWsRpc.Push"
+HTTP_PULL = "SyncHttpRpc.Pull"
+HTTP_PUSH = "SyncHttpRpc.Push"
+HTTP_PING = "SyncHttpRpc.Ping"
+
+NONE: dict[str, Any] = {"_tag": "None"}
+NO_MORE: dict[str, Any] = {"_tag": "NoMore"}
+
+# Frames from the server can legitimately be ~900 KB plus envelope; never let the client refuse one.
+CLIENT_MAX_SIZE = 64 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+def new_store_id(prefix: str = "store") -> str:
+    """A fresh storeId, so no test ever sees another test's log."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def some(value: Any) -> dict[str, Any]:
+    """The Effect Schema encoding of ``Option.some(value)``."""
+    return {"_tag": "Some", "value": value}
+
+
+def cursor(backend_id: str, seq: int) -> dict[str, Any]:
+    """A Pull cursor: events with ``seqNum > seq`` from the backend ``backend_id``."""
+    return some({"backendId": backend_id, "eventSequenceNumber": seq})
+
+
+def make_events(
+    start_seq: int,
+    n: int,
+    parent: int | None = None,
+    *,
+    client_id: str = "client-test",
+    session_id: str = "session-1",
+    name: str = "v1.TestEvent",
+    args_size: int = 0,
+) -> list[dict[str, Any]]:
+    """``n`` chained events starting at ``seqNum = start_seq``.
+
+    The first event's ``parentSeqNum`` is ``parent`` (default ``start_seq - 1``); every later one
+    chains to its predecessor. With ``args_size`` the args carry a padding string of that many
+    bytes, so ``len(orjson.dumps(event))`` is roughly ``args_size`` plus ~150 bytes.
+    """
+    events = []
+    prev = start_seq - 1 if parent is None else parent
+    for seq in range(start_seq, start_seq + n):
+        args: dict[str, Any] = {"id": f"{client_id}-{seq}", "n": seq}
+        if args_size:
+            args["pad"] = "x" * args_size
+        events.append(
+            {
+                "name": name,
+                "args": args,
+                "seqNum": seq,
+                "parentSeqNum": prev,
+                "clientId": client_id,
+                "sessionId": session_id,
+            }
+        )
+        prev = seq
+    return events
+
+
+def request_frame(rid: str, tag: str, payload: Any) -> dict[str, Any]:
+    """A client ``Request`` frame exactly as the 0.4.0 client shapes it (trace fields omitted)."""
+    return {"_tag": "Request", "id": rid, "tag": tag, "payload": payload, "headers": []}
+
+
+def events_of(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``eventEncoded`` of every event in a sequence of ``PullResponse`` items."""
+    return [entry["eventEncoded"] for item in items for entry in item["batch"]]
+
+
+def seqs_of(items: Iterable[dict[str, Any]]) -> list[int]:
+    """The ``seqNum`` of every event in a sequence of ``PullResponse`` items."""
+    return [event["seqNum"] for event in events_of(items)]
+
+
+def is_exit(frame: Frame, rid: str | None = None) -> bool:
+    return (
+        isinstance(frame, dict)
+        and frame.get("_tag") == "Exit"
+        and (rid is None or frame.get("requestId") == rid)
+    )
+
+
+def is_chunk(frame: Frame, rid: str | None = None) -> bool:
+    return (
+        isinstance(frame, dict)
+        and frame.get("_tag") == "Chunk"
+        and (rid is None or frame.get("requestId") == rid)
+    )
+
+
+def for_request(frame: Frame, rid: str) -> bool:
+    return isinstance(frame, dict) and frame.get("requestId") == rid
+
+
+def assert_success(frame: Frame) -> Any:
+    """Assert ``frame`` is an ``Exit`` with a ``Success`` and return its value (None if absent)."""
+    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
+    exit_ = frame["exit"]
+    assert exit_.get("_tag") == "Success", f"expected Success, got {frame!r}"
+    return exit_.get("value")
+
+
+def assert_stream_success(frame: Frame) -> None:
+    """A stream (Pull) success Exit: ``{"_tag":"Success"}``, ``"value": null`` also allowed."""
+    assert_success(frame)
+    assert frame["exit"].get("value") is None, f"stream Exit must carry no value: {frame!r}"
+
+
+def assert_push_ok(frame: Frame) -> None:
+    """A Push success Exit carries exactly the ``PushAck`` value ``{}`` (spec §4.4)."""
+    value = assert_success(frame)
+    assert value == {}, f"Push success value must be {{}}: {frame!r}"
+
+
+def assert_fail(frame: Frame, error_tag: str) -> dict[str, Any]:
+    """Assert ``frame`` is an ``Exit`` failing with a typed error ``error_tag``; return the error."""
+    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
+    exit_ = frame["exit"]
+    assert exit_.get("_tag") == "Failure", f"expected Failure, got {frame!r}"
+    cause = exit_["cause"]
+    assert cause.get("_tag") == "Fail", f"expected a Fail cause, got {frame!r}"
+    error = cause["error"]
+    assert error.get("_tag") == error_tag, f"expected {error_tag}, got {frame!r}"
+    return error  # type: ignore[no-any-return]
+
+
+def assert_die(frame: Frame) -> Any:
+    """Assert ``frame`` is an ``Exit`` failing with a ``Die`` cause; return the defect."""
+    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
+    exit_ = frame["exit"]
+    assert exit_.get("_tag") == "Failure", f"expected Failure, got {frame!r}"
+    cause = exit_["cause"]
+    assert cause.get("_tag") == "Die", f"expected a Die cause, got {frame!r}"
+    assert "defect" in cause, f"a Die cause carries a defect: {frame!r}"
+    return cause["defect"]
+
+
+def assert_pull_response(item: Any, backend_id: str | None = None) -> None:
+    """Check the shape of one ``PullResponse`` item (spec §5.3)."""
+    assert isinstance(item, dict), f"PullResponse must be an object: {item!r}"
+    assert isinstance(item.get("batch"), list), f"batch must be a list: {item!r}"
+    page = item.get("pageInfo")
+    assert isinstance(page, dict), f"pageInfo missing: {item!r}"
+    assert page.get("_tag") in {"NoMore", "MoreKnown", "MoreUnknown"}, item
+    if page["_tag"] == "MoreKnown":
+        assert type(page.get("remaining")) is int, item
+    assert isinstance(item.get("backendId"), str), f"backendId missing: {item!r}"
+    assert item["backendId"], "backendId must be non-empty"
+    if backend_id is not None:
+        assert item["backendId"] == backend_id, item
+    for entry in item["batch"]:
+        assert isinstance(entry, dict), entry
+        assert isinstance(entry.get("eventEncoded"), dict), entry
+        metadata = entry.get("metadata")
+        assert isinstance(metadata, dict), f"metadata must be an Option, got {entry!r}"
+        assert metadata.get("_tag") in {"None", "Some"}, entry
+        if metadata["_tag"] == "Some":
+            value = metadata.get("value")
+            assert isinstance(value, dict), entry
+            assert value.get("_tag") == "SyncMessage.SyncMetadata", entry
+            assert isinstance(value.get("createdAt"), str), entry
+        for key in ("seqNum", "parentSeqNum"):
+            assert type(entry["eventEncoded"].get(key)) is int, entry
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket client
+
+
+class RpcClient:
+    """One WebSocket connection speaking raw RPC frames.
+
+    Args:
+        ws: an open ``websockets`` client connection.
+        store_id: the storeId used in request payloads (normally the URL's).
+        payload: the syncPayload put into request payloads; omitted when ``None``.
+        auto_ack: answer every received ``Chunk`` with an ``Ack``, like the real client.
+    """
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        store_id: str,
+        *,
+        payload: Any = None,
+        auto_ack: bool = True,
+    ) -> None:
+        self.ws = ws
+        self.store_id = store_id
+        self.payload = payload
+        self.auto_ack = auto_ack
+        self._stash: list[Frame] = []
+        # Automatic ids start high so that ids a test chooses ("0", "41", ...) never collide.
+        self._ids = itertools.count(100)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        store_id: str,
+        *,
+        payload: Any = None,
+        auto_ack: bool = True,
+        **connect_kwargs: Any,
+    ) -> RpcClient:
+        """Connect to ``url`` (raising ``InvalidStatus`` if the upgrade is refused)."""
+        kwargs: dict[str, Any] = {
+            "max_size": CLIENT_MAX_SIZE,
+            "compression": None,
+            "ping_interval": None,
+            "open_timeout": 5 * TIMEOUT_UNIT,
+            "close_timeout": 2 * TIMEOUT_UNIT,
+            "proxy": None,
+        }
+        kwargs.update(connect_kwargs)
+        ws = await connect(url, **kwargs)
+        return cls(ws, store_id, payload=payload, auto_ack=auto_ack)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, obj: Any) -> None:
+        """Send one JSON value as a text frame."""
+        await self.ws.send(orjson.dumps(obj).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a frame verbatim (``str`` → text frame, ``bytes`` → binary frame)."""
+        await self.ws.send(data)
+
+    def base_payload(self, store_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"storeId": self.store_id if store_id is None else store_id}
+        if self.payload is not None:
+            body["payload"] = self.payload
+        return body
+
+    async def request(self, tag: str, payload: Any, rid: str | None = None) -> str:
+        """Send a ``Request`` frame and return its id."""
+        rid = self.new_id() if rid is None else rid
+        await self.send(request_frame(rid, tag, payload))
+        return rid
+
+    async def send_pull(
+        self,
+        cursor: dict[str, Any] | None = None,
+        *,
+        live: bool = False,
+        rid: str | None = None,
+    ) -> str:
+        """Send a ``SyncWsRpc.Pull``; ``cursor=None`` means ``Option.none()``."""
+        body = self.base_payload()
+        body["live"] = live
+        body["cursor"] = NONE if cursor is None else cursor
+        return await self.request(PULL, body, rid)
+
+    async def send_push(
+        self,
+        batch: list[dict[str, Any]],
+        backend_id: str | None = None,
+        *,
+        rid: str | None = None,
+        store_id: str | None = None,
+    ) -> str:
+        """Send a ``SyncWsRpc.Push``; ``backend_id=None`` means ``Option.none()``."""
+        body = self.base_payload(store_id)
+        body["batch"] = batch
+        body["backendId"] = NONE if backend_id is None else some(backend_id)
+        return await self.request(PUSH, body, rid)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _read(self, within: float) -> Frame:
+        raw = await asyncio.wait_for(self.ws.recv(), within)
+        frame = orjson.loads(raw)
+        if self.auto_ack and is_chunk(frame):
+            await self.send({"_tag": "Ack", "requestId": frame["requestId"]})
+        return frame
+
+    async def recv(self, within: float = 5 * TIMEOUT_UNIT) -> Frame:
+        """The next frame (stashed ones first); ``TimeoutError`` if none arrives in time."""
+        if self._stash:
+            return self._stash.pop(0)
+        return await self._read(within)
+
+    async def recv_where(
+        self,
+        pred: Callable[[Frame], bool],
+        within: float = 5 * TIMEOUT_UNIT,
+        what: str = "a matching frame",
+    ) -> Frame:
+        """The first frame satisfying ``pred``; others are stashed in arrival order."""
+        for i, frame in enumerate(self._stash):
+            if pred(frame):
+                return self._stash.pop(i)
+        deadline = time.monotonic() + within
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                frame = await self._read(remaining)
+            except TimeoutError:
+                raise AssertionError(
+                    f"timed out after {within:.1f}s waiting for {what}; "
+                    f"unmatched frames so far: {_short(self._stash)}"
+                ) from None
+            if pred(frame):
+                return frame
+            self._stash.append(frame)
+
+    async def recv_for(self, rid: str, within: float = 5 * TIMEOUT_UNIT) -> Frame:
+        """The next frame whose ``requestId`` is ``rid``."""
+        return await self.recv_where(
+            lambda f: for_request(f, rid), within, f"a frame for request {rid!r}"
+        )
+
+    async def wait_exit(self, rid: str, within: float = 5 * TIMEOUT_UNIT) -> Frame:
+        """The ``Exit`` for ``rid``; any Chunk for ``rid`` before it is an error."""
+        frame = await self.recv_for(rid, within)
+        assert is_exit(frame, rid), f"expected the Exit for {rid!r}, got {_short([frame])}"
+        return frame
+
+    async def collect(self, rid: str, within: float = 10 * TIMEOUT_UNIT) -> list[Frame]:
+        """All frames for ``rid`` up to and including its ``Exit``."""
+        frames = []
+        deadline = time.monotonic() + within
+        while True:
+            frame = await self.recv_for(rid, max(deadline - time.monotonic(), 0.001))
+            frames.append(frame)
+            if is_exit(frame):
+                return frames
+
+    async def next_items(self, rid: str, within: float = 5 * TIMEOUT_UNIT) -> list[Any]:
+        """The ``values`` of the next frame for ``rid``, which must be a non-empty Chunk."""
+        frame = await self.recv_for(rid, within)
+        assert is_chunk(frame, rid), f"expected a Chunk for {rid!r}, got {_short([frame])}"
+        values = frame.get("values")
+        assert isinstance(values, list), frame
+        assert values, f"Chunk values must be non-empty: {frame!r}"
+        return values
+
+    async def items_until_no_more(self, rid: str, within: float = 10 * TIMEOUT_UNIT) -> list[Any]:
+        """Chunk items for ``rid`` up to and including the first ``NoMore`` item."""
+        items: list[Any] = []
+        deadline = time.monotonic() + within
+        while True:
+            values = await self.next_items(rid, max(deadline - time.monotonic(), 0.001))
+            for item in values:
+                assert_pull_response(item)
+                items.append(item)
+            if items[-1]["pageInfo"]["_tag"] == "NoMore":
+                for item in items[:-1]:
+                    assert item["pageInfo"]["_tag"] != "NoMore", "NoMore before the last item"
+                return items
+
+    async def live_events(
+        self, rid: str, until_seq: int, within: float = 10 * TIMEOUT_UNIT
+    ) -> list[dict[str, Any]]:
+        """Live events for ``rid`` until one with ``seqNum >= until_seq`` has arrived."""
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + within
+        while not events or events[-1]["seqNum"] < until_seq:
+            for item in await self.next_items(rid, max(deadline - time.monotonic(), 0.001)):
+                assert_pull_response(item)
+                events.extend(events_of([item]))
+        return events
+
+    async def barrier(self, within: float = 5 * TIMEOUT_UNIT) -> list[Frame]:
+        """Send a ``Ping``; return every frame received before its ``Pong`` (stash included)."""
+        await self.send({"_tag": "Ping"})
+        frames, self._stash = self._stash, []
+        deadline = time.monotonic() + within
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                frame = await self._read(remaining)
+            except TimeoutError:
+                raise AssertionError(
+                    f"no Pong within {within:.1f}s; frames before it: {_short(frames)}"
+                ) from None
+            if frame == {"_tag": "Pong"}:
+                return frames
+            frames.append(frame)
+
+    async def expect_silence(self, within: float) -> None:
+        """Wait ``within`` seconds for a frame and fail if one arrives."""
+        assert not self._stash, f"unexpected frames: {_short(self._stash)}"
+        try:
+            frame = await self._read(within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected no frame for {within:.1f}s, got {_short([frame])}")
+
+    # -- request/response shortcuts ----------------------------------------------------------
+
+    async def pull(
+        self, cursor: dict[str, Any] | None = None, *, within: float = 10 * TIMEOUT_UNIT
+    ) -> list[Any]:
+        """A non-live pull: return its ``PullResponse`` items, asserting a clean Exit Success."""
+        rid = await self.send_pull(cursor, live=False)
+        frames = await self.collect(rid, within)
+        *chunks, last = frames
+        assert_stream_success(last)
+        items = []
+        for chunk in chunks:
+            assert is_chunk(chunk, rid), chunk
+            assert chunk["values"], f"Chunk values must be non-empty: {chunk!r}"
+            items.extend(chunk["values"])
+        assert items, "a pull must answer at least one PullResponse"
+        for item in items:
+            assert_pull_response(item)
+        assert items[-1]["pageInfo"] == NO_MORE, f"catch-up must end with NoMore: {items[-1]!r}"
+        return items
+
+    async def backend_id(self) -> str:
+        """The server's backendId for this store, learnt through a non-live pull."""
+        items = await self.pull()
+        return items[0]["backendId"]  # type: ignore[no-any-return]
+
+    async def live_pull(
+        self, cursor: dict[str, Any] | None = None, *, rid: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """Open a live pull and read its catch-up through ``NoMore``; return (id, items)."""
+        rid = await self.send_pull(cursor, live=True, rid=rid)
+        return rid, await self.items_until_no_more(rid)
+
+    async def push(
+        self,
+        batch: list[dict[str, Any]],
+        backend_id: str | None = None,
+        *,
+        within: float = 10 * TIMEOUT_UNIT,
+        store_id: str | None = None,
+    ) -> Frame:
+        """Send a Push and return its ``Exit`` frame."""
+        rid = await self.send_push(batch, backend_id, store_id=store_id)
+        return await self.wait_exit(rid, within)
+
+    async def push_ok(self, batch: list[dict[str, Any]], backend_id: str | None = None) -> None:
+        """Push and assert ``Exit Success {}``."""
+        assert_push_ok(await self.push(batch, backend_id))
+
+
+def _short(frames: list[Frame], limit: int = 600) -> str:
+    text = repr(frames)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+async def open_raw_socket(host: str, port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A connected non-blocking TCP socket, optionally with a tiny receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResult:
+    """One HTTP exchange: status, headers (lower-cased names), raw body and its JSON if any."""
+
+    status: int
+    headers: dict[str, str]
+    raw: bytes
+    body: Any
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+_NOT_JSON = object()
+
+
+def _http_exchange(
+    method: str, url: str, body: bytes | None, headers: dict[str, str], within: float
+) -> HttpResult:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=within)
+    try:
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        conn.request(method, target, body=body, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        names = {name.lower(): value for name, value in response.getheaders()}
+        try:
+            parsed = orjson.loads(raw) if raw else _NOT_JSON
+        except orjson.JSONDecodeError:
+            parsed = _NOT_JSON
+        return HttpResult(
+            response.status, names, raw, raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
+        )
+    finally:
+        conn.close()
+
+
+async def http_request(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    within: float = 10 * TIMEOUT_UNIT,
+) -> HttpResult:
+    """One HTTP request with the stdlib client, run in a worker thread."""
+    return await asyncio.to_thread(_http_exchange, method, url, body, dict(headers or {}), within)
+
+
+async def http_post_json(url: str, obj: Any, *, headers: dict[str, str] | None = None) -> HttpResult:
+    """POST ``obj`` as JSON, the way ``makeHttpSync`` does (spec §10.1)."""
+    all_headers = {"content-type": "application/json"}
+    all_headers.update(headers or {})
+    return await http_request("POST", url, body=orjson.dumps(obj), headers=all_headers)
+
+
+async def http_rpc(url: str, tag: str, payload: Any, rid: str = "0") -> HttpResult:
+    """POST one RPC ``Request`` and assert the transport-level answer: 200, JSON, an array."""
+    result = await http_post_json(url, request_frame(rid, tag, payload))
+    assert result.status == 200, f"HTTP {result.status}: {result.raw[:500]!r}"
+    assert result.content_type == "application/json", result.headers
+    assert isinstance(result.body, list), f"HTTP RPC body must be a JSON array: {result.body!r}"
+    return result
+
+
+def assert_error_body(result: HttpResult, status: int, code: str) -> None:
+    """A refused request: the given 4xx and the JSON body ``{"error":{"code","message"}}``."""
+    assert result.status == status, f"expected {status}, got {result.status}: {result.raw[:300]!r}"
+    assert isinstance(result.body, dict), f"error body must be JSON: {result.raw[:300]!r}"
+    error = result.body.get("error")
+    assert isinstance(error, dict), result.body
+    assert error.get("code") == code, result.body
+    assert isinstance(error.get("message"), str), result.body
+    assert error["message"], result.body
