@@ -67,7 +67,7 @@ class GatewayHarness:
 
 @pytest.fixture(name="make_gateway")
 async def _make_gateway(tmp_path: Path) -> AsyncIterator[object]:
-    """Factory: ``await make_gateway(**config_overrides)`` starts a gateway; all are stopped after."""
+    """Factory: ``await make_gateway(**overrides)`` starts a gateway; all stop at teardown."""
     started: list[GatewayHarness] = []
 
     async def factory(**overrides: object) -> GatewayHarness:

@@ -156,7 +156,7 @@ def assert_push_ok(frame: Frame) -> None:
 
 
 def assert_fail(frame: Frame, error_tag: str) -> dict[str, Any]:
-    """Assert ``frame`` is an ``Exit`` failing with a typed error ``error_tag``; return the error."""
+    """Assert ``frame`` is an ``Exit`` failing with the typed error ``error_tag``; return it."""
     assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
     exit_ = frame["exit"]
     assert exit_.get("_tag") == "Failure", f"expected Failure, got {frame!r}"
@@ -548,9 +548,8 @@ def _http_exchange(
             parsed = orjson.loads(raw) if raw else _NOT_JSON
         except orjson.JSONDecodeError:
             parsed = _NOT_JSON
-        return HttpResult(
-            response.status, names, raw, raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
-        )
+        body = raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
+        return HttpResult(response.status, names, raw, body)
     finally:
         conn.close()
 
@@ -567,7 +566,9 @@ async def http_request(
     return await asyncio.to_thread(_http_exchange, method, url, body, dict(headers or {}), within)
 
 
-async def http_post_json(url: str, obj: Any, *, headers: dict[str, str] | None = None) -> HttpResult:
+async def http_post_json(
+    url: str, obj: Any, *, headers: dict[str, str] | None = None
+) -> HttpResult:
     """POST ``obj`` as JSON, the way ``makeHttpSync`` does (spec §10.1)."""
     all_headers = {"content-type": "application/json"}
     all_headers.update(headers or {})

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -39,6 +40,10 @@ CLIENT_SCRIPT = INTEROP_DIR / "client.mjs"
 UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
 
 LISTENING_RE = re.compile(r"listening on ws://(?P<host>[^\s:]+|\[[^\]]+\]):(?P<port>\d+)")
+
+# The server under test. INTEROP_GATEWAY_CMD (a shell-quoted command prefix) swaps in another build
+# or implementation; it gets the same `serve --host ... --port ... --data-dir ...` arguments.
+GATEWAY_CMD = shlex.split(os.environ.get("INTEROP_GATEWAY_CMD", "")) or [sys.executable, "-m", "gateway"]
 
 # Lines of a child's stderr kept for failure messages.
 LOG_TAIL = 300
@@ -120,9 +125,7 @@ class GatewayProcess:
         self.generation += 1
         self.log.append(f"--- gateway start #{self.generation} (port {port}) ---")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
+            *GATEWAY_CMD,
             "serve",
             "--host",
             "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Pure codec tests: decoding client frames and encoding server frames (spec §4–§6)."""
+"""Pure codec tests: decoding client frames and encoding server frames (spec §4-§6)."""
 
 from __future__ import annotations
 
