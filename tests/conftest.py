@@ -9,12 +9,18 @@ from urllib.parse import quote, urlencode
 
 import orjson
 import pytest
+import uvloop
 
 from gateway.app import Gateway
 from gateway.config import Config, make_config
 
 # Every wait in the suite is a multiple of this unit, so a slow CI box can scale them up.
 TIMEOUT_UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Run every async test on uvloop, the loop ``gateway serve`` uses in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def in_ci() -> bool:
