@@ -103,9 +103,7 @@ async def test_case_08_backend_id_is_stable(gateway: GatewayHarness, connect: Co
     broadcast = await second.live_events(live_rid, 2)
     assert [e["seqNum"] for e in broadcast] == [1, 2]
 
-    result = await http_rpc(
-        gateway.http_url(store), HTTP_PULL, {"storeId": store, "cursor": NONE}
-    )
+    result = await http_rpc(gateway.http_url(store), HTTP_PULL, {"storeId": store, "cursor": NONE})
     chunks = [frame for frame in result.body if is_chunk(frame)]
     assert chunks, result.body
     assert {item["backendId"] for c in chunks for item in c["values"]} == {backend_id}
@@ -321,9 +319,9 @@ async def test_case_15_malformed_pull_fails_only_that_request(
     backend_id = await client.backend_id()
 
     payload = orjson.loads(
-        orjson.dumps(MALFORMED_PULLS[name]).replace(b'"S"', orjson.dumps(store)).replace(
-            b'"B"', orjson.dumps(backend_id)
-        )
+        orjson.dumps(MALFORMED_PULLS[name])
+        .replace(b'"S"', orjson.dumps(store))
+        .replace(b'"B"', orjson.dumps(backend_id))
     )
     bad_rid = await client.request(PULL, payload)
     frames = await client.collect(bad_rid)

@@ -186,8 +186,13 @@ async def test_case_23_large_push_frames_are_accepted(
     client = await connect(gateway, store)
     batch = make_events(1, 100, args_size=8_800)
     frame_bytes = orjson.dumps(
-        {"_tag": "Request", "id": "900000", "tag": PUSH, "headers": [],
-         "payload": {"storeId": store, "batch": batch, "backendId": NONE}}
+        {
+            "_tag": "Request",
+            "id": "900000",
+            "tag": PUSH,
+            "headers": [],
+            "payload": {"storeId": store, "batch": batch, "backendId": NONE},
+        }
     )
     assert 850_000 < len(frame_bytes) < MIB
     await client.send_raw(frame_bytes.decode())
@@ -234,9 +239,7 @@ async def test_case_24_concurrent_pushes_have_one_winner(
     assert seqs_of(await clients[0].pull()) == list(range(1, head + 1))
 
 
-async def _push_with_retries(
-    client: RpcClient, quota: int, tag: str
-) -> int:
+async def _push_with_retries(client: RpcClient, quota: int, tag: str) -> int:
     """Push ``quota`` single events, each chained on the head last learnt; return attempts."""
     head = 0
     attempts = 0
@@ -263,8 +266,10 @@ async def test_case_25_every_subscriber_sees_every_event_once_in_order(
     clients = [await connect(gateway, store) for _ in range(3)]
     rids = [(await c.live_pull())[0] for c in clients]
     attempts = await asyncio.gather(
-        *(_push_with_retries(c, q, f"client-{i}") for i, (c, q) in enumerate(
-            zip(clients, (67, 67, 66), strict=True)))
+        *(
+            _push_with_retries(c, q, f"client-{i}")
+            for i, (c, q) in enumerate(zip(clients, (67, 67, 66), strict=True))
+        )
     )
     assert sum(attempts) >= 200
 

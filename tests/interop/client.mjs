@@ -150,6 +150,7 @@ globalThis.fetch = async (input, init) => {
     if (body.includes('SyncHttpRpc.Push')) counters.httpPushes++
     if (body.includes('SyncHttpRpc.Pull')) counters.httpPulls++
   }
+  if (process.env.DEBUG_FETCH) writeErr("[fetch]", String(input), JSON.stringify([...new Headers(init?.headers ?? {})]), typeof init?.body, init?.body?.constructor?.name, init?.duplex)
   const res = await realFetch(input, init)
   if (res.headers.get('content-type')?.includes('json')) {
     const text = await res.clone().text()

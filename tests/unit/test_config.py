@@ -76,6 +76,6 @@ class TestConfig:
         assert config.server.ping_interval is None
 
     def test_make_config_for_tests(self) -> None:
-        config = make_config(data_dir="/tmp/x", send_buffer_limit=5)
-        assert (config.server.port, config.store.data_dir) == (0, "/tmp/x")
+        config = make_config(data_dir="/srv/x", send_buffer_limit=5)
+        assert (config.server.port, config.store.data_dir) == (0, "/srv/x")
         assert config.limits.send_buffer_limit == 5
