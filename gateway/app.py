@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.authgate import AuthGate
 from gateway.config import Config
 from gateway.engine import SyncEngine
-from gateway.handshake import ValidatePayload, accept_all
+from gateway.handshake import ValidatePayload
 from gateway.hub import Hub
 from gateway.server import Frontend
 from gateway.store import EventStore, StoreError
@@ -31,7 +32,14 @@ class Gateway:
         self.store = make_store(config)
         self.hub = Hub()
         self.engine = SyncEngine(self.store, self.hub)
-        self.frontend = Frontend(config, self.engine, validate_payload or accept_all, self.ready)
+        self.auth = AuthGate(config.auth)
+        self.frontend = Frontend(
+            config,
+            self.engine,
+            validate_payload or self.auth,
+            self.ready,
+            push_gate=self.auth.wait_push,
+        )
         self._started = False
         self._stopped = asyncio.Event()
 

@@ -70,6 +70,53 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    # Production mode: every sync request must carry an acceptable credential.
+    require_auth: bool = False
+    # HS256/384/512 secret (>= 32 bytes in production) and the previous one during rotation.
+    # Prefer the *_file keys or systemd credentials (jwt_secret, jwt_previous_secret).
+    jwt_secret: str = ""
+    jwt_secret_file: str = ""
+    jwt_previous_secret: str = ""
+    jwt_previous_secret_file: str = ""
+    # PEM public keys (RS*/PS*/ES*/EdDSA) and/or a JWKS URL.
+    public_key_files: tuple[str, ...] = ()
+    jwks_url: str = ""
+    jwks_timeout: float = 5.0
+    # Shortest time between two JWKS refreshes triggered by an unknown `kid`.
+    jwks_min_refresh_interval: float = 60.0
+    jwks_cache_ttl: float = 3600.0
+    # Accepted algorithms; never read from the token header. "none" is always refused.
+    algorithms: tuple[str, ...] = ("HS256",)
+    audience: str = ""
+    issuer: str = ""
+    # The claim naming the subject (e.g. "userId"), and an optional required `type` value.
+    subject_claim: str = "sub"
+    required_type: str = ""
+    leeway: float = 10.0
+    # Expired tokens are still accepted this long after `exp` (0 disables).
+    grace_period: float = 86400.0
+    # Insecure development tokens: accepted as subject "dev" only when require_auth is false.
+    dev_tokens: tuple[str, ...] = ("insecure-token-change-me",)
+    # Internal services send {"serverBypass": <token>}; >= 32 characters in production.
+    bypass_token: str = ""
+    bypass_token_file: str = ""
+    # Claim listing the storeIds (or glob patterns) a subject may use; "" disables the check.
+    stores_claim: str = ""
+    # Browser apps that authenticate with a cookie: its name ("" disables).
+    cookie_name: str = ""
+    max_token_bytes: int = 8192
+    # Failed attempts per client IP before it is locked out for the window.
+    lockout_failures: int = 5
+    lockout_window: float = 900.0
+    # Addresses of reverse proxies whose X-Forwarded-For is trusted.
+    trusted_proxies: tuple[str, ...] = ()
+    # Pushes per second per subject (token bucket); over-limit pushes wait, never fail.
+    push_rate: float = 10.0
+    push_burst: int = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "info"
 
@@ -79,6 +126,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -86,8 +134,41 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "store": StoreConfig,
     "limits": LimitsConfig,
+    "auth": AuthConfig,
     "log": LogConfig,
 }
+
+# Environment names used by the seed deployments, accepted as they are.
+_ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "REQUIRE_AUTH": ("auth", "require_auth"),
+    "JWT_SECRET": ("auth", "jwt_secret"),
+    "JWT_PREVIOUS_SECRET": ("auth", "jwt_previous_secret"),
+    "SERVER_BYPASS_TOKEN": ("auth", "bypass_token"),
+    "AUTH_GRACE_PERIOD": ("auth", "grace_period"),
+}
+
+# Secrets that may also come from a file named by `<key>_file` or from a systemd credential
+# of the same name in $CREDENTIALS_DIRECTORY (LoadCredential=).
+SECRET_KEYS: tuple[tuple[str, str], ...] = (
+    ("auth", "jwt_secret"),
+    ("auth", "jwt_previous_secret"),
+    ("auth", "bypass_token"),
+)
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` or ``"500ms"``."""
+    value = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if value.endswith(unit):
+            number = value[: -len(unit)]
+            try:
+                return float(number) * _DURATION_UNITS[unit]
+            except ValueError:
+                break
+    return float(value)
 
 
 def _field_types(cls: type[Any]) -> dict[str, Any]:
@@ -127,9 +208,9 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {type(value).__name__}")
     if annotation is float:
-        if from_env and isinstance(value, str):
+        if isinstance(value, str):
             try:
-                return float(value.strip())
+                return parse_duration(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -139,6 +220,12 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings")
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
 
 
@@ -161,9 +248,61 @@ def _validate(config: Config) -> Config:
     ):
         if getattr(limits, name) < 1:
             raise ConfigError(f"limits.{name}: must be positive")
+    _validate_auth(config.auth)
     if config.log.level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log.level: one of debug, info, warning, error")
     return config
+
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_SECRET_BYTES = 32
+
+
+def _validate_auth(auth: AuthConfig) -> None:
+    if not auth.algorithms:
+        raise ConfigError("auth.algorithms: at least one algorithm is required")
+    for algorithm in auth.algorithms:
+        if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(f"auth.algorithms: {algorithm!r} is not supported")
+    uses_hmac = any(a in HMAC_ALGORITHMS for a in auth.algorithms)
+    uses_keys = any(a in ASYMMETRIC_ALGORITHMS for a in auth.algorithms)
+    for name in ("grace_period", "leeway", "lockout_window", "jwks_timeout", "push_rate"):
+        if getattr(auth, name) < 0:
+            raise ConfigError(f"auth.{name}: must not be negative")
+    if auth.push_burst < 1 or auth.lockout_failures < 1 or auth.max_token_bytes < 256:
+        raise ConfigError("auth.push_burst, lockout_failures: positive; max_token_bytes >= 256")
+    if auth.jwks_url and not auth.jwks_url.startswith(("https://", "http://")):
+        raise ConfigError("auth.jwks_url: must be an http(s) URL")
+    if not auth.require_auth:
+        return
+    has_secret = bool(auth.jwt_secret)
+    has_keys = bool(auth.public_key_files or auth.jwks_url)
+    if not (has_secret or has_keys):
+        raise ConfigError(
+            "auth.jwt_secret: a verification key is required when auth.require_auth is true "
+            "(set JWT_SECRET, auth.jwt_secret_file, auth.public_key_files or auth.jwks_url)"
+        )
+    if uses_hmac and not has_secret:
+        raise ConfigError("auth.jwt_secret: required for the HS* algorithms in auth.algorithms")
+    if uses_keys and not has_keys:
+        raise ConfigError(
+            "auth.public_key_files: public keys or auth.jwks_url are required for "
+            "the asymmetric algorithms in auth.algorithms"
+        )
+    for key in ("jwt_secret", "jwt_previous_secret"):
+        value = getattr(auth, key)
+        if value and len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"auth.{key}: must be at least {MIN_SECRET_BYTES} bytes when require_auth is true"
+            )
+    if auth.bypass_token and len(auth.bypass_token) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"auth.bypass_token: SERVER_BYPASS_TOKEN must be at least {MIN_SECRET_BYTES} "
+            "characters when require_auth is true"
+        )
 
 
 def build_config(
@@ -184,6 +323,12 @@ def build_config(
                 raise ConfigError(f"{section}.{key}: unknown key")
             sections[section][key] = _coerce(f"{section}.{key}", value, types_[key], from_env=False)
     for name, value in (env or {}).items():
+        alias = _ENV_ALIASES.get(name)
+        if alias is not None:
+            section, key = alias
+            types_ = _field_types(_SECTIONS[section])
+            sections[section][key] = _coerce(name, value, types_[key], from_env=True)
+            continue
         if not name.startswith("GATEWAY_"):
             continue
         rest = name[len("GATEWAY_") :].lower()
@@ -198,8 +343,30 @@ def build_config(
         types_ = _field_types(_SECTIONS[section])
         for key, value in values.items():
             sections[section][key] = _coerce(f"{section}.{key}", value, types_[key], from_env=False)
+    _load_secrets(sections, env or {})
     built = Config(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
     return _validate(built)
+
+
+def _read_secret(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def _load_secrets(sections: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    """Fill secrets from ``<key>_file`` or ``$CREDENTIALS_DIRECTORY/<key>`` when unset."""
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    for section, key in SECRET_KEYS:
+        values = sections[section]
+        if values.get(key):
+            continue
+        file_key = f"{key}_file"
+        if values.get(file_key):
+            values[key] = _read_secret(f"{section}.{file_key}", values[file_key])
+        elif credentials and (Path(credentials) / key).is_file():
+            values[key] = _read_secret(f"{section}.{key}", str(Path(credentials) / key))
 
 
 def load_config(

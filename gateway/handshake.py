@@ -40,6 +40,8 @@ class SyncTarget:
     store_id: str
     transport: Transport
     payload: object = MISSING
+    # A token passed as the `token` query parameter (seed deployments use it).
+    query_token: str | None = None
 
 
 class NotSync:
@@ -104,7 +106,11 @@ def parse_target(
         except orjson.JSONDecodeError:
             return Refusal(status=400, code="BAD_PAYLOAD", message="payload is not valid JSON")
     return SyncTarget(
-        path=split.path or "/", store_id=store_id, transport=transport, payload=payload
+        path=split.path or "/",
+        store_id=store_id,
+        transport=transport,
+        payload=payload,
+        query_token=values.get("token") or None,
     )
 
 
@@ -127,6 +133,7 @@ class PayloadContext:
     transport: Transport
     headers: Mapping[str, str]
     remote_addr: str | None = None
+    query_token: str | None = None
 
     @property
     def has_payload(self) -> bool:
@@ -139,7 +146,13 @@ class Admission:
 
     subject: str = "anonymous"
     reason: str = "accepted"
+    # Wall-clock time after which the session's credential is no longer acceptable.
     expires_at: float | None = None
+    instance_id: str | None = None
+    # A short hash of the token for logs; never the token.
+    fingerprint: str | None = None
+    # Whether pushes of this subject are rate-limited (JWT subjects are).
+    rate_limited: bool = False
     details: Mapping[str, object] = field(default_factory=dict)
 
 

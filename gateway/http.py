@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway import __version__, protocol
-from gateway.handshake import NotSync, PayloadContext, Refusal, parse_target, redact_target
+from gateway.handshake import (
+    Admission,
+    NotSync,
+    PayloadContext,
+    Refusal,
+    parse_target,
+    redact_target,
+)
 from gateway.protocol import FrameError, PayloadError, Request
 from gateway.store import StoreError
 
@@ -257,6 +264,7 @@ async def handle_http_request(
             transport="http",
             headers=headers,
             remote_addr=remote,
+            query_token=parsed.query_token,
         )
     )
     if isinstance(decision, Refusal):
@@ -276,11 +284,13 @@ async def handle_http_request(
         return _refusal(
             Refusal(status=400, code="BAD_REQUEST", message="the body must be one Request")
         )
-    frames = await _run_rpc(frontend, parsed.store_id, message)
+    frames = await _run_rpc(frontend, parsed.store_id, message, decision)
     return HttpResponse(200, b"[" + b",".join(frames) + b"]")
 
 
-async def _run_rpc(frontend: Frontend, store_id: str, request: Request) -> list[bytes]:
+async def _run_rpc(
+    frontend: Frontend, store_id: str, request: Request, admission: Admission
+) -> list[bytes]:
     engine = frontend.engine
     rid = protocol.request_id_json(request.id)
     try:
@@ -290,6 +300,8 @@ async def _run_rpc(frontend: Frontend, store_id: str, request: Request) -> list[
             push = protocol.decode_push(request.payload)
             if push.store_id != store_id:
                 return [protocol.exit_fail(rid, protocol.store_mismatch(push.store_id))]
+            if push.batch:
+                await frontend.push_gate(admission)
             error = await engine.push(push)
             if error is None:
                 return [protocol.exit_success(rid, protocol.PUSH_ACK)]

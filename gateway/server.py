@@ -58,6 +58,13 @@ INFO_TEXT = "Info: gateway sync endpoint for @livestore/sync-cf 0.4.0 clients.\n
 _MAX_METHOD = 16
 
 ReadyCheck = Callable[[], Awaitable[bool]]
+PushGate = Callable[[Admission], Awaitable[None]]
+
+CLOSE_TOKEN_EXPIRED = 4001
+
+
+async def _no_gate(admission: Admission) -> None:
+    return None
 
 
 class GatewayConnection(ServerConnection):
@@ -144,11 +151,13 @@ class Frontend:
         engine: SyncEngine,
         validate_payload: ValidatePayload,
         ready_check: ReadyCheck,
+        push_gate: PushGate = _no_gate,
     ) -> None:
         self.config = config
         self.engine = engine
         self.validate_payload = validate_payload
         self.ready_check = ready_check
+        self.push_gate = push_gate
         self.ws_server: Server | None = None
         self.http_connections: set[HttpConnection] = set()
         self.peers: set[Peer] = set()
@@ -279,6 +288,7 @@ class Frontend:
             transport="ws",
             headers={name.lower(): value for name, value in request.headers.raw_items()},
             remote_addr=_remote(connection.remote_address),
+            query_token=target.query_token,
         )
         decision = await self.validate_payload(context)
         if isinstance(decision, Refusal):
@@ -343,33 +353,52 @@ class Frontend:
             self.engine,
             limits=self.config.limits,
             spawn=self.spawn,
+            before_push=lambda: self.push_gate(admission),
         )
         started = time.monotonic()
         remote = _remote(connection.remote_address)
         logger.info(
-            "open transport=ws store=%s subject=%s reason=%s remote=%s",
+            "open transport=ws store=%s subject=%s instance=%s reason=%s token=%s remote=%s",
             target.store_id,
             admission.subject,
+            admission.instance_id,
             admission.reason,
+            admission.fingerprint,
             remote,
         )
+        expiry = None
+        if admission.expires_at is not None:
+            # The session lives while its credential would still be accepted.
+            delay = max(admission.expires_at - time.time(), 0.0)
+            expiry = asyncio.get_running_loop().call_later(delay, self._expire, connection)
         self.peers.add(peer)
         try:
             await peer.run()
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self.peers.discard(peer)
             peer.close()
             logger.info(
-                "close transport=ws store=%s subject=%s code=%s duration=%.1fs "
+                "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
                 "events_in=%d frames_out=%d remote=%s",
                 target.store_id,
                 admission.subject,
+                admission.instance_id,
                 connection.close_code,
                 time.monotonic() - started,
                 peer.events_in,
                 peer.frames_out,
                 remote,
             )
+
+    def _expire(self, connection: GatewayConnection) -> None:
+        logger.info(
+            "closing store=%s subject=%s: token expired",
+            connection.target.store_id,
+            connection.admission.subject,
+        )
+        self.spawn(connection.close(CLOSE_TOKEN_EXPIRED, "token expired"))
 
     # -- HTTP -----------------------------------------------------------------------------
 

@@ -69,12 +69,14 @@ class Peer:
         *,
         limits: LimitsConfig,
         spawn: Callable[[Awaitable[None]], None],
+        before_push: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.connection = connection
         self.store_id = store_id
         self.engine = engine
         self.limits = limits
         self._spawn = spawn
+        self._before_push = before_push
         self._active: dict[str, _Active] = {}
         self._evicted = False
         self.events_in = 0
@@ -243,6 +245,9 @@ class Peer:
         if push.store_id != self.store_id:
             self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(push.store_id)))
             return
+        if self._before_push is not None and push.batch:
+            # Rate limiting delays a push; it never drops or fails it.
+            await self._before_push()
         error = await self.engine.push(push)
         if error is None:
             self.events_in += len(push.batch)

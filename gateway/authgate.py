@@ -1,0 +1,305 @@
+"""The ``validate_payload`` hook with the auth policy: keys, JWKS, lockout, logs.
+
+:class:`AuthGate` is what the frontend calls before every WebSocket upgrade and every
+HTTP-transport request. It reads the clock, loads keys, fetches JWKS documents (off the
+event loop), counts failed attempts per client IP and writes the security log; the decision
+itself is :func:`gateway.auth.decide`, which is pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway import auth
+from gateway.config import HMAC_ALGORITHMS, AuthConfig, ConfigError
+from gateway.handshake import Admission, PayloadContext, Refusal
+from gateway.ratelimit import FailureTracker, PushLimiter
+
+logger = logging.getLogger("gateway.auth")
+security = logging.getLogger("gateway.security")
+
+Clock = Callable[[], float]
+
+
+def _load_public_keys(paths: tuple[str, ...]) -> tuple[Any, ...]:
+    keys = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+            keys.append(load_pem_public_key(data))
+        except OSError as exc:
+            raise ConfigError(
+                f"auth.public_key_files: cannot read {path}: {exc.strerror}"
+            ) from None
+        except ValueError:
+            raise ConfigError(f"auth.public_key_files: {path} is not a PEM public key") from None
+    return tuple(keys)
+
+
+class JwksCache:
+    """Keys from a JWKS URL: fetched off the loop with a timeout, cached, refreshed when a
+    token names an unknown ``kid`` (at most once per ``min_refresh_interval``)."""
+
+    def __init__(
+        self, url: str, *, timeout: float, min_refresh_interval: float, ttl: float, clock: Clock
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.min_refresh_interval = min_refresh_interval
+        self.ttl = ttl
+        self._clock = clock
+        self._keys: dict[str | None, Any] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    def _fetch(self) -> dict[str, Any]:
+        # The URL comes from the operator's configuration, which only allows http(s).
+        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            body = response.read(1024 * 1024)
+        data = orjson.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("JWKS document is not an object")
+        return data
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            if (
+                self._attempted_at is not None
+                and now - self._attempted_at < self.min_refresh_interval
+            ):
+                return
+            self._attempted_at = now
+            self.fetches += 1
+            try:
+                data = await asyncio.to_thread(self._fetch)
+                keyset = jwt.PyJWKSet.from_dict(data)
+            except Exception as exc:  # any failure keeps the old keys
+                logger.warning("JWKS fetch from %s failed: %s", self.url, exc)
+                return
+            self._keys = {key.key_id: key.key for key in keyset.keys}
+            self._fetched_at = now
+
+    async def keys_for(self, kid: str | None) -> list[Any]:
+        now = self._clock()
+        stale = self._fetched_at is None or now - self._fetched_at > self.ttl
+        if stale or (kid is not None and kid not in self._keys):
+            await self.refresh()
+        if kid is not None:
+            key = self._keys.get(kid)
+            return [] if key is None else [key]
+        return list(self._keys.values())
+
+
+class AuthGate:
+    """Callable as the frontend's ``validate_payload``."""
+
+    def __init__(self, config: AuthConfig, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self.decisions: Counter[str] = Counter()
+        self.lockouts = 0
+        self.failures = FailureTracker(config.lockout_failures, config.lockout_window)
+        self.apply(config)
+
+    def apply(self, config: AuthConfig) -> None:
+        """(Re)load policy and keys; the failure counts and push buckets carry over."""
+        public_keys = _load_public_keys(config.public_key_files)
+        self.config = config
+        self.policy = auth.Policy(
+            require_auth=config.require_auth,
+            grace_period=config.grace_period,
+            dev_tokens=config.dev_tokens,
+            bypass_token=config.bypass_token,
+            stores_claim=config.stores_claim,
+        )
+        self.rules = auth.JwtRules(
+            algorithms=config.algorithms,
+            audience=config.audience,
+            issuer=config.issuer,
+            subject_claim=config.subject_claim,
+            required_type=config.required_type,
+            leeway=config.leeway,
+        )
+        self.hmac_keys = tuple(
+            secret.encode() for secret in (config.jwt_secret, config.jwt_previous_secret) if secret
+        )
+        self.public_keys = public_keys
+        self.jwks = (
+            JwksCache(
+                config.jwks_url,
+                timeout=config.jwks_timeout,
+                min_refresh_interval=config.jwks_min_refresh_interval,
+                ttl=config.jwks_cache_ttl,
+                clock=self._clock,
+            )
+            if config.jwks_url
+            else None
+        )
+        self.failures.max_failures = config.lockout_failures
+        self.failures.window = config.lockout_window
+        self.push_limiter = PushLimiter(config.push_rate, config.push_burst)
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def client_ip(self, context: PayloadContext) -> str:
+        """The client's address; X-Forwarded-For only counts when a trusted proxy sent it."""
+        remote = context.remote_addr or ""
+        host = remote.rsplit(":", 1)[0].strip("[]") if remote else "unknown"
+        if not self._proxies or not self._trusted(host):
+            return host
+        forwarded = context.headers.get("x-forwarded-for", "")
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if not self._trusted(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return host
+        return host
+
+    def _trusted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._proxies)
+
+    async def _keys_for(self, token: str) -> list[Any]:
+        header = auth.token_header(token) or {}
+        algorithm = header.get("alg")
+        if algorithm in HMAC_ALGORITHMS:
+            return list(self.hmac_keys)
+        keys = list(self.public_keys)
+        if self.jwks is not None:
+            kid = header.get("kid")
+            keys.extend(await self.jwks.keys_for(kid if isinstance(kid, str) else None))
+        return keys
+
+    async def verify(self, token: str) -> auth.Verification:
+        return auth.verify_jwt(token, await self._keys_for(token), self.rules, self._clock())
+
+    async def wait_push(self, admission: Admission) -> None:
+        """Delay a push of a rate-limited subject until its bucket allows it."""
+        if not admission.rate_limited:
+            return
+        delay = self.push_limiter.reserve(admission.subject, self._clock())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # -- the hook -------------------------------------------------------------------------
+
+    async def __call__(self, context: PayloadContext) -> Admission | Refusal:
+        config = self.config
+        ip = self.client_ip(context)
+        now = self._clock()
+        retry_after = self.failures.retry_after(ip, now)
+        if retry_after is not None:
+            self.decisions["RATE_LIMITED"] += 1
+            return Refusal(
+                status=429,
+                code="RATE_LIMITED",
+                message="too many failed attempts; try again later",
+                headers=(("Retry-After", str(max(1, round(retry_after)))),),
+            )
+        credentials = auth.extract_credentials(
+            context.payload,
+            query_token=context.query_token,
+            headers=context.headers,
+            cookie_name=config.cookie_name,
+            max_token_bytes=config.max_token_bytes,
+            production=config.require_auth,
+        )
+        if isinstance(credentials, auth.Denied):
+            return self._refuse(context, ip, None, credentials, None)
+        verification = None
+        token = credentials.token
+        if (
+            credentials.bypass is None
+            and token is not None
+            and not auth.is_dev_token(token, self.policy)
+        ):
+            verification = await self.verify(token)
+        decision = auth.decide(credentials, verification, self.policy, self._clock())
+        fingerprint = (
+            auth.fingerprint(token or credentials.bypass or "")
+            if (token or credentials.bypass)
+            else None
+        )
+        if decision.denied is not None:
+            return self._refuse(context, ip, credentials, decision.denied, verification)
+        if not auth.store_allowed(decision, context.store_id, self.policy):
+            denied = auth.Denied(
+                status=403, code="STORE_FORBIDDEN", message="this store is not allowed"
+            )
+            return self._refuse(context, ip, credentials, denied, verification)
+        self.decisions[decision.reason] += 1
+        if decision.warn:
+            why = verification.why if isinstance(verification, auth.Invalid) else decision.reason
+            logger.warning(
+                "accepted with warning reason=%s why=%s store=%s subject=%s instance=%s "
+                "token=%s ip=%s",
+                decision.reason,
+                why,
+                context.store_id,
+                decision.subject,
+                credentials.instance_id,
+                fingerprint,
+                ip,
+            )
+        return Admission(
+            subject=decision.subject or auth.SUBJECT_ANONYMOUS,
+            reason=decision.reason,
+            expires_at=decision.expires_at,
+            instance_id=credentials.instance_id,
+            fingerprint=fingerprint,
+            rate_limited=decision.reason in (auth.R_JWT, auth.R_GRACE),
+        )
+
+    def _refuse(
+        self,
+        context: PayloadContext,
+        ip: str,
+        credentials: auth.Credentials | None,
+        denied: auth.Denied,
+        verification: auth.Verification | None,
+    ) -> Refusal:
+        self.decisions[denied.code] += 1
+        now = self._clock()
+        locked = self.failures.record_failure(ip, now)
+        secret = None
+        if credentials is not None:
+            secret = credentials.token or credentials.bypass
+        security.warning(
+            "refused code=%s why=%s store=%s instance=%s token=%s ip=%s transport=%s",
+            denied.code,
+            verification.why if isinstance(verification, auth.Invalid) else denied.code,
+            context.store_id,
+            credentials.instance_id if credentials else None,
+            auth.fingerprint(secret) if secret else None,
+            ip,
+            context.transport,
+        )
+        if locked:
+            self.lockouts += 1
+            security.warning(
+                "lockout ip=%s after %d failed attempts in %.0f s",
+                ip,
+                self.failures.max_failures,
+                self.failures.window,
+            )
+        return Refusal(status=denied.status, code=denied.code, message=denied.message)
