@@ -124,16 +124,16 @@ def _mint(args: argparse.Namespace, config: Config) -> int:
     if args.stores:
         claims[auth.stores_claim or "stores"] = [s.strip() for s in args.stores.split(",")]
     for item in args.claim:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
             print(f"gateway: --claim expects K=V, got {item!r}", file=sys.stderr)
             return EXIT_CONFIG
-        claims[key] = _claim_value(value)
+        claims[name] = _claim_value(value)
     if algorithm in HMAC_ALGORITHMS:
         if not auth.jwt_secret:
             print("gateway: no auth.jwt_secret configured (JWT_SECRET)", file=sys.stderr)
             return EXIT_CONFIG
-        key: object = auth.jwt_secret
+        key: str | bytes = auth.jwt_secret
     else:
         if not args.private_key:
             print(f"gateway: {algorithm} needs --private-key", file=sys.stderr)
