@@ -15,7 +15,7 @@
 //                                                      together=true commits them in one store.commit call
 //   wait     {rows, timeout=30}     wait until the store has at least `rows` rows, the sync backend has
 //                                    confirmed at least `rows` events and nothing is pending upstream
-//   dump                           rows (in materialisation order), confirmed eventlog, sync state, counters
+//   dump                           rows (rowid order), confirmed eventlog (seqNum order), sync state, counters
 //   waitconnected {timeout=30}     wait until the sync backend reports isConnected
 //   waitpending {count, timeout}   wait until at least `count` events are pending upstream in the leader
 //   status                         sync state and network status
@@ -142,16 +142,23 @@ class TappedWebSocket extends WsWebSocket {
 
 globalThis.WebSocket = TappedWebSocket
 
-const realFetch = globalThis.fetch
+// Node < 24 bundles undici 6 for its built-in fetch. @effect/platform-node (loaded by adapter-node) imports
+// the npm undici 7, which installs ITS Agent as the process-wide global dispatcher; Node 20's built-in
+// fetch then fails every request that carries an explicit content-length (as Effect's FetchHttpClient
+// sends) with "invalid content-length header", so the HTTP transport could never sync. Use undici 7's
+// own fetch there: it matches that dispatcher. (Node 24+ bundles undici 7 and needs nothing.)
+const bundledUndiciMajor = Number(String(process.versions.undici ?? '0').split('.')[0])
+const baseFetch = bundledUndiciMajor < 7 ? (await import('undici')).fetch : globalThis.fetch
+
 globalThis.fetch = async (input, init) => {
   counters.httpRequests++
-  const body = typeof init?.body === 'string' ? init.body : undefined
+  const body = typeof init?.body === 'string' ? init.body : init?.body instanceof Uint8Array ? Buffer.from(init.body).toString('utf8') : undefined
   if (body !== undefined) {
     if (body.includes('SyncHttpRpc.Push')) counters.httpPushes++
     if (body.includes('SyncHttpRpc.Pull')) counters.httpPulls++
+    if (opts['log-frames']) writeErr(`[http out] ${body.slice(0, 2000)}`)
   }
-  if (process.env.DEBUG_FETCH) writeErr("[fetch]", String(input), JSON.stringify([...new Headers(init?.headers ?? {})]), typeof init?.body, init?.body?.constructor?.name, init?.duplex)
-  const res = await realFetch(input, init)
+  const res = await baseFetch(input, init)
   if (res.headers.get('content-type')?.includes('json')) {
     const text = await res.clone().text()
     inspectIncoming(text)
@@ -268,6 +275,9 @@ try {
 
 const leader = store[StoreInternalsSymbol].clientSession.leaderThread
 
+// Listed in SQLite rowid order, i.e. the order this client last (re)materialised them in. After a rebase
+// that is not necessarily the eventlog order (rolled-back rows are re-inserted later), so the tests
+// compare the synced ORDER on the confirmed eventlog and the rows as a set.
 const readRows = () => store.query({ query: 'SELECT id, text FROM todos ORDER BY rowid', bindValues: {} })
 
 const leaderSyncState = async () => {

@@ -43,7 +43,11 @@ LISTENING_RE = re.compile(r"listening on ws://(?P<host>[^\s:]+|\[[^\]]+\]):(?P<p
 
 # The server under test. INTEROP_GATEWAY_CMD (a shell-quoted command prefix) swaps in another build
 # or implementation; it gets the same `serve --host ... --port ... --data-dir ...` arguments.
-GATEWAY_CMD = shlex.split(os.environ.get("INTEROP_GATEWAY_CMD", "")) or [sys.executable, "-m", "gateway"]
+GATEWAY_CMD = shlex.split(os.environ.get("INTEROP_GATEWAY_CMD", "")) or [
+    sys.executable,
+    "-m",
+    "gateway",
+]
 
 # Lines of a child's stderr kept for failure messages.
 LOG_TAIL = 300
@@ -120,7 +124,7 @@ class GatewayProcess:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(list(self.log)[-n:])
 
-    async def start(self, port: int = 0, timeout: float = 20.0) -> None:
+    async def start(self, port: int = 0, within: float = 20.0) -> None:
         assert self.proc is None, "already running"
         self.generation += 1
         self.log.append(f"--- gateway start #{self.generation} (port {port}) ---")
@@ -142,13 +146,13 @@ class GatewayProcess:
         assert self.proc.stderr is not None
         self._drains.append(asyncio.create_task(_drain(self.proc.stdout, self.log)))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout * UNIT
+        deadline = loop.time() + within * UNIT
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 await self.stop()
                 pytest.fail(
-                    f"gateway did not print 'listening on ws://HOST:PORT' within {timeout} s:\n"
+                    f"gateway did not print 'listening on ws://HOST:PORT' within {within} s:\n"
                     f"{self.log_tail()}"
                 )
             try:
@@ -233,7 +237,7 @@ class NodeClient:
         transport: str = "ws",
         blocking_initial_sync: bool = False,
         extra_args: tuple[str, ...] = (),
-        ready_timeout: float = 30.0,
+        ready_within: float = 30.0,
     ) -> NodeClient:
         args = [
             str(CLIENT_SCRIPT),
@@ -250,6 +254,9 @@ class NodeClient:
             "--max-lifetime",
             str(int(110 * UNIT)),
             *(("--blocking-initial-sync",) if blocking_initial_sync else ()),
+            # INTEROP_LOG_FRAMES=1 logs every WebSocket frame / HTTP body to the client's stderr,
+            # whose tail is part of every failure message.
+            *(("--log-frames",) if os.environ.get("INTEROP_LOG_FRAMES") else ()),
             *extra_args,
         ]
         proc = await asyncio.create_subprocess_exec(
@@ -265,7 +272,7 @@ class NodeClient:
         client = cls(name, proc)
         try:
             client.ready_info = await client._expect(
-                lambda ev: ev.get("event") == "ready", ready_timeout, "ready"
+                lambda ev: ev.get("event") == "ready", ready_within, "ready"
             )
         except BaseException:
             await client.kill()
@@ -291,19 +298,19 @@ class NodeClient:
             await self.events.put(event)
         await self.events.put({"event": "eof"})
 
-    def describe(self, n: int = 40) -> str:
+    def describe(self, n: int = 60) -> str:
         tail = "\n".join(list(self.stderr)[-n:])
         return f"client {self.name} (exit code {self.proc.returncode}); stderr tail:\n{tail}"
 
     async def _expect(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float, what: str
+        self, match: Callable[[dict[str, Any]], bool], within: float, what: str
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout * UNIT
+        deadline = loop.time() + within * UNIT
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ClientError(f"{self.name}: no {what} within {timeout} s\n{self.describe()}")
+                raise ClientError(f"{self.name}: no {what} within {within} s\n{self.describe()}")
             try:
                 event = await asyncio.wait_for(self.events.get(), remaining)
             except TimeoutError:
@@ -321,7 +328,7 @@ class NodeClient:
             if match(event):
                 return event
 
-    async def cmd(self, cmd: str, *, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+    async def cmd(self, cmd: str, *, reply_within: float = 30.0, **params: Any) -> dict[str, Any]:
         """Send one command and return its ``ok`` reply; an ``error`` reply raises."""
         if self.proc.returncode is not None or self.proc.stdin is None:
             raise ClientError(f"{self.name}: process is gone\n{self.describe()}")
@@ -332,7 +339,7 @@ class NodeClient:
         # Give the client's own timeout (if any) the first chance to answer.
         own = float(params.get("timeout", 0))
         reply = await self._expect(
-            lambda ev: ev.get("id") == request_id, max(timeout, own + 10), f"reply to {cmd}"
+            lambda ev: ev.get("id") == request_id, max(reply_within, own + 10), f"reply to {cmd}"
         )
         if reply.get("event") != "ok":
             raise ClientError(
@@ -344,24 +351,26 @@ class NodeClient:
 
     # Convenience wrappers -------------------------------------------------------------------
 
-    async def commit(self, prefix: str, count: int, *, start: int = 1, together: bool = False) -> None:
+    async def commit(
+        self, prefix: str, count: int, *, start: int = 1, together: bool = False
+    ) -> None:
         reply = await self.cmd("commit", prefix=prefix, count=count, start=start, together=together)
         assert reply["committed"] == count
 
-    async def wait_rows(self, rows: int, timeout: float = 30.0) -> dict[str, Any]:
-        return await self.cmd("wait", rows=rows, timeout=timeout * UNIT)
+    async def wait_rows(self, rows: int, within: float = 30.0) -> dict[str, Any]:
+        return await self.cmd("wait", rows=rows, timeout=within * UNIT)
 
-    async def wait_connected(self, timeout: float = 30.0) -> dict[str, Any]:
-        return await self.cmd("waitconnected", timeout=timeout * UNIT)
+    async def wait_connected(self, within: float = 30.0) -> dict[str, Any]:
+        return await self.cmd("waitconnected", timeout=within * UNIT)
 
     async def dump(self) -> dict[str, Any]:
-        return await self.cmd("dump", timeout=60)
+        return await self.cmd("dump", reply_within=60)
 
-    async def shutdown(self, timeout: float = 15.0) -> None:
+    async def shutdown(self, grace: float = 15.0) -> None:
         if self.proc.returncode is None and self.proc.stdin is not None:
             with contextlib.suppress(ClientError, ConnectionError):
-                await self.cmd("shutdown", timeout=timeout)
-        await self.kill(grace=timeout)
+                await self.cmd("shutdown", reply_within=grace)
+        await self.kill(grace=grace)
 
     async def kill(self, grace: float = 5.0) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
@@ -387,6 +396,8 @@ async def _gateway_proc(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
         yield gw
     finally:
         await gw.stop()
+        # pytest shows captured stdout only for failing tests: the server's side of the story.
+        print(f"gateway log tail:\n{gw.log_tail(200)}")
 
 
 ClientFactory = Callable[..., Awaitable[NodeClient]]
@@ -419,31 +430,43 @@ def _store_id() -> str:
 # Assertions
 
 
+def event_ids(dump: dict[str, Any]) -> list[str]:
+    """Todo ids in the order of the client's confirmed eventlog: the order the server decided."""
+    return [ev["args"]["id"] for ev in dump["events"]]
+
+
 def row_ids(dump: dict[str, Any]) -> list[str]:
+    """Todo ids of the materialised rows, in SQLite rowid order (see client.mjs ``readRows``)."""
     return [row["id"] for row in dump["rows"]]
 
 
 def assert_consistent(dump: dict[str, Any], who: str) -> None:
-    """The dump's rows mirror its confirmed eventlog, which is a gapless chain from 1."""
+    """The confirmed eventlog is a gapless chain from 1, and the rows are exactly its events.
+
+    Row ORDER is not compared with the eventlog: after a rebase LiveStore rolls rows back and
+    re-inserts them, so their rowid order reflects materialisation history, not seqNum order.
+    """
     events = dump["events"]
     seqs = [ev["seqNum"] for ev in events]
     assert seqs == list(range(1, len(events) + 1)), f"{who}: eventlog seqNums are {seqs}"
     parents = [ev["parentSeqNum"] for ev in events]
     assert parents == list(range(len(events))), f"{who}: eventlog parentSeqNums are {parents}"
     assert all(ev["name"] == "v1.TodoCreated" for ev in events), f"{who}: {events}"
-    assert [ev["args"]["id"] for ev in events] == row_ids(dump), (
-        f"{who}: rows do not follow the eventlog order"
-    )
-    assert [row["text"] for row in dump["rows"]] == [ev["args"]["text"] for ev in events]
-    assert dump["sync"]["pending"] == 0, f"{who}: {dump['sync']}"
+    assert len(set(event_ids(dump))) == len(events), f"{who}: an event was applied twice"
     assert len(set(row_ids(dump))) == len(dump["rows"]), f"{who}: duplicate rows"
+    rows = {row["id"]: row["text"] for row in dump["rows"]}
+    from_events = {ev["args"]["id"]: ev["args"]["text"] for ev in events}
+    assert rows == from_events, f"{who}: rows {rows} != events {from_events}"
+    assert dump["sync"]["pending"] == 0, f"{who}: {dump['sync']}"
+    assert dump["sync"]["upstreamHead"] == len(events), f"{who}: {dump['sync']}"
 
 
 def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Both clients are consistent and hold the same eventlog (same order, same seqNums)."""
     assert_consistent(a, "A")
     assert_consistent(b, "B")
-    assert a["rows"] == b["rows"]
     assert a["events"] == b["events"]
+    assert sorted(a["rows"], key=lambda r: r["id"]) == sorted(b["rows"], key=lambda r: r["id"])
 
 
 def ids(prefix: str, start: int, stop: int) -> list[str]:
@@ -463,22 +486,23 @@ async def test_two_stores_converge(clients: ClientFactory, store_id: str) -> Non
     """§14 case 41: A commits 2; B boots (blocking) and sees them; B commits 2; A gets them live."""
     a = await clients("client-A", store_id=store_id)
     await a.commit("A", 2)
-    await a.wait_rows(2, timeout=15)
+    await a.wait_rows(2, within=15)
 
     b = await clients("client-B", store_id=store_id, blocking_initial_sync=True)
     assert b.ready_info["rowCount"] == 2, f"B booted without A's events: {b.ready_info}"
     boot = await b.dump()
-    assert row_ids(boot) == ["A-1", "A-2"]
+    assert event_ids(boot) == ["A-1", "A-2"]
+    assert sorted(row_ids(boot)) == ["A-1", "A-2"]
 
     await b.commit("B", 2)
-    await b.wait_rows(4, timeout=15)
-    live = await a.wait_rows(4, timeout=10)
+    await b.wait_rows(4, within=15)
+    live = await a.wait_rows(4, within=10)
     # The spec expects live delivery within about 1 s; allow slack for a loaded box.
     assert live["waitedMs"] < 5000 * UNIT, f"A waited {live['waitedMs']} ms for B's events"
 
     dump_a, dump_b = await a.dump(), await b.dump()
     assert_same(dump_a, dump_b)
-    assert row_ids(dump_a) == ["A-1", "A-2", "B-1", "B-2"]
+    assert event_ids(dump_a) == ["A-1", "A-2", "B-1", "B-2"]
     assert [ev["clientId"] for ev in dump_a["events"]] == ["client-A"] * 2 + ["client-B"] * 2
     assert dump_a["counters"]["serverAheadErrors"] == 0
     assert dump_b["counters"]["serverAheadErrors"] == 0
@@ -493,15 +517,17 @@ async def test_concurrent_commits_rebase(clients: ClientFactory, store_id: str) 
     # Hold each client's first Push frame on the wire so both leave with parentSeqNum 0.
     await asyncio.gather(a.cmd("hold", on=True), b.cmd("hold", on=True))
     await asyncio.gather(a.commit("A", 3, together=True), b.commit("B", 3, together=True))
-    await asyncio.gather(a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15))
+    await asyncio.gather(
+        a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15)
+    )
     released = await asyncio.gather(a.cmd("release"), b.cmd("release"))
     assert all(r["released"] >= 1 for r in released), released
 
-    await asyncio.gather(a.wait_rows(6, timeout=30), b.wait_rows(6, timeout=30))
+    await asyncio.gather(a.wait_rows(6, within=30), b.wait_rows(6, within=30))
     dump_a, dump_b = await a.dump(), await b.dump()
     assert_same(dump_a, dump_b)
 
-    order = row_ids(dump_a)
+    order = event_ids(dump_a)
     assert order in (ids("A", 1, 3) + ids("B", 1, 3), ids("B", 1, 3) + ids("A", 1, 3)), order
     winner, loser = (dump_a, dump_b) if order[0] == "A-1" else (dump_b, dump_a)
     assert winner["counters"]["serverAheadErrors"] == 0, winner["counters"]
@@ -517,13 +543,14 @@ async def test_late_joiner_catches_up_1000_events(clients: ClientFactory, store_
     total = 1000
     a = await clients("client-A", store_id=store_id)
     await a.commit("A", total)
-    await a.wait_rows(total, timeout=45)
+    await a.wait_rows(total, within=45)
 
     late = await clients("client-late", store_id=store_id, blocking_initial_sync=True)
-    await late.wait_rows(total, timeout=30)
+    await late.wait_rows(total, within=30)
     dump_a, dump_late = await a.dump(), await late.dump()
     assert_same(dump_a, dump_late)
-    assert row_ids(dump_late) == ids("A", 1, total)
+    assert event_ids(dump_late) == ids("A", 1, total)
+    assert row_ids(dump_late) == ids("A", 1, total)  # no rebase happened: rowid order holds
     assert dump_late["events"][-1]["seqNum"] == total
 
 
@@ -534,7 +561,7 @@ async def test_gateway_restart_mid_session(
     a = await clients("client-A", store_id=store_id)
     b = await clients("client-B", store_id=store_id)
     await a.commit("A", 2)
-    await asyncio.gather(a.wait_rows(2, timeout=15), b.wait_rows(2, timeout=15))
+    await asyncio.gather(a.wait_rows(2, within=15), b.wait_rows(2, within=15))
 
     old_port = gateway_proc.port
     code = await gateway_proc.stop()
@@ -560,11 +587,11 @@ async def test_gateway_restart_mid_session(
     await b.commit("B", 1, start=3)
 
     total = 2 + 2 + 2 + 1 + 1
-    await asyncio.gather(a.wait_rows(total, timeout=40), b.wait_rows(total, timeout=40))
+    await asyncio.gather(a.wait_rows(total, within=40), b.wait_rows(total, within=40))
     dump_a, dump_b = await a.dump(), await b.dump()
     assert_same(dump_a, dump_b)
 
-    order = row_ids(dump_a)
+    order = event_ids(dump_a)
     assert sorted(order) == sorted(ids("A", 1, 5) + ids("B", 1, 3)), order
     assert order[:2] == ["A-1", "A-2"], "events from before the restart moved"
     assert_subsequence_in_order(order, ids("A", 1, 5))
@@ -580,7 +607,7 @@ async def test_http_transport_client(clients: ClientFactory, store_id: str) -> N
     """§10 / case 38: a makeHttpSync client sees WS pushes, and its pushes reach the WS client."""
     ws = await clients("client-ws", store_id=store_id)
     await ws.commit("W", 2)
-    await ws.wait_rows(2, timeout=15)
+    await ws.wait_rows(2, within=15)
 
     http = await clients(
         "client-http",
@@ -589,20 +616,22 @@ async def test_http_transport_client(clients: ClientFactory, store_id: str) -> N
         blocking_initial_sync=True,
         extra_args=("--poll-interval", "500"),
     )
-    assert http.ready_info["rowCount"] == 2, f"HTTP client booted without W-1, W-2: {http.ready_info}"
+    assert http.ready_info["rowCount"] == 2, (
+        f"HTTP client booted without W-1/W-2: {http.ready_info}"
+    )
 
     await http.commit("H", 2)
-    await http.wait_rows(4, timeout=20)
-    await ws.wait_rows(4, timeout=15)
+    await http.wait_rows(4, within=20)
+    await ws.wait_rows(4, within=15)
 
     # A later WS push reaches the HTTP client through its polling pulls.
     await ws.commit("W", 1, start=3)
-    await http.wait_rows(5, timeout=20)
-    await ws.wait_rows(5, timeout=15)
+    await http.wait_rows(5, within=20)
+    await ws.wait_rows(5, within=15)
 
     dump_ws, dump_http = await ws.dump(), await http.dump()
     assert_same(dump_ws, dump_http)
-    assert row_ids(dump_http) == ["W-1", "W-2", "H-1", "H-2", "W-3"]
+    assert event_ids(dump_http) == ["W-1", "W-2", "H-1", "H-2", "W-3"]
     assert [ev["clientId"] for ev in dump_http["events"]] == [
         "client-ws",
         "client-ws",
