@@ -1,20 +1,30 @@
-"""Composition root: builds the store, hub, engine and frontend from a Config and runs them."""
+"""Composition root: builds the store, hub, engine, auth gate and frontend from a Config,
+runs them, reloads what can change live, and shuts them down in order."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
+from prometheus_client.core import Metric
+
+from gateway import metrics
 from gateway.authgate import AuthGate
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.engine import SyncEngine
-from gateway.handshake import ValidatePayload
+from gateway.handshake import PayloadContext, Refusal, ValidatePayload
 from gateway.hub import Hub
+from gateway.metrics import Metrics
 from gateway.server import Frontend
 from gateway.store import EventStore, StoreError
 from gateway.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
+
+# Settings that need a restart to change; a reload that changes them is refused.
+RESTART_ONLY = (("server", "host"), ("server", "port"), ("store", "backend"), ("store", "data_dir"))
 
 
 def make_store(config: Config) -> EventStore:
@@ -25,13 +35,14 @@ def make_store(config: Config) -> EventStore:
 
 
 class Gateway:
-    """One gateway node: ``await start()``, serve, ``await stop()``."""
+    """One gateway node: ``await start()``, serve, ``await reload(...)``, ``await stop()``."""
 
     def __init__(self, config: Config, *, validate_payload: ValidatePayload | None = None):
         self.config = config
+        self.metrics = Metrics()
         self.store = make_store(config)
         self.hub = Hub()
-        self.engine = SyncEngine(self.store, self.hub)
+        self.engine = SyncEngine(self.store, self.hub, self.metrics)
         self.auth = AuthGate(config.auth)
         self.frontend = Frontend(
             config,
@@ -40,8 +51,8 @@ class Gateway:
             self.ready,
             push_gate=self.auth.wait_push,
         )
+        self.metrics.add_source(self._collect)
         self._started = False
-        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         await self.store.open()
@@ -67,7 +78,43 @@ class Gateway:
             return False
         return True
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bound on the whole shutdown, not one call
+    def status(self) -> str:
+        counters = self.engine.counters
+        return (
+            f"ready: {counters.connections['ws']} ws peers, "
+            f"{self.hub.subscriber_count()} live pulls, {self.engine.stores_loaded} stores"
+        )
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> None:
+        """Apply a new configuration without dropping connections.
+
+        Live: auth policy and keys, bypass token, grace window, limits, log level, metrics.
+        Connections whose credentials the new policy refuses are closed (4003, or 4001 when
+        the token is merely expired). Raises ConfigError, changing nothing, when ``new``
+        changes a restart-only setting or its keys cannot be loaded.
+        """
+        for section, key in RESTART_ONLY:
+            if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
+                raise ConfigError(f"{section}.{key}: changing it needs a restart")
+        self.auth.apply(new.auth)  # raises ConfigError before anything changed
+        self.config = new
+        self.frontend.config = new
+        logging.getLogger().setLevel(new.log.level.upper())
+        await self.frontend.recheck_sessions(self._recheck)
+        logger.info("configuration reloaded")
+
+    async def _recheck(self, context: PayloadContext) -> Refusal | float | None:
+        """Re-run the gate on a live session's handshake; its new expiry, or a refusal."""
+        decision = await self.auth.evaluate(context, record=False)
+        if isinstance(decision, Refusal):
+            return decision
+        return decision.expires_at
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounds the whole stop
         """Graceful stop: no new connections, admitted pushes finish and are acked, peers
         are closed with 1001, then the store is closed."""
         if not self._started:
@@ -82,7 +129,70 @@ class Gateway:
         await self.frontend.close(timeout)
         await self.engine.drain()
         await self.store.close()
-        self._stopped.set()
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+    # -- metrics --------------------------------------------------------------------------
+
+    def _collect(self) -> Iterator[Metric]:
+        counters = self.engine.counters
+        yield metrics.labelled_gauge(
+            "gateway_connections", "Open client connections.", "transport", counters.connections
+        )
+        yield metrics.labelled_counter(
+            "gateway_connections_opened",
+            "Client connections accepted since start.",
+            "transport",
+            counters.connections_total,
+        )
+        yield metrics.labelled_counter(
+            "gateway_auth_decisions",
+            "Sync requests by auth decision (accepted reasons and refusal codes).",
+            "reason",
+            self.auth.decisions,
+        )
+        yield metrics.counter(
+            "gateway_auth_lockouts",
+            "Client IPs locked out after failed attempts.",
+            self.auth.lockouts,
+        )
+        yield metrics.counter(
+            "gateway_pushes_accepted",
+            "Pushes accepted (durably appended).",
+            counters.pushes_accepted,
+        )
+        yield metrics.counter(
+            "gateway_events_accepted",
+            "Events accepted (durably appended).",
+            counters.events_accepted,
+        )
+        yield metrics.labelled_counter(
+            "gateway_pushes_rejected",
+            "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage).",
+            "reason",
+            counters.pushes_rejected,
+        )
+        yield metrics.counter(
+            "gateway_server_ahead",
+            "Pushes answered with ServerAheadError.",
+            counters.pushes_rejected["server_ahead"],
+        )
+        yield metrics.counter(
+            "gateway_frames_delivered",
+            "Live Chunk frames handed to subscribers.",
+            counters.frames_delivered,
+        )
+        yield metrics.counter(
+            "gateway_send_queue_evictions",
+            "Connections closed because their send queue overflowed (1013).",
+            counters.evictions,
+        )
+        yield metrics.gauge("gateway_live_subscribers", "Live pulls.", self.hub.subscriber_count())
+        yield metrics.gauge(
+            "gateway_stores_loaded", "Stores held in memory.", self.engine.stores_loaded
+        )
+        if isinstance(self.store, SqliteStore):
+            path = self.store.path
+            yield metrics.gauge(
+                "gateway_store_size_bytes",
+                "Size of the event log on disk (database and WAL).",
+                metrics.file_size(path, Path(f"{path}-wal")),
+            )

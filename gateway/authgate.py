@@ -204,10 +204,15 @@ class AuthGate:
     # -- the hook -------------------------------------------------------------------------
 
     async def __call__(self, context: PayloadContext) -> Admission | Refusal:
+        return await self.evaluate(context, record=True)
+
+    async def evaluate(self, context: PayloadContext, *, record: bool) -> Admission | Refusal:
+        """Decide on ``context``. With ``record=False`` (re-checking live sessions after a
+        reload) nothing is counted or logged as an attempt."""
         config = self.config
         ip = self.client_ip(context)
         now = self._clock()
-        retry_after = self.failures.retry_after(ip, now)
+        retry_after = self.failures.retry_after(ip, now) if record else None
         if retry_after is not None:
             self.decisions["RATE_LIMITED"] += 1
             return Refusal(
@@ -225,7 +230,7 @@ class AuthGate:
             production=config.require_auth,
         )
         if isinstance(credentials, auth.Denied):
-            return self._refuse(context, ip, None, credentials, None)
+            return self._refuse(context, ip, None, credentials, None, record=record)
         verification = None
         token = credentials.token
         if (
@@ -241,14 +246,17 @@ class AuthGate:
             else None
         )
         if decision.denied is not None:
-            return self._refuse(context, ip, credentials, decision.denied, verification)
+            return self._refuse(
+                context, ip, credentials, decision.denied, verification, record=record
+            )
         if not auth.store_allowed(decision, context.store_id, self.policy):
             denied = auth.Denied(
                 status=403, code="STORE_FORBIDDEN", message="this store is not allowed"
             )
-            return self._refuse(context, ip, credentials, denied, verification)
-        self.decisions[decision.reason] += 1
-        if decision.warn:
+            return self._refuse(context, ip, credentials, denied, verification, record=record)
+        if record:
+            self.decisions[decision.reason] += 1
+        if decision.warn and record:
             why = verification.why if isinstance(verification, auth.Invalid) else decision.reason
             logger.warning(
                 "accepted with warning reason=%s why=%s store=%s subject=%s instance=%s "
@@ -277,7 +285,12 @@ class AuthGate:
         credentials: auth.Credentials | None,
         denied: auth.Denied,
         verification: auth.Verification | None,
+        *,
+        record: bool = True,
     ) -> Refusal:
+        refusal = Refusal(status=denied.status, code=denied.code, message=denied.message)
+        if not record:
+            return refusal
         self.decisions[denied.code] += 1
         now = self._clock()
         locked = self.failures.record_failure(ip, now)
@@ -302,4 +315,4 @@ class AuthGate:
                 self.failures.max_failures,
                 self.failures.window,
             )
-        return Refusal(status=denied.status, code=denied.code, message=denied.message)
+        return refusal

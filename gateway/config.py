@@ -119,6 +119,14 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "info"
+    # "plain" (one line per record, journald adds timestamps) or "json".
+    format: str = "plain"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    # Serve GET /metrics (Prometheus text format) on the main port.
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +136,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -136,6 +145,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": LimitsConfig,
     "auth": AuthConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 # Environment names used by the seed deployments, accepted as they are.
@@ -251,6 +261,8 @@ def _validate(config: Config) -> Config:
     _validate_auth(config.auth)
     if config.log.level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("log.level: one of debug, info, warning, error")
+    if config.log.format not in {"plain", "json"}:
+        raise ConfigError("log.format: one of plain, json")
     return config
 
 

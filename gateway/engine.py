@@ -25,6 +25,7 @@ import orjson
 
 from gateway import protocol
 from gateway.hub import Hub, Subscription
+from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
 from gateway.store import EventStore, HeadMismatch, StoreError
 
@@ -59,16 +60,18 @@ def now_ms() -> int:
 
 
 class SyncEngine:
-    def __init__(self, store: EventStore, hub: Hub) -> None:
+    def __init__(self, store: EventStore, hub: Hub, metrics: Metrics | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.metrics = metrics or Metrics()
+        self.counters = self.metrics.counters
         self._states: dict[str, StoreState] = {}
         self._loading: dict[str, asyncio.Future[StoreState]] = {}
         self._admissions: set[asyncio.Task[ErrorDict | None]] = set()
-        # Counters for operators (issue: metrics); plain ints, cheap on the hot path.
-        self.pushes_accepted = 0
-        self.events_accepted = 0
-        self.pushes_rejected = 0
+
+    @property
+    def stores_loaded(self) -> int:
+        return len(self._states)
 
     async def state(self, store_id: str) -> StoreState:
         """The in-memory state of a store, loading (or creating) it on first use."""
@@ -109,15 +112,16 @@ class SyncEngine:
             return None
         problem = protocol.chain_error(batch)
         if problem is not None:
-            self.pushes_rejected += 1
+            self.counters.pushes_rejected["invalid_batch"] += 1
             return protocol.unknown_error(problem, "invalid batch")
         try:
             state = await self.state(request.store_id)
         except StoreError:
             logger.exception("store %r could not be opened", request.store_id)
+            self.counters.pushes_rejected["storage"] += 1
             return protocol.unknown_error("storage unavailable", "push")
         if request.backend_id is not None and request.backend_id != state.backend_id:
-            self.pushes_rejected += 1
+            self.counters.pushes_rejected["backend_mismatch"] += 1
             return protocol.backend_mismatch(state.backend_id, request.backend_id)
         task = asyncio.get_running_loop().create_task(self._admit(state, batch))
         self._admissions.add(task)
@@ -128,7 +132,7 @@ class SyncEngine:
         async with state.lock:
             parent = batch[0].parent
             if parent != state.head:
-                self.pushes_rejected += 1
+                self.counters.pushes_rejected["server_ahead"] += 1
                 return protocol.server_ahead(state.head, parent)
             created = now_ms()
             try:
@@ -136,17 +140,22 @@ class SyncEngine:
             except HeadMismatch as exc:
                 # Another writer (another node) moved the head: adopt it.
                 state.head = exc.head
-                self.pushes_rejected += 1
+                self.counters.pushes_rejected["server_ahead"] += 1
                 return protocol.server_ahead(exc.head, parent)
             except StoreError as exc:
                 logger.error("append to store %r failed: %s", state.store_id, exc)
+                self.counters.pushes_rejected["storage"] += 1
                 return protocol.unknown_error("storage unavailable", "push")
             state.head = batch[-1].seq
+            started = time.perf_counter()
             meta = protocol.metadata(created)
             entries = [protocol.event_entry(event.data, meta) for event in batch]
-            self.hub.publish(state.store_id, entries, state.backend_id_json)
-            self.pushes_accepted += 1
-            self.events_accepted += len(batch)
+            sent = self.hub.publish(state.store_id, entries, state.backend_id_json)
+            self.metrics.fanout_latency.observe(time.perf_counter() - started)
+            counters = self.counters
+            counters.frames_delivered += sent
+            counters.pushes_accepted += 1
+            counters.events_accepted += len(batch)
         return None
 
     async def drain(self) -> None:

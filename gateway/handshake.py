@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
+from gateway.protocol import loads
+
 Transport = Literal["ws", "http"]
 
 MISSING: Final = object()
@@ -102,8 +104,8 @@ def parse_target(
         if len(text.encode()) > max_payload_bytes:
             return Refusal(status=400, code="BAD_PAYLOAD", message="payload is too large")
         try:
-            payload = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            payload = loads(text)
+        except ValueError:
             return Refusal(status=400, code="BAD_PAYLOAD", message="payload is not valid JSON")
     return SyncTarget(
         path=split.path or "/",

@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import http
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,8 @@ class HttpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         peer = transport.get_extra_info("peername")
         self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
+        frontend.engine.counters.connections["http"] += 1
+        frontend.engine.counters.connections_total["http"] += 1
         self._arm_idle()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -80,7 +83,9 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         if self._idle is not None:
             self._idle.cancel()
-        self._frontend.http_connections.discard(self)
+        if self in self._frontend.http_connections:
+            self._frontend.http_connections.discard(self)
+            self._frontend.engine.counters.connections["http"] -= 1
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -302,7 +307,9 @@ async def _run_rpc(
                 return [protocol.exit_fail(rid, protocol.store_mismatch(push.store_id))]
             if push.batch:
                 await frontend.push_gate(admission)
+            started = time.perf_counter()
             error = await engine.push(push)
+            engine.metrics.push_latency.observe(time.perf_counter() - started)
             if error is None:
                 return [protocol.exit_success(rid, protocol.PUSH_ACK)]
             return [protocol.exit_fail(rid, error)]

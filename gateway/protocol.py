@@ -16,6 +16,7 @@ Error vocabulary:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -40,6 +41,37 @@ class FrameError(Exception):
 
 class PayloadError(Exception):
     """A request payload that fails the RPC schema; that request dies (Exit / Die)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON with JavaScript's strings
+#
+# JavaScript strings may hold lone UTF-16 surrogates, which JSON.stringify writes as escapes
+# ("\ud800"). orjson refuses them; the standard library keeps them. Such rare documents take
+# the slow path both ways, so an app's data round-trips exactly.
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON; raises ``orjson.JSONDecodeError`` (a ValueError) when it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(data, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            raise exc from None
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise JSON; ASCII-escaped (valid UTF-8) when it holds lone surrogates."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +123,8 @@ def _request_id(message: dict[str, Any], key: str) -> str:
 def decode_frame(data: bytes | str) -> Inbound:
     """Decode one WebSocket text frame (or an HTTP body) into a message."""
     try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        message = loads(data)
+    except ValueError as exc:
         raise FrameError(f"frame is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise FrameError(f"frame must be a JSON object, got {_kind(message)}")
@@ -249,7 +281,7 @@ def _encode_event(event: object, index: int) -> NewEvent:
     canonical["parentSeqNum"] = parent
     canonical["clientId"] = event["clientId"]
     canonical["sessionId"] = event["sessionId"]
-    return NewEvent(seq, parent, orjson.dumps(canonical))
+    return NewEvent(seq, parent, dumps(canonical))
 
 
 def decode_push(payload: dict[str, Any]) -> PushRequest:

@@ -82,8 +82,8 @@ class PushLimiter:
             return 0.0
         bucket = self._buckets.get(subject)
         if bucket is None:
-            bucket = self._buckets[subject] = _Bucket(float(self.burst), now)
             self._evict(now)
+            bucket = self._buckets[subject] = _Bucket(float(self.burst), now)
         else:
             self._buckets.move_to_end(subject)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
@@ -94,7 +94,8 @@ class PushLimiter:
         return -bucket.tokens / self.rate
 
     def _evict(self, now: float) -> None:
-        while len(self._buckets) > self.max_subjects:
+        """Make room for one more bucket."""
+        while len(self._buckets) >= self.max_subjects:
             self._buckets.popitem(last=False)
         # Drop the least recently used buckets that are full again: they carry no state.
         while self._buckets:

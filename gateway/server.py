@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.config import Config
 from gateway.engine import SyncEngine
 from gateway.handshake import (
@@ -61,6 +61,7 @@ ReadyCheck = Callable[[], Awaitable[bool]]
 PushGate = Callable[[Admission], Awaitable[None]]
 
 CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_FORBIDDEN = 4003
 
 
 async def _no_gate(admission: Admission) -> None:
@@ -72,6 +73,8 @@ class GatewayConnection(ServerConnection):
 
     target: SyncTarget
     admission: Admission
+    context: PayloadContext
+    expiry: asyncio.TimerHandle | None = None
 
 
 def _response(
@@ -303,6 +306,7 @@ class Frontend:
         assert isinstance(connection, GatewayConnection)
         connection.target = target
         connection.admission = decision
+        connection.context = context
         return None
 
     async def plain_get(self, path: str) -> Response:
@@ -314,6 +318,8 @@ class Frontend:
             return refusal_response(
                 Refusal(status=503, code="NOT_READY", message="the store is not reachable")
             )
+        if path == "/metrics" and self.config.metrics.enabled:
+            return _response(200, self.engine.metrics.render(), metrics.CONTENT_TYPE)
         if path == "/":
             return _response(200, INFO_TEXT.encode(), "text/plain; charset=utf-8")
         return refusal_response(Refusal(status=404, code="NOT_FOUND", message="no such endpoint"))
@@ -366,17 +372,17 @@ class Frontend:
             admission.fingerprint,
             remote,
         )
-        expiry = None
-        if admission.expires_at is not None:
-            # The session lives while its credential would still be accepted.
-            delay = max(admission.expires_at - time.time(), 0.0)
-            expiry = asyncio.get_running_loop().call_later(delay, self._expire, connection)
+        self._schedule_expiry(connection, admission.expires_at)
         self.peers.add(peer)
+        counters = self.engine.counters
+        counters.connections["ws"] += 1
+        counters.connections_total["ws"] += 1
         try:
             await peer.run()
         finally:
-            if expiry is not None:
-                expiry.cancel()
+            counters.connections["ws"] -= 1
+            if connection.expiry is not None:
+                connection.expiry.cancel()
             self.peers.discard(peer)
             peer.close()
             logger.info(
@@ -391,6 +397,42 @@ class Frontend:
                 peer.frames_out,
                 remote,
             )
+
+    def _schedule_expiry(self, connection: GatewayConnection, expires_at: float | None) -> None:
+        """The session lives while its credential would still be accepted."""
+        if connection.expiry is not None:
+            connection.expiry.cancel()
+            connection.expiry = None
+        if expires_at is not None:
+            delay = max(expires_at - time.time(), 0.0)
+            connection.expiry = asyncio.get_running_loop().call_later(
+                delay, self._expire, connection
+            )
+
+    async def recheck_sessions(
+        self, check: Callable[[PayloadContext], Awaitable[Refusal | float | None]]
+    ) -> int:
+        """After a reload: close sessions the new policy refuses; returns how many."""
+        if self.ws_server is None:
+            return 0
+        closed = 0
+        for connection in tuple(self.ws_server.all_connections):
+            if not isinstance(connection, GatewayConnection) or connection.state is not State.OPEN:
+                continue
+            outcome = await check(connection.context)
+            if isinstance(outcome, Refusal):
+                code = CLOSE_TOKEN_EXPIRED if outcome.code == "TOKEN_EXPIRED" else CLOSE_FORBIDDEN
+                logger.info(
+                    "closing store=%s subject=%s after reload: %s",
+                    connection.target.store_id,
+                    connection.admission.subject,
+                    outcome.code,
+                )
+                self.spawn(connection.close(code, outcome.code.lower()))
+                closed += 1
+            else:
+                self._schedule_expiry(connection, outcome)
+        return closed
 
     def _expire(self, connection: GatewayConnection) -> None:
         logger.info(

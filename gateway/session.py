@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.connection import broadcast
@@ -102,6 +103,7 @@ class Peer:
         if self._evicted:
             return
         self._evicted = True
+        self.engine.counters.evictions += 1
         logger.warning("evicting store=%s: %s", self.store_id, reason)
         self._drop_requests()
         self._spawn(self.connection.close(CLOSE_SLOW_CONSUMER, reason))
@@ -248,7 +250,9 @@ class Peer:
         if self._before_push is not None and push.batch:
             # Rate limiting delays a push; it never drops or fails it.
             await self._before_push()
+        started = time.perf_counter()
         error = await self.engine.push(push)
+        self.engine.metrics.push_latency.observe(time.perf_counter() - started)
         if error is None:
             self.events_in += len(push.batch)
             self.write(protocol.exit_success(rid_json, protocol.PUSH_ACK))

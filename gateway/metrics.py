@@ -1,0 +1,108 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Components keep plain integer counters (cheap on the hot path, no locks); a custom collector
+reads them at scrape time. Only latencies use prometheus-client histograms. Each gateway
+has its own registry, so several can run in one process (tests). Nothing here ever carries
+a token: labels are reasons, codes and transports only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain counters written by the engine, the sessions and the frontend."""
+
+    pushes_accepted: int = 0
+    events_accepted: int = 0
+    pushes_rejected: Counter[str] = field(default_factory=Counter)
+    evictions: int = 0
+    connections: Counter[str] = field(default_factory=Counter)
+    connections_total: Counter[str] = field(default_factory=Counter)
+    frames_delivered: int = 0
+
+
+class Metrics:
+    """The registry of one gateway and the histograms the hot path observes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.counters = Counters()
+        self.push_latency = Histogram(
+            "gateway_push_duration_seconds",
+            "Time from receiving a push to its answer (admission, durable append, publication).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fanout_latency = Histogram(
+            "gateway_fanout_duration_seconds",
+            "Time to hand one accepted batch to every live subscriber of its store.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._sources: list[Callable[[], Iterator[Metric]]] = []
+        self.registry.register(_Collector(self._sources))
+
+    def add_source(self, source: Callable[[], Iterator[Metric]]) -> None:
+        """Register a function producing metric families at scrape time."""
+        self._sources.append(source)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, sources: list[Callable[[], Iterator[Metric]]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source()
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def labelled_counter(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def labelled_gauge(name: str, doc: str, label: str, values: Counter[str]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def file_size(*paths: Path) -> int:
+    total = 0
+    for path in paths:
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass
+    return total
