@@ -9,21 +9,37 @@ import logging
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jwt
 import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake
 
-from gateway import __version__
+from gateway import __version__, log
 from gateway.app import Gateway
-from gateway.config import HMAC_ALGORITHMS, Config, ConfigError, load_config, parse_duration
+from gateway.config import (
+    HMAC_ALGORITHMS,
+    SECRET_KEYS,
+    Config,
+    ConfigError,
+    as_dict,
+    load_config,
+    parse_duration,
+)
+from gateway.store import StoreError
+from gateway.systemd import Notifier
 
 logger = logging.getLogger("gateway")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+# Seconds between STATUS= updates to systemd.
+STATUS_INTERVAL = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides [server] host)")
     serve.add_argument("--port", type=int, help="listen port; 0 picks a free one")
     serve.add_argument("--data-dir", help="directory of the SQLite log (overrides [store])")
+
+    check = commands.add_parser("check-config", help="validate and print the configuration")
+    check.add_argument("--config", help="TOML configuration file")
+
+    stats = commands.add_parser("stats", help="connections per store and subject (running daemon)")
+    stats.add_argument("--config", help="TOML configuration file (for the bypass token)")
+    stats.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
+
+    tail = commands.add_parser("tail", help="print a store's events as they are accepted")
+    tail.add_argument("--config", help="TOML configuration file (for the bypass token)")
+    tail.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
+    tail.add_argument("--store", required=True, help="the storeId")
+    tail.add_argument("--from", dest="after", type=int, default=0, help="start after this seqNum")
 
     token = commands.add_parser("token", help="mint or inspect JWTs")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -67,34 +96,145 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"server": server, "store": store}
 
 
-def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # websockets logs handshake details at INFO/DEBUG; our own lines replace them.
-    logging.getLogger("gateway.websockets").setLevel(logging.WARNING)
-
-
-async def _serve(config: Config) -> int:
+async def _serve(args: argparse.Namespace, config: Config) -> int:
+    notifier = Notifier()
     gateway = Gateway(config)
     try:
         await gateway.start()
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", config.server.host, config.server.port, exc)
         return EXIT_STARTUP
+    except StoreError as exc:
+        logger.error("cannot open the store: %s", exc)
+        return EXIT_STARTUP
     host = gateway.host
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on ws://{shown}:{gateway.port}", file=sys.stderr, flush=True)
+    # The store is open and the socket listens: only now is the service ready.
+    notifier.ready(gateway.status())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("shutting down")
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+
+    async def reloader() -> None:
+        while True:
+            await reloads.get()
+            notifier.reloading()
+            try:
+                new = load_config(args.config, overrides=_overrides(args))
+                await gateway.reload(new)
+            except ConfigError as exc:
+                logger.error("reload refused, the old configuration stays in force: %s", exc)
+                notifier.notify("READY=1", f"STATUS=reload failed: {exc}")
+            else:
+                notifier.ready(gateway.status())
+
+    async def status() -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            notifier.status(gateway.status())
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(reloader()), group.create_task(notifier.watchdog())]
+        if notifier.enabled:
+            tasks.append(group.create_task(status()))
+        await stop.wait()
+        logger.info("shutting down")
+        notifier.stopping()
+        for task in tasks:
+            task.cancel()
     await gateway.stop()
+    notifier.close()
     logger.info("stopped")
+    return 0
+
+
+def _check_config(config: Config) -> int:
+    shown = as_dict(config)
+    for section, key in SECRET_KEYS:
+        if shown[section][key]:
+            shown[section][key] = "<redacted>"
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _base_url(args: argparse.Namespace, config: Config, scheme: str) -> str:
+    if args.url:
+        url = str(args.url).rstrip("/")
+        if scheme == "ws":
+            url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return url
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reaching a daemon that listens everywhere
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{config.server.port}"
+
+
+def _stats(args: argparse.Namespace, config: Config) -> int:
+    url = _base_url(args, config, "http") + "/stats"
+    request = urllib.request.Request(url)  # noqa: S310 - http(s) URL of the operator's daemon
+    if config.auth.bypass_token:
+        request.add_header("Authorization", f"Bearer {config.auth.bypass_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            data = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+async def _tail(args: argparse.Namespace, config: Config) -> int:
+    payload: dict[str, str] = {"instanceId": "gateway-tail"}
+    if config.auth.bypass_token:
+        payload["serverBypass"] = config.auth.bypass_token
+    query = urlencode(
+        [
+            ("storeId", args.store),
+            ("payload", quote(json.dumps(payload, separators=(",", ":")), safe="")),
+            ("transport", "ws"),
+        ]
+    )
+    url = f"{_base_url(args, config, 'ws')}/?{query}"
+    try:
+        async with connect(url, max_size=None, compression=None, proxy=None) as ws:
+            return await _tail_session(ws, args.store, args.after)
+    except (OSError, InvalidHandshake) as exc:
+        print(f"gateway: cannot connect: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
+    async def pull(rid: str, cursor: object) -> None:
+        request = {"storeId": store, "live": True, "cursor": cursor}
+        frame = {"_tag": "Request", "id": rid, "tag": "SyncWsRpc.Pull", "payload": request}
+        await ws.send(json.dumps(frame))
+
+    # A cursor needs the backendId: a deliberately wrong one makes the server name it.
+    probe = {"_tag": "Some", "value": {"backendId": "?", "eventSequenceNumber": after}}
+    await pull("0", probe if after else {"_tag": "None"})
+    async for raw in ws:
+        frame = json.loads(raw)
+        tag = frame.get("_tag")
+        if tag == "Chunk":
+            await ws.send(json.dumps({"_tag": "Ack", "requestId": frame["requestId"]}))
+            for item in frame["values"]:
+                for entry in item["batch"]:
+                    print(json.dumps(entry["eventEncoded"], separators=(",", ":")), flush=True)
+        elif tag == "Exit":
+            cause = frame["exit"].get("cause", {})
+            error = cause.get("error", {}) if isinstance(cause, dict) else {}
+            if error.get("_tag") == "BackendIdMismatchError" and frame["requestId"] == "0":
+                cursor = {"backendId": error["expected"], "eventSequenceNumber": after}
+                await pull("1", {"_tag": "Some", "value": cursor})
+                continue
+            print(f"gateway: pull ended: {json.dumps(frame['exit'])}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -169,7 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "token":
         return _mint(args, config)
-    _setup_logging(config)
+    if args.command == "check-config":
+        return _check_config(config)
+    if args.command == "stats":
+        return _stats(args, config)
+    log.setup(config.log.level, config.log.format)
+    if args.command == "tail":
+        try:
+            return uvloop.run(_tail(args, config))
+        except KeyboardInterrupt:
+            return 0
     if args.command == "serve":
-        return uvloop.run(_serve(config))
+        return uvloop.run(_serve(args, config))
     return 1  # pragma: no cover - argparse enforces a command

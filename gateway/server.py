@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import hmac
 import http
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -260,7 +264,7 @@ class Frontend:
             max_payload_bytes=limits.max_payload_bytes,
         )
         if isinstance(target, NotSync):
-            return await self.plain_get(target.path)
+            return await self.plain_get(target.path, request, connection)
         if isinstance(target, Refusal):
             return refusal_response(target)
         if target.transport != "ws":
@@ -309,7 +313,9 @@ class Frontend:
         connection.context = context
         return None
 
-    async def plain_get(self, path: str) -> Response:
+    async def plain_get(
+        self, path: str, request: Request, connection: ServerConnection
+    ) -> Response:
         if path == "/healthz":
             return _response(200, b"ok\n", "text/plain; charset=utf-8")
         if path == "/readyz":
@@ -318,11 +324,54 @@ class Frontend:
             return refusal_response(
                 Refusal(status=503, code="NOT_READY", message="the store is not reachable")
             )
+        if path == "/stats":
+            if not self._operator(request, connection):
+                return refusal_response(
+                    Refusal(
+                        status=403,
+                        code="FORBIDDEN",
+                        message="/stats needs Authorization: Bearer <bypass token>",
+                    )
+                )
+            return _response(200, orjson.dumps(self.stats()), "application/json")
         if path == "/metrics" and self.config.metrics.enabled:
             return _response(200, self.engine.metrics.render(), metrics.CONTENT_TYPE)
         if path == "/":
             return _response(200, INFO_TEXT.encode(), "text/plain; charset=utf-8")
         return refusal_response(Refusal(status=404, code="NOT_FOUND", message="no such endpoint"))
+
+    def _operator(self, request: Request, connection: ServerConnection) -> bool:
+        """Operator endpoints: the bypass token as a Bearer token, or loopback when unset."""
+        token = self.config.auth.bypass_token
+        if not token:
+            address = connection.remote_address
+            return isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            hashlib.sha256(value.strip().encode()).digest(),
+            hashlib.sha256(token.encode()).digest(),
+        )
+
+    def stats(self) -> dict[str, object]:
+        """Connections per store and per subject (``gateway stats``)."""
+        by_store: Counter[str] = Counter()
+        by_subject: Counter[str] = Counter()
+        if self.ws_server is not None:
+            for connection in self.ws_server.all_connections:
+                if isinstance(connection, GatewayConnection) and connection.state is State.OPEN:
+                    by_store[connection.target.store_id] += 1
+                    by_subject[connection.admission.subject] += 1
+        counters = self.engine.counters
+        return {
+            "connections": {"ws": sum(by_store.values()), "http": len(self.http_connections)},
+            "stores": dict(by_store.most_common()),
+            "subjects": dict(by_subject.most_common()),
+            "live_subscribers": self.engine.hub.subscriber_count(),
+            "stores_loaded": self.engine.stores_loaded,
+            "pushes_accepted": counters.pushes_accepted,
+            "events_accepted": counters.events_accepted,
+        }
 
     async def _handle_websocket(self, connection: ServerConnection) -> None:
         """Mirror of ``serve()``'s handler: handshake under a timeout, then the session."""
