@@ -19,10 +19,15 @@
 //   waitconnected {timeout=30}     wait until the sync backend reports isConnected
 //   waitpending {count, timeout}   wait until at least `count` events are pending upstream in the leader
 //   status                         sync state and network status
+//   waitrefused {count=1, timeout}  wait until the server has refused at least `count` WebSocket handshakes
+//                                    (HTTP 4xx instead of 101: the auth tests' refused clients)
 //   hold     {on: bool}            hold outgoing WebSocket Push frames (network-level test instrumentation)
 //   waitheld {count=1, timeout}    wait until at least `count` Push frames are being held
 //   release                        send every held Push frame now, in order
 //   shutdown                       shut the store down and exit 0
+//
+// --sync-payload JSON (or env INTEROP_SYNC_PAYLOAD) sets the store's syncPayload, e.g.
+// {"instanceId":"app-1","authToken":"<JWT>"} or {"instanceId":"svc-1","serverBypass":"<token>"}.
 //
 // The process never hangs: every wait has a timeout, and a watchdog ends the process after
 // --max-lifetime seconds (exit 3). Closing stdin also shuts the client down.
@@ -60,6 +65,9 @@ const { values: opts } = parseArgs({
     'max-lifetime': { type: 'string', default: '120' },
     'poll-interval': { type: 'string', default: '1000' },
     'log-frames': { type: 'boolean', default: false },
+    // JSON for the store's `syncPayload`, e.g. {"instanceId":"app-1","authToken":"<JWT>"}. The env var
+    // INTEROP_SYNC_PAYLOAD is read when the flag is absent (keeps tokens out of `ps` output).
+    'sync-payload': { type: 'string' },
     // 'shutdown' turns a stopped sync loop into a fatal exit the test sees at once (the default,
     // 'ignore', would leave the client silently offline).
     'on-sync-error': { type: 'string', default: 'shutdown' },
@@ -85,10 +93,13 @@ const counters = {
   serverAheadErrors: 0,
   backendIdMismatchErrors: 0,
   unknownErrors: 0,
+  // Handshakes the server answered with an HTTP status instead of 101 (auth refusals): no socket.
+  wsRefused: 0,
   httpRequests: 0,
   httpPushes: 0,
   httpPulls: 0,
 }
+const refusedStatuses = [] // HTTP status of each refused WebSocket handshake, in order (last 20)
 const held = [] // [{ socket, data }]
 let holdPushes = false
 
@@ -118,6 +129,16 @@ class TappedWebSocket extends WsWebSocket {
     })
     this.addEventListener('close', () => {
       counters.wsClosed++
+    })
+    // ws reports a non-101 answer to the upgrade as an 'error' ("Unexpected server response: 401")
+    // followed by 'close'; an extra listener does not change how LiveStore sees it.
+    this.on('error', (err) => {
+      const m = /Unexpected server response: (\d+)/.exec(String(err?.message ?? ''))
+      if (m === null) return
+      counters.wsRefused++
+      refusedStatuses.push(Number(m[1]))
+      if (refusedStatuses.length > 20) refusedStatuses.shift()
+      if (opts['log-frames']) writeErr(`[handshake refused] ${m[1]}`)
     })
     this.addEventListener('message', (ev) => {
       counters.framesIn++
@@ -209,6 +230,16 @@ if (opts.url === undefined) fail('--url is required')
 const transport = opts.transport
 if (transport !== 'ws' && transport !== 'http') fail(`unknown --transport ${transport}`)
 
+const syncPayloadText = opts['sync-payload'] ?? process.env.INTEROP_SYNC_PAYLOAD
+let syncPayload
+if (syncPayloadText !== undefined && syncPayloadText !== '') {
+  try {
+    syncPayload = JSON.parse(syncPayloadText)
+  } catch (error) {
+    fail(`--sync-payload is not JSON: ${error}`)
+  }
+}
+
 const backend =
   transport === 'ws'
     ? makeWsSync({ url: opts.url })
@@ -263,6 +294,7 @@ try {
       storeId: opts['store-id'],
       disableDevtools: true,
       shutdownDeferred,
+      ...(syncPayload === undefined ? {} : { syncPayload }),
     }),
     // LiveStore's own Blocking timeout is boot-timeout; give it room to act first.
     Number(opts['boot-timeout']) * 1000 + 5000,
@@ -328,6 +360,7 @@ const snapshot = async () => ({
   network: await networkStatus(),
   held: held.length,
   counters: { ...counters },
+  refusedStatuses: [...refusedStatuses],
 })
 
 const commands = {
@@ -372,6 +405,11 @@ const commands = {
     }
   },
   status: async () => snapshot(),
+  waitrefused: async ({ count = 1, timeout = 10 }) => {
+    const started = Date.now()
+    await waitFor(() => counters.wsRefused >= count, timeout * 1000, `${count} refused handshake(s)`)
+    return { waitedMs: Date.now() - started, ...(await snapshot()) }
+  },
   hold: async ({ on = true }) => {
     holdPushes = Boolean(on)
     return { holding: holdPushes }

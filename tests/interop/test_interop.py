@@ -18,16 +18,19 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -76,12 +79,12 @@ def _interop_prerequisites() -> None:
     pytest.skip(problem)
 
 
-async def _drain(stream: asyncio.StreamReader, sink: deque[str]) -> None:
+async def _drain(stream: asyncio.StreamReader, sink: Callable[[str], None]) -> None:
     while True:
         line = await stream.readline()
         if not line:
             return
-        sink.append(line.decode("utf-8", "replace").rstrip("\n"))
+        sink(line.decode("utf-8", "replace").rstrip("\n"))
 
 
 async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> int:
@@ -103,17 +106,74 @@ async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> in
 # The gateway subprocess
 
 
-class GatewayProcess:
-    """``python -m gateway serve`` on 127.0.0.1 with a data dir; restartable on the same port."""
+# Auth settings a developer's shell might carry: the server under test gets only what a test sets.
+_AUTH_ENV = (
+    "REQUIRE_AUTH",
+    "JWT_SECRET",
+    "JWT_PREVIOUS_SECRET",
+    "SERVER_BYPASS_TOKEN",
+    "AUTH_GRACE_PERIOD",
+    "CREDENTIALS_DIRECTORY",
+)
 
-    def __init__(self, data_dir: Path) -> None:
+
+def _gateway_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _AUTH_ENV and not name.startswith("GATEWAY_AUTH_")
+    }
+    env.update(extra)
+    return env
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` on 127.0.0.1 with a data dir; restartable on the same port.
+
+    ``env`` adds environment variables (e.g. ``REQUIRE_AUTH``); auth variables inherited from
+    the test's own environment are dropped. Every stderr/stdout line is kept in ``history``
+    (across restarts) for :meth:`wait_log`; ``log`` is the tail shown in failure messages.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = _gateway_env(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.host = "127.0.0.1"
         self.port = 0
         self.log: deque[str] = deque(maxlen=LOG_TAIL)
+        self.history: list[str] = []
+        self._new_line = asyncio.Event()
         self._drains: list[asyncio.Task[None]] = []
         self.generation = 0
+
+    def _record(self, line: str) -> None:
+        self.log.append(line)
+        self.history.append(line)
+        self._new_line.set()
+
+    def log_lines(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        return [line for line in self.history if regex.search(line)]
+
+    async def wait_log(self, pattern: str, *, count: int = 1, within: float = 20.0) -> list[str]:
+        """Wait until at least ``count`` logged lines match ``pattern``; return them all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within * UNIT
+        while True:
+            hits = self.log_lines(pattern)
+            if len(hits) >= count:
+                return hits
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"gateway logged {len(hits)} line(s) matching {pattern!r} within {within} s, "
+                    f"expected {count}:\n{self.log_tail()}"
+                )
+            # No await between counting and clearing, so no line can slip through unseen.
+            self._new_line.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_line.wait(), remaining)
 
     def ws_url(self, path: str = "/") -> str:
         return f"ws://{self.host}:{self.port}{path}"
@@ -127,7 +187,7 @@ class GatewayProcess:
     async def start(self, port: int = 0, within: float = 20.0) -> None:
         assert self.proc is None, "already running"
         self.generation += 1
-        self.log.append(f"--- gateway start #{self.generation} (port {port}) ---")
+        self._record(f"--- gateway start #{self.generation} (port {port}) ---")
         self.proc = await asyncio.create_subprocess_exec(
             *GATEWAY_CMD,
             "serve",
@@ -138,13 +198,14 @@ class GatewayProcess:
             "--data-dir",
             str(self.data_dir),
             cwd=REPO_ROOT,
+            env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
-        self._drains.append(asyncio.create_task(_drain(self.proc.stdout, self.log)))
+        self._drains.append(asyncio.create_task(_drain(self.proc.stdout, self._record)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within * UNIT
         while True:
@@ -166,7 +227,7 @@ class GatewayProcess:
                     f"gateway exited with code {code} before it was ready:\n{self.log_tail()}"
                 )
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.log.append(line)
+            self._record(line)
             match = LISTENING_RE.search(line)
             if match:
                 self.host = match["host"]
@@ -175,14 +236,14 @@ class GatewayProcess:
         assert self.port > 0, f"gateway reported port {self.port}"
         if port:
             assert self.port == port, f"asked for port {port}, gateway listens on {self.port}"
-        self._drains.append(asyncio.create_task(_drain(self.proc.stderr, self.log)))
+        self._drains.append(asyncio.create_task(_drain(self.proc.stderr, self._record)))
 
     async def stop(self, grace: float = 10.0) -> int:
         """SIGTERM (then SIGKILL after ``grace`` s); returns the exit code."""
         if self.proc is None:
             return 0
         code = await _stop_process(self.proc, grace=grace * UNIT)
-        self.log.append(f"--- gateway #{self.generation} exited with {code} ---")
+        self._record(f"--- gateway #{self.generation} exited with {code} ---")
         await self._finish()
         return code
 
@@ -224,7 +285,7 @@ class NodeClient:
         assert proc.stderr is not None
         self._drains = [
             asyncio.create_task(self._read_stdout(proc.stdout)),
-            asyncio.create_task(_drain(proc.stderr, self.stderr)),
+            asyncio.create_task(_drain(proc.stderr, self.stderr.append)),
         ]
 
     @classmethod
@@ -238,6 +299,7 @@ class NodeClient:
         blocking_initial_sync: bool = False,
         extra_args: tuple[str, ...] = (),
         ready_within: float = 30.0,
+        sync_payload: dict[str, Any] | None = None,
     ) -> NodeClient:
         args = [
             str(CLIENT_SCRIPT),
@@ -259,10 +321,15 @@ class NodeClient:
             *(("--log-frames",) if os.environ.get("INTEROP_LOG_FRAMES") else ()),
             *extra_args,
         ]
+        # The store's syncPayload (credentials) goes through the environment, not argv.
+        env = {k: v for k, v in os.environ.items() if k != "INTEROP_SYNC_PAYLOAD"}
+        if sync_payload is not None:
+            env["INTEROP_SYNC_PAYLOAD"] = json.dumps(sync_payload)
         proc = await asyncio.create_subprocess_exec(
             "node",
             *args,
             cwd=INTEROP_DIR,
+            env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -388,9 +455,11 @@ class NodeClient:
 # Fixtures
 
 
-@pytest.fixture(name="gateway_proc")
-async def _gateway_proc(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path / "gateway-data")
+@contextlib.asynccontextmanager
+async def _running_gateway(
+    data_dir: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[GatewayProcess]:
+    gw = GatewayProcess(data_dir, env)
     await gw.start()
     try:
         yield gw
@@ -400,17 +469,23 @@ async def _gateway_proc(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
         print(f"gateway log tail:\n{gw.log_tail(200)}")
 
 
+@pytest.fixture(name="gateway_proc")
+async def _gateway_proc(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    async with _running_gateway(tmp_path / "gateway-data") as gw:
+        yield gw
+
+
 ClientFactory = Callable[..., Awaitable[NodeClient]]
 
 
-@pytest.fixture(name="clients")
-async def _clients(gateway_proc: GatewayProcess) -> AsyncIterator[ClientFactory]:
-    """Factory for Node clients; all of them are shut down after the test."""
+@contextlib.asynccontextmanager
+async def _client_pool(gateway: GatewayProcess) -> AsyncIterator[ClientFactory]:
+    """Factory for Node clients of ``gateway``; all of them are shut down afterwards."""
     started: list[NodeClient] = []
 
     async def factory(name: str, *, store_id: str, **kwargs: Any) -> NodeClient:
         transport = kwargs.get("transport", "ws")
-        url = gateway_proc.ws_url() if transport == "ws" else gateway_proc.http_url()
+        url = gateway.ws_url() if transport == "ws" else gateway.http_url()
         client = await NodeClient.start(name, url=url, store_id=store_id, **kwargs)
         started.append(client)
         return client
@@ -419,6 +494,13 @@ async def _clients(gateway_proc: GatewayProcess) -> AsyncIterator[ClientFactory]
         yield factory
     finally:
         await asyncio.gather(*(c.shutdown() for c in started), return_exceptions=True)
+
+
+@pytest.fixture(name="clients")
+async def _clients(gateway_proc: GatewayProcess) -> AsyncIterator[ClientFactory]:
+    """Factory for Node clients; all of them are shut down after the test."""
+    async with _client_pool(gateway_proc) as factory:
+        yield factory
 
 
 @pytest.fixture(name="store_id")
@@ -643,3 +725,248 @@ async def test_http_transport_client(clients: ClientFactory, store_id: str) -> N
     assert counters["wsOpened"] == 0, counters
     assert counters["httpPushes"] >= 1, counters
     assert counters["httpPulls"] >= 2, counters
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication (issue 3): the same real client, with credentials in its syncPayload
+
+JWT_SECRET = f"interop-jwt-secret-{secrets.token_hex(16)}"
+BYPASS_TOKEN = f"interop-bypass-{secrets.token_hex(16)}"
+DEV_TOKEN = "insecure-token-change-me"  # the token LiveStore's samples ship, on the default list
+
+
+def auth_env(*, require_auth: bool = True) -> dict[str, str]:
+    return {
+        "REQUIRE_AUTH": "true" if require_auth else "false",
+        "JWT_SECRET": JWT_SECRET,
+        "SERVER_BYPASS_TOKEN": BYPASS_TOKEN,
+        "AUTH_GRACE_PERIOD": "1h",
+        # Refused clients retry every few seconds from 127.0.0.1, the address every client here
+        # shares; the default lockout (5 failures in 15 min per IP) would soon answer 429 to the
+        # valid clients as well.
+        "GATEWAY_AUTH_LOCKOUT_FAILURES": "1000",
+        "GATEWAY_LOG_LEVEL": "info",
+    }
+
+
+def mint(subject: str, *, expires_in: float = 3600) -> str:
+    """An HS256 JWT signed with the gateway's secret; ``expires_in < 0`` is already expired."""
+    exp = int(time.time() + expires_in)
+    claims = {"sub": subject, "iat": exp - 7200, "exp": exp}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def jwt_payload(instance_id: str, subject: str, *, expires_in: float = 3600) -> dict[str, str]:
+    return {"instanceId": instance_id, "authToken": mint(subject, expires_in=expires_in)}
+
+
+def open_line(store_id: str, subject: str, instance_id: str, reason: str) -> str:
+    """The gateway's INFO line for an admitted WebSocket session."""
+    return (
+        rf"open transport=ws store={re.escape(store_id)} subject={re.escape(subject)} "
+        rf"instance={re.escape(instance_id)} reason={reason} "
+    )
+
+
+def refused_line(code: str, store_id: str, instance_id: str) -> str:
+    """The gateway's security WARNING for a refused handshake."""
+    return (
+        rf"gateway\.security: refused code={code} .*store={re.escape(store_id)} "
+        rf"instance={re.escape(instance_id)} .*transport=ws"
+    )
+
+
+@pytest.fixture(name="auth_gateway")
+async def _auth_gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    """A gateway in production mode: REQUIRE_AUTH=true, HS256 secret, bypass token, 1 h grace."""
+    async with _running_gateway(tmp_path / "gateway-data", auth_env()) as gw:
+        yield gw
+
+
+@pytest.fixture(name="auth_clients")
+async def _auth_clients(auth_gateway: GatewayProcess) -> AsyncIterator[ClientFactory]:
+    async with _client_pool(auth_gateway) as factory:
+        yield factory
+
+
+async def test_auth_jwt_clients_converge(
+    auth_gateway: GatewayProcess, auth_clients: ClientFactory, store_id: str
+) -> None:
+    """Issue 3: under REQUIRE_AUTH=true, two clients with valid JWTs sync (case 41, shorter)."""
+    a = await auth_clients(
+        "client-A", store_id=store_id, sync_payload=jwt_payload("app-a", "alice")
+    )
+    await a.commit("A", 2)
+    await a.wait_rows(2, within=15)
+
+    b = await auth_clients(
+        "client-B",
+        store_id=store_id,
+        blocking_initial_sync=True,
+        sync_payload=jwt_payload("app-b", "bob"),
+    )
+    assert b.ready_info["rowCount"] == 2, f"B booted without A's events: {b.ready_info}"
+    await b.commit("B", 1)
+    await b.wait_rows(3, within=15)
+    live = await a.wait_rows(3, within=10)
+    assert live["waitedMs"] < 5000 * UNIT, f"A waited {live['waitedMs']} ms for B's event"
+
+    dump_a, dump_b = await a.dump(), await b.dump()
+    assert_same(dump_a, dump_b)
+    assert event_ids(dump_a) == ["A-1", "A-2", "B-1"]
+    assert [ev["clientId"] for ev in dump_a["events"]] == ["client-A", "client-A", "client-B"]
+    # Admitted as their JWT subjects, at the first attempt.
+    await auth_gateway.wait_log(open_line(store_id, "alice", "app-a", "jwt"))
+    await auth_gateway.wait_log(open_line(store_id, "bob", "app-b", "jwt"))
+    assert auth_gateway.log_lines("refused") == []
+    for dump in (dump_a, dump_b):
+        assert dump["counters"]["wsRefused"] == 0, dump["counters"]
+
+
+async def test_auth_refused_clients_never_sync(
+    auth_gateway: GatewayProcess, auth_clients: ClientFactory, store_id: str
+) -> None:
+    """Issue 3: with an expired-beyond-grace JWT or the dev token, under REQUIRE_AUTH=true, a real
+    client never gets a socket: it receives none of the valid client's events and sends none."""
+    gw = auth_gateway
+    valid = await auth_clients(
+        "client-valid", store_id=store_id, sync_payload=jwt_payload("app-valid", "alice")
+    )
+    await valid.commit("V", 3)
+    await valid.wait_rows(3, within=15)
+
+    # Expired 2 h ago: beyond the 1 h grace window. Signed correctly, so only `exp` is wrong.
+    expired = await auth_clients(
+        "client-expired",
+        store_id=store_id,
+        sync_payload=jwt_payload("app-expired", "mallory", expires_in=-2 * 3600),
+    )
+    dev = await auth_clients(
+        "client-dev",
+        store_id=store_id,
+        sync_payload={"instanceId": "app-dev", "authToken": DEV_TOKEN},
+    )
+    # (client, its instanceId, its todo prefix, the gateway's code, the HTTP status)
+    refused = (
+        (expired, "app-expired", "E", "TOKEN_EXPIRED", 401),
+        (dev, "app-dev", "D", "DEV_TOKEN_REJECTED", 403),
+    )
+    # Both commit locally; the events stay pending (nothing to push them over).
+    await asyncio.gather(expired.commit("E", 2), dev.commit("D", 2))
+    await asyncio.gather(
+        expired.cmd("waitpending", count=2, timeout=10), dev.cmd("waitpending", count=2, timeout=10)
+    )
+    # One more valid event while they run: a live pull would have delivered it.
+    await valid.commit("V", 1, start=4)
+    await valid.wait_rows(4, within=15)
+    before = await asyncio.gather(expired.cmd("status"), dev.cmd("status"))
+
+    # Evidence of several reconnects, all refused, on both sides: the gateway's security log, and
+    # each client's own count of upgrades answered with an HTTP status instead of 101 — at least
+    # one of them after V-4 was confirmed.
+    for (client, instance_id, _, code, _), seen in zip(refused, before, strict=True):
+        await gw.wait_log(refused_line(code, store_id, instance_id), count=3)
+        target = max(3, seen["counters"]["wsRefused"] + 1)
+        await client.cmd("waitrefused", count=target, timeout=15)
+
+    for client, _, prefix, code, status in refused:
+        dump = await client.dump()
+        who = f"{client.name} ({code})"
+        assert sorted(row_ids(dump)) == ids(prefix, 1, 2), f"{who} has foreign rows: {dump['rows']}"
+        assert dump["events"] == [], f"{who} has confirmed events: {dump['events']}"
+        assert dump["sync"]["upstreamHead"] == 0, f"{who}: {dump['sync']}"
+        assert dump["sync"]["pending"] == 2, f"{who}: {dump['sync']}"
+        assert dump["network"]["isConnected"] is False, f"{who}: {dump['network']}"
+        counters = dump["counters"]
+        assert counters["wsOpened"] == 0, f"{who} got a socket: {counters}"
+        for key in ("framesOut", "framesIn", "pushesSent", "pullsSent"):
+            assert counters[key] == 0, f"{who}: {key} = {counters[key]}: {counters}"
+        assert counters["wsRefused"] >= 3, f"{who}: {counters}"
+        assert set(dump["refusedStatuses"]) == {status}, f"{who}: {dump['refusedStatuses']}"
+
+    # The gateway admitted neither of them, ever.
+    assert gw.log_lines(r"open transport=\w+ .*instance=app-(expired|dev) ") == []
+    assert gw.log_lines(r"instance=app-(expired|dev) .*reason=") == []
+
+    # The server's eventlog, pulled from scratch by a fresh valid client: only the valid events.
+    verifier = await auth_clients(
+        "client-verify",
+        store_id=store_id,
+        blocking_initial_sync=True,
+        sync_payload=jwt_payload("app-verify", "carol"),
+    )
+    assert verifier.ready_info["rowCount"] == 4, verifier.ready_info
+    dump_valid, dump_verify = await valid.dump(), await verifier.dump()
+    assert_same(dump_valid, dump_verify)
+    assert event_ids(dump_verify) == ids("V", 1, 4)
+    assert {ev["clientId"] for ev in dump_verify["events"]} == {"client-valid"}
+    assert sorted(row_ids(dump_valid)) == ids("V", 1, 4)
+
+
+async def test_auth_bypass_service_pushes_to_jwt_client(
+    auth_gateway: GatewayProcess, auth_clients: ClientFactory, store_id: str
+) -> None:
+    """Issue 3: an internal service with {instanceId, serverBypass} pushes; a JWT client gets the
+    events live (and the service gets the app's)."""
+    app = await auth_clients(
+        "client-app", store_id=store_id, sync_payload=jwt_payload("app-1", "alice")
+    )
+    await app.wait_connected(15)
+    svc = await auth_clients(
+        "client-svc",
+        store_id=store_id,
+        sync_payload={"instanceId": "svc-1", "serverBypass": BYPASS_TOKEN},
+    )
+    await svc.commit("S", 3)
+    await svc.wait_rows(3, within=15)
+    live = await app.wait_rows(3, within=10)
+    assert live["waitedMs"] < 5000 * UNIT, f"the app waited {live['waitedMs']} ms"
+
+    await app.commit("A", 1)
+    await app.wait_rows(4, within=15)
+    await svc.wait_rows(4, within=10)
+
+    dump_app, dump_svc = await app.dump(), await svc.dump()
+    assert_same(dump_app, dump_svc)
+    assert event_ids(dump_app) == ["S-1", "S-2", "S-3", "A-1"]
+    assert [ev["clientId"] for ev in dump_app["events"]] == ["client-svc"] * 3 + ["client-app"]
+    await auth_gateway.wait_log(open_line(store_id, "server", "svc-1", "bypass"))
+    await auth_gateway.wait_log(open_line(store_id, "alice", "app-1", "jwt"))
+    assert auth_gateway.log_lines("refused") == []
+
+
+async def test_auth_dev_mode_control(tmp_path: Path, store_id: str) -> None:
+    """Control for test_auth_refused_clients_never_sync: the same expired and dev-token clients
+    against the same gateway settings but REQUIRE_AUTH=false DO sync (as anonymous and dev), so
+    the refusal test's observations come from the policy, not from a broken client setup."""
+    async with (
+        _running_gateway(tmp_path / "gateway-data", auth_env(require_auth=False)) as gw,
+        _client_pool(gw) as clients,
+    ):
+        valid = await clients(
+            "client-valid", store_id=store_id, sync_payload=jwt_payload("app-valid", "alice")
+        )
+        await valid.commit("V", 2)
+        await valid.wait_rows(2, within=15)
+        expired = await clients(
+            "client-expired",
+            store_id=store_id,
+            sync_payload=jwt_payload("app-expired", "mallory", expires_in=-2 * 3600),
+        )
+        dev = await clients(
+            "client-dev",
+            store_id=store_id,
+            sync_payload={"instanceId": "app-dev", "authToken": DEV_TOKEN},
+        )
+        await expired.commit("E", 1)
+        await expired.wait_rows(3, within=15)
+        await dev.commit("D", 1)
+        await dev.wait_rows(4, within=15)
+        await asyncio.gather(valid.wait_rows(4, within=10), expired.wait_rows(4, within=10))
+        dumps = await asyncio.gather(valid.dump(), expired.dump(), dev.dump())
+        assert_same(dumps[0], dumps[1])
+        assert_same(dumps[0], dumps[2])
+        assert sorted(event_ids(dumps[0])) == ["D-1", "E-1", "V-1", "V-2"]
+        await gw.wait_log(open_line(store_id, "anonymous", "app-expired", "expired_as_anonymous"))
+        await gw.wait_log(open_line(store_id, "dev", "app-dev", "dev_token"))
+        assert gw.log_lines("refused") == []
