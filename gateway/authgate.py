@@ -293,17 +293,19 @@ class AuthGate:
             return refusal
         self.decisions[denied.code] += 1
         now = self._clock()
-        locked = self.failures.record_failure(ip, now)
         secret = None
         if credentials is not None:
             secret = credentials.token or credentials.bypass
+        tag = auth.fingerprint(secret) if secret else None
+        # Repeats of the same refused attempt (a stuck client retrying) count once.
+        locked = self.failures.record_failure(ip, now, tag or f"<{denied.code}>")
         security.warning(
             "refused code=%s why=%s store=%s instance=%s token=%s ip=%s transport=%s",
             denied.code,
             verification.why if isinstance(verification, auth.Invalid) else denied.code,
             context.store_id,
             credentials.instance_id if credentials else None,
-            auth.fingerprint(secret) if secret else None,
+            tag,
             ip,
             context.transport,
         )

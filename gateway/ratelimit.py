@@ -10,48 +10,56 @@ class FailureTracker:
     """Counts failed authentication attempts per client IP within a sliding window.
 
     After ``max_failures`` failures inside ``window`` seconds the IP is locked out until the
-    oldest of those failures leaves the window. Memory is bounded: at most ``max_failures``
-    timestamps per IP and ``max_clients`` IPs (the least recently seen is forgotten first).
+    oldest of those failures leaves the window. A failure that repeats a credential already
+    counted for that IP in the window is not counted again: the real client retries a refused
+    handshake forever with the same token, and one stale app must not lock out every user
+    behind the same address. Guessing needs *different* credentials, and those all count.
+
+    Memory is bounded: at most ``max_failures`` entries per IP and ``max_clients`` IPs (the
+    least recently seen is forgotten first).
     """
 
     def __init__(self, max_failures: int, window: float, *, max_clients: int = 100_000) -> None:
         self.max_failures = max_failures
         self.window = window
         self.max_clients = max_clients
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[tuple[float, str | None]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._failures)
 
-    def _recent(self, ip: str, now: float) -> deque[float] | None:
-        times = self._failures.get(ip)
-        if times is None:
+    def _recent(self, ip: str, now: float) -> deque[tuple[float, str | None]] | None:
+        entries = self._failures.get(ip)
+        if entries is None:
             return None
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
+        while entries and entries[0][0] <= now - self.window:
+            entries.popleft()
+        if not entries:
             del self._failures[ip]
             return None
-        return times
+        return entries
 
     def retry_after(self, ip: str, now: float) -> float | None:
         """Seconds until ``ip`` may try again, or None when it is not locked out."""
-        times = self._recent(ip, now)
-        if times is None or len(times) < self.max_failures:
+        entries = self._recent(ip, now)
+        if entries is None or len(entries) < self.max_failures:
             return None
-        return max(times[0] + self.window - now, 0.0)
+        return max(entries[0][0] + self.window - now, 0.0)
 
-    def record_failure(self, ip: str, now: float) -> bool:
-        """Count a failure; True when this one locks the IP out."""
-        times = self._recent(ip, now)
-        if times is None:
-            times = self._failures[ip] = deque(maxlen=self.max_failures)
+    def record_failure(self, ip: str, now: float, credential: str | None = None) -> bool:
+        """Count a failure (``credential``: a fingerprint of what was presented, if any);
+        True when this one locks the IP out."""
+        entries = self._recent(ip, now)
+        if entries is None:
+            entries = self._failures[ip] = deque(maxlen=self.max_failures)
             while len(self._failures) > self.max_clients:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(ip)
-        times.append(now)
-        return len(times) >= self.max_failures
+            if credential is not None and any(seen == credential for _, seen in entries):
+                return False
+        entries.append((now, credential))
+        return len(entries) >= self.max_failures
 
 
 @dataclass(slots=True)
