@@ -20,6 +20,7 @@ import itertools
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import TIMEOUT_UNIT
+
+_MISSING: Any = object()
 
 Frame = Any  # a parsed server frame: normally a dict, but a buggy server may send anything
 
@@ -232,7 +235,10 @@ class RpcClient:
         self.store_id = store_id
         self.payload = payload
         self.auto_ack = auto_ack
-        self._stash: list[Frame] = []
+        # Frames read but not yet handed out, by requestId (None when absent), each tagged
+        # with its arrival number so that the overall order can be rebuilt.
+        self._stash: dict[Any, deque[tuple[int, Frame]]] = {}
+        self._arrivals = itertools.count()
         # Automatic ids start high so that ids a test chooses ("0", "41", ...) never collide.
         self._ids = itertools.count(100)
 
@@ -264,6 +270,41 @@ class RpcClient:
 
     def new_id(self) -> str:
         return str(next(self._ids))
+
+    # -- the stash -------------------------------------------------------------------------
+
+    def _put(self, frame: Frame) -> None:
+        key = frame.get("requestId") if isinstance(frame, dict) else None
+        if not isinstance(key, str | int):
+            key = None
+        self._stash.setdefault(key, deque()).append((next(self._arrivals), frame))
+
+    def _stashed(self) -> list[Frame]:
+        """Every stashed frame, in arrival order."""
+        merged = sorted(entry for queue in self._stash.values() for entry in queue)
+        return [frame for _, frame in merged]
+
+    def _take_where(self, pred: Callable[[Frame], bool]) -> Frame:
+        """Remove and return the earliest stashed frame satisfying ``pred``, or ``_MISSING``."""
+        best: tuple[int, Any] | None = None
+        for key, queue in self._stash.items():
+            for arrival, frame in queue:
+                if best is not None and arrival > best[0]:
+                    break
+                if pred(frame):
+                    best = (arrival, key)
+                    break
+        if best is None:
+            return _MISSING
+        arrival, key = best
+        queue = self._stash[key]
+        for index, (number, frame) in enumerate(queue):
+            if number == arrival:
+                del queue[index]
+                if not queue:
+                    del self._stash[key]
+                return frame
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -326,7 +367,7 @@ class RpcClient:
     async def recv(self, within: float = 5 * TIMEOUT_UNIT) -> Frame:
         """The next frame (stashed ones first); ``TimeoutError`` if none arrives in time."""
         if self._stash:
-            return self._stash.pop(0)
+            return self._take_where(lambda _: True)
         return await self._read(within)
 
     async def recv_where(
@@ -336,9 +377,10 @@ class RpcClient:
         what: str = "a matching frame",
     ) -> Frame:
         """The first frame satisfying ``pred``; others are stashed in arrival order."""
-        for i, frame in enumerate(self._stash):
-            if pred(frame):
-                return self._stash.pop(i)
+        if self._stash:
+            found = self._take_where(pred)
+            if found is not _MISSING:
+                return found
         deadline = time.monotonic() + within
         while True:
             remaining = deadline - time.monotonic()
@@ -349,14 +391,20 @@ class RpcClient:
             except TimeoutError:
                 raise AssertionError(
                     f"timed out after {within:.1f}s waiting for {what}; "
-                    f"unmatched frames so far: {_short(self._stash)}"
+                    f"unmatched frames so far: {_short(self._stashed())}"
                 ) from None
             if pred(frame):
                 return frame
-            self._stash.append(frame)
+            self._put(frame)
 
     async def recv_for(self, rid: str, within: float = 5 * TIMEOUT_UNIT) -> Frame:
         """The next frame whose ``requestId`` is ``rid``."""
+        queue = self._stash.get(rid)
+        if queue:
+            _, frame = queue.popleft()
+            if not queue:
+                del self._stash[rid]
+            return frame
         return await self.recv_where(
             lambda f: for_request(f, rid), within, f"a frame for request {rid!r}"
         )
@@ -415,7 +463,8 @@ class RpcClient:
     async def barrier(self, within: float = 5 * TIMEOUT_UNIT) -> list[Frame]:
         """Send a ``Ping``; return every frame received before its ``Pong`` (stash included)."""
         await self.send({"_tag": "Ping"})
-        frames, self._stash = self._stash, []
+        frames = self._stashed()
+        self._stash.clear()
         deadline = time.monotonic() + within
         while True:
             remaining = deadline - time.monotonic()
@@ -433,7 +482,7 @@ class RpcClient:
 
     async def expect_silence(self, within: float) -> None:
         """Wait ``within`` seconds for a frame and fail if one arrives."""
-        assert not self._stash, f"unexpected frames: {_short(self._stash)}"
+        assert not self._stash, f"unexpected frames: {_short(self._stashed())}"
         try:
             frame = await self._read(within)
         except TimeoutError:
@@ -548,10 +597,39 @@ def _http_exchange(
             parsed = orjson.loads(raw) if raw else _NOT_JSON
         except orjson.JSONDecodeError:
             parsed = _NOT_JSON
-        body = raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
-        return HttpResult(response.status, names, raw, body)
+        text_or_json = raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
+        return HttpResult(response.status, names, raw, text_or_json)
     finally:
         conn.close()
+
+
+def _http_keepalive(
+    url: str, bodies: list[bytes], headers: dict[str, str], within: float
+) -> list[HttpResult]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=within)
+    results = []
+    try:
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        for body in bodies:
+            conn.request("POST", target, body=body, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            names = {name.lower(): value for name, value in response.getheaders()}
+            results.append(HttpResult(response.status, names, raw, orjson.loads(raw)))
+    finally:
+        conn.close()
+    return results
+
+
+async def http_keepalive_posts(
+    url: str, objs: list[Any], *, within: float = 10 * TIMEOUT_UNIT
+) -> list[HttpResult]:
+    """POST each of ``objs`` as JSON over ONE keep-alive connection, like ``fetch`` does."""
+    bodies = [orjson.dumps(obj) for obj in objs]
+    headers = {"content-type": "application/json"}
+    return await asyncio.to_thread(_http_keepalive, url, bodies, headers, within)
 
 
 async def http_request(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.app import Gateway
+from gateway.config import make_config
 from tests.conftest import GatewayHarness
 from tests.support import RpcClient
 
@@ -38,3 +41,24 @@ async def _connect(make_gateway: object) -> AsyncIterator[Connect]:
     yield factory
     for client in opened:
         await client.close()
+
+
+ValidatorGateway = Callable[[Any], Awaitable[GatewayHarness]]
+
+
+@pytest.fixture(name="gateway_with_validator")
+async def _gateway_with_validator(tmp_path: Path) -> AsyncIterator[ValidatorGateway]:
+    """Factory: ``await gateway_with_validator(hook)`` starts a gateway whose
+    ``validate_payload`` hook is ``hook`` (spec §3), on 127.0.0.1:0; stopped after the test."""
+    started: list[GatewayHarness] = []
+
+    async def factory(hook: Any) -> GatewayHarness:
+        harness = GatewayHarness(make_config(data_dir=str(tmp_path / f"hooked{len(started)}")))
+        harness.gw = Gateway(harness.config, validate_payload=hook)
+        await harness.start()
+        started.append(harness)
+        return harness
+
+    yield factory
+    for harness in started:
+        await harness.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 from urllib.parse import quote, urlencode
@@ -10,7 +12,8 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.conformance.conftest import Connect
+from gateway.handshake import Admission, PayloadContext, Refusal
+from tests.conformance.conftest import Connect, ValidatorGateway
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness
 from tests.support import (
     HttpResult,
@@ -192,7 +195,8 @@ async def test_case_05_ping_answers_pong_even_when_idle(
     # What the real client does right after 101: a Ping, then at once its first Pull.
     await client.send({"_tag": "Ping"})
     rid = await client.send_pull(live=True)
-    assert await client.recv(5 * TIMEOUT_UNIT) == {"_tag": "Pong"}
+    # The Pong is exactly these bytes, in a text frame.
+    assert await asyncio.wait_for(client.ws.recv(), 5 * TIMEOUT_UNIT) == '{"_tag":"Pong"}'
     catch_up = await client.items_until_no_more(rid)
     assert events_of(catch_up) == []
 
@@ -208,3 +212,67 @@ async def test_case_05_ping_answers_pong_even_when_idle(
     pusher = await connect(gw, store)
     await pusher.push_ok(make_events(1, 1))
     assert [e["seqNum"] for e in await client.live_events(rid, 1)] == [1]
+
+
+class _Recorder:
+    """A ``validate_payload`` hook that records what it sees and admits only good tokens."""
+
+    def __init__(self) -> None:
+        self.seen: list[PayloadContext] = []
+
+    async def __call__(self, context: PayloadContext) -> Admission | Refusal:
+        self.seen.append(context)
+        payload = context.payload
+        if isinstance(payload, dict) and payload.get("authToken") == "good":
+            return Admission()
+        return Refusal(status=401, code="BAD_TOKEN", message="invalid auth token")
+
+
+async def test_case_02_validator_sees_decoded_payload_and_store_id(
+    gateway_with_validator: ValidatorGateway, connect: Connect
+) -> None:
+    """The validator receives the payload as the JSON object and the storeId fully decoded."""
+    hook = _Recorder()
+    gw = await gateway_with_validator(hook)
+    store = f"team one/é+x-{new_store_id()}"
+    raw = "%257B%2522authToken%2522%253A%2522good%2522%257D"
+    query = urlencode([("storeId", store)])
+    url = f"ws://{gw.base}/some/path?{query}&payload={raw}&transport=ws"
+    client = await RpcClient.open(url, store, payload={"authToken": "good"})
+    try:
+        assert (await client.barrier()) == []
+    finally:
+        await client.close()
+    (context,) = hook.seen
+    assert context.payload == {"authToken": "good"}
+    assert context.store_id == store
+    assert context.transport == "ws"
+    assert {name.lower() for name in context.headers} >= {"upgrade", "host"}
+
+    payload = {"authToken": "good", "note": "a b&c=d/é 100% +x"}
+    await connect(gw, store, payload=payload)
+    assert hook.seen[-1].payload == payload
+
+    # A lone surrogate, as JSON.stringify + encodeURIComponent put it on the wire.
+    odd = {"authToken": "good", "note": "cut emoji \ud83d"}
+    encoded = quote(json.dumps(odd, separators=(",", ":")), safe="")
+    odd_query = urlencode([("storeId", store), ("payload", encoded), ("transport", "ws")])
+    client = await RpcClient.open(f"ws://{gw.base}/?{odd_query}", store)
+    await client.close()
+    assert hook.seen[-1].payload == odd
+
+
+async def test_case_03_refused_payload_opens_no_websocket(
+    gateway_with_validator: ValidatorGateway, connect: Connect
+) -> None:
+    """A payload the validator refuses gets its 4xx before 101; no socket, nothing stored."""
+    hook = _Recorder()
+    gw = await gateway_with_validator(hook)
+    store = new_store_id()
+    for payload in ({"authToken": "bad"}, None, "good"):
+        result = await _open_refused(gw.ws_url(store, payload=payload))
+        assert_error_body(result, 401, "BAD_TOKEN")
+    assert len(hook.seen) == 3
+    assert not hook.seen[1].has_payload
+    good = await connect(gw, store, payload={"authToken": "good"})
+    assert events_of(await good.pull()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import orjson
@@ -14,17 +16,21 @@ from tests.support import (
     NO_MORE,
     NONE,
     PULL,
+    PUSH,
     RpcClient,
     assert_die,
     assert_fail,
     assert_pull_response,
     assert_stream_success,
+    assert_success,
     cursor,
     events_of,
     http_rpc,
     is_chunk,
+    is_exit,
     make_events,
     new_store_id,
+    request_frame,
     seqs_of,
 )
 
@@ -115,6 +121,26 @@ async def test_case_08_backend_id_is_stable(gateway: GatewayHarness, connect: Co
     items = await after.pull()
     assert {item["backendId"] for item in items} == {backend_id}
     assert seqs_of(items) == [1, 2]
+
+
+async def test_case_08_backend_id_agrees_under_concurrent_first_use(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """Many first requests for a new store at once all see one and the same backendId."""
+    store = new_store_id()
+
+    async def over_ws() -> set[str]:
+        client = await connect(gateway, store)
+        return {item["backendId"] for item in await client.pull()}
+
+    async def over_http() -> set[str]:
+        result = await http_rpc(
+            gateway.http_url(store), HTTP_PULL, {"storeId": store, "cursor": NONE}
+        )
+        return {v["backendId"] for f in result.body if is_chunk(f) for v in f["values"]}
+
+    seen = await asyncio.gather(*(over_ws() for _ in range(8)), *(over_http() for _ in range(8)))
+    assert len(set().union(*seen)) == 1, seen
 
 
 async def test_case_09_pull_returns_events_verbatim(
@@ -334,3 +360,142 @@ async def test_case_15_malformed_pull_fails_only_that_request(
     await pusher.push_ok(make_events(1, 1))
     assert [e["seqNum"] for e in await client.live_events(live_rid, 1)] == [1]
     assert await client.barrier() == []
+
+
+async def test_case_09_lone_surrogate_in_args_round_trips(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """Args holding a lone UTF-16 surrogate (as JSON.stringify escapes it) round-trip intact."""
+    store = new_store_id()
+    client = await connect(gateway, store)
+    # JSON.stringify("\ud800") is the 8 characters "\ud800" with the escape kept (ES2019
+    # well-formed stringify); Python's json module writes the same, orjson cannot.
+    batch = make_events(1, 1)
+    batch[0]["args"] = {"text": "broken emoji \ud83d", "ok": "fine"}
+    frame = json.dumps(
+        request_frame("500", PUSH, {"storeId": store, "batch": batch, "backendId": NONE})
+    )
+    assert "\\ud83d" in frame
+    await client.send_raw(frame)
+    answers = await client.barrier()
+    assert [f for f in answers if not is_exit(f, "500")] == [], answers
+    exit_ = answers[0] if answers else await client.wait_exit("500")
+    assert_success(exit_)
+    # Read raw frames with the stdlib parser, which (like JSON.parse) keeps lone surrogates.
+    rid = await client.send_pull(live=False)
+    entries = []
+    while True:
+        frame = json.loads(await asyncio.wait_for(client.ws.recv(), 5 * TIMEOUT_UNIT))
+        if is_chunk(frame, rid):
+            entries += [entry for item in frame["values"] for entry in item["batch"]]
+            await client.send({"_tag": "Ack", "requestId": rid})
+        elif is_exit(frame, rid):
+            assert_stream_success(frame)
+            break
+    assert [entry["eventEncoded"] for entry in entries] == batch
+
+
+async def test_case_12_long_backlog_pages_completely(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """A 1,250-event backlog arrives complete, in pages of 100, on live and non-live pulls."""
+    client, pushed = await _store_with_events(gateway, connect, 1250)
+    pages = [100] * 12 + [50]
+    remaining = [1250 - 100 * (i + 1) for i in range(12)]
+    expected_info = [{"_tag": "MoreKnown", "remaining": r} for r in remaining] + [NO_MORE]
+
+    items = await client.pull(within=20 * TIMEOUT_UNIT)
+    assert [len(item["batch"]) for item in items] == pages
+    assert [item["pageInfo"] for item in items] == expected_info
+    assert events_of(items) == pushed
+
+    _, live_items = await client.live_pull()
+    assert [len(item["batch"]) for item in live_items] == pages
+    assert events_of(live_items) == pushed
+
+    store = client.store_id
+    result = await http_rpc(gateway.http_url(store), HTTP_PULL, {"storeId": store, "cursor": NONE})
+    http_items = [v for frame in result.body if is_chunk(frame) for v in frame["values"]]
+    assert [len(item["batch"]) for item in http_items] == pages
+    assert events_of(http_items) == pushed
+    assert_stream_success(result.body[-1])
+
+
+async def test_case_13_oversized_event_travels_alone(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """An event over 900 KB (never sent by real clients) is paged alone, not failed (§15.3)."""
+    store = new_store_id()
+    client = await connect(gateway, store)
+    small = make_events(1, 2)
+    huge = make_events(3, 1, args_size=950_000)
+    tail = make_events(4, 2)
+    for batch in (small, huge, tail):
+        await client.push_ok(batch)
+    items = await client.pull()
+    assert events_of(items) == small + huge + tail
+    (alone,) = [item for item in items if 3 in seqs_of([item])]
+    assert seqs_of([alone]) == [3]
+    for item in items:
+        if item is not alone:
+            assert len(orjson.dumps(item)) <= 900_000
+
+
+async def test_case_14_trace_fields_and_missing_headers_are_tolerated(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """Requests with tracing fields, or without ``headers``, are served normally."""
+    store = new_store_id()
+    client = await connect(gateway, store)
+    await client.send(
+        {
+            "_tag": "Request",
+            "id": "7",
+            "tag": PULL,
+            "traceId": "45f9a0c2d3e4f5a6b7c8d9e0f1a2b3c4",
+            "spanId": "3d08a1b2c3d4e5f6",
+            "sampled": True,
+            "headers": [],
+            "payload": {"storeId": store, "live": False, "cursor": NONE},
+        }
+    )
+    frames = await client.collect("7")
+    assert_stream_success(frames[-1])
+    await client.send(
+        {
+            "_tag": "Request",
+            "id": "8",
+            "tag": PULL,
+            "traceId": "livestore-noop-trace-id",
+            "spanId": "livestore-noop-span-id",
+            "sampled": False,
+            "payload": {"storeId": store, "live": False, "cursor": NONE},
+        }
+    )
+    frames = await client.collect("8")
+    assert [item["batch"] for item in frames[0]["values"]] == [[]]
+    assert_stream_success(frames[-1])
+
+
+async def test_case_30_interrupt_during_catch_up_stops_the_stream(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """An Interrupt in the middle of a long catch-up stops its Chunks for good."""
+    client, _ = await _store_with_events(gateway, connect, 2000)
+    slow = await connect(gateway, client.store_id, auto_ack=False)
+    rid = await slow.send_pull(live=True)
+    first = await slow.recv_for(rid)
+    assert is_chunk(first, rid), first
+    await slow.send({"_tag": "Interrupt", "requestId": rid})
+    before = await slow.barrier()
+    # Acks for everything received so far would open the window of an ack-paced server.
+    for frame in [first, *before]:
+        if is_chunk(frame, rid):
+            await slow.send({"_tag": "Ack", "requestId": rid})
+    after = await slow.barrier()
+    assert [f for f in after if is_chunk(f, rid)] == [], after
+    received = seqs_of([item for f in [first, *before] if is_chunk(f) for item in f["values"]])
+    assert received == list(range(1, len(received) + 1))
+    # New events do not reach the interrupted pull either.
+    await client.push_ok(make_events(2001, 1))
+    assert [f for f in await slow.barrier() if is_chunk(f, rid)] == []

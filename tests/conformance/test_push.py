@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conformance.conftest import Connect
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness
 from tests.support import (
+    HTTP_PUSH,
     NO_MORE,
     NONE,
     PUSH,
@@ -21,6 +24,7 @@ from tests.support import (
     assert_push_ok,
     cursor,
     events_of,
+    http_rpc,
     is_chunk,
     is_exit,
     make_events,
@@ -239,6 +243,36 @@ async def test_case_24_concurrent_pushes_have_one_winner(
     assert seqs_of(await clients[0].pull()) == list(range(1, head + 1))
 
 
+async def test_case_24_concurrent_pushes_across_transports(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """Simultaneous WS and HTTP pushes from the same head: exactly one wins."""
+    store = new_store_id()
+    ws_clients = [await connect(gateway, store) for _ in range(5)]
+    await ws_clients[0].push_ok(make_events(1, 1))
+    batches = [make_events(2, 2, client_id=f"contender-{i}") for i in range(10)]
+
+    async def over_ws(client: RpcClient, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return await client.push(batch)  # type: ignore[no-any-return]
+
+    async def over_http(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        payload = {"storeId": store, "batch": batch, "backendId": NONE}
+        result = await http_rpc(gateway.http_url(store), HTTP_PUSH, payload, "1")
+        assert len(result.body) == 1, result.body
+        return result.body[0]  # type: ignore[no-any-return]
+
+    exits = await asyncio.gather(
+        *(over_ws(c, b) for c, b in zip(ws_clients, batches[:5], strict=True)),
+        *(over_http(b) for b in batches[5:]),
+    )
+    winners = [i for i, f in enumerate(exits) if f["exit"].get("_tag") == "Success"]
+    assert len(winners) == 1, exits
+    for i, frame in enumerate(exits):
+        if i != winners[0]:
+            assert assert_fail(frame, "ServerAheadError") == _ahead(3, 1)
+    assert events_of(await ws_clients[1].pull())[1:] == batches[winners[0]]
+
+
 async def _push_with_retries(client: RpcClient, quota: int, tag: str) -> int:
     """Push ``quota`` single events, each chained on the head last learnt; return attempts."""
     head = 0
@@ -288,35 +322,52 @@ async def test_case_26_catch_up_to_live_handoff_loses_nothing(
 ) -> None:
     """Live pulls started while pushes are in flight see each later event exactly once."""
     store = new_store_id()
-    total = 150
-    pusher = await connect(gateway, store)
-    backend_id = await pusher.backend_id()
-    starts = {20: None, 45: 30, 60: None, 100: 100, 120: 5}
-    reached = {n: asyncio.Event() for n in starts}
+    quotas = (80, 80, 80)
+    total = sum(quotas)
+    pushers = [await connect(gateway, store) for _ in quotas]
+    backend_id = await pushers[0].backend_id()
+    pushing_done = asyncio.Event()
 
     async def push_all() -> None:
-        for seq in range(1, total + 1):
-            await pusher.push_ok(make_events(seq, 1))
-            if seq in reached:
-                reached[seq].set()
+        await asyncio.gather(
+            *(
+                _push_with_retries(client, quota, f"pusher-{i}")
+                for i, (client, quota) in enumerate(zip(pushers, quotas, strict=True))
+            )
+        )
+        pushing_done.set()
 
-    async def subscribe(after: int, from_seq: int | None) -> list[int]:
+    async def subscribe(k: int) -> tuple[RpcClient, list[tuple[str, int, list[int]]]]:
+        """Open live pulls back to back on one connection until the pushes are over."""
         client = await connect(gateway, store)
-        await reached[after].wait()
-        start = None if from_seq is None else cursor(backend_id, from_seq)
-        rid, catch_up = await client.live_pull(start)
-        seen = seqs_of(catch_up)
-        if not seen or seen[-1] < total:
-            seen += [e["seqNum"] for e in await client.live_events(rid, total, 20 * TIMEOUT_UNIT)]
+        pulls: list[tuple[str, int, list[int]]] = []
+        last = 0
+        for j in range(15):
+            if pushing_done.is_set():
+                break
+            # Alternate cursor None and a cursor a little behind what this connection has seen.
+            after = 0 if (j + k) % 2 == 0 else max(last - 3, 0)
+            rid, catch_up = await client.live_pull(
+                None if after == 0 else cursor(backend_id, after)
+            )
+            seen = seqs_of(catch_up)
+            last = seen[-1] if seen else last
+            pulls.append((rid, after, seen))
+        return client, pulls
+
+    subscribing = asyncio.gather(*(subscribe(k) for k in range(4)))
+    _, subscribers = await asyncio.gather(push_all(), subscribing)
+    opened = 0
+    for client, pulls in subscribers:
+        for rid, after, seen in pulls:
+            opened += 1
+            if not seen or seen[-1] < total:
+                live = await client.live_events(rid, total, 20 * TIMEOUT_UNIT)
+                seen = seen + [e["seqNum"] for e in live]
+            assert seen == list(range(after + 1, total + 1)), (rid, after)
         leftovers = [f for f in await client.barrier() if is_chunk(f)]
         assert leftovers == [], leftovers
-        return seen
-
-    results = await asyncio.gather(
-        push_all(), *(subscribe(after, from_seq) for after, from_seq in starts.items())
-    )
-    for (_after, from_seq), seen in zip(starts.items(), results[1:], strict=True):
-        assert seen == list(range((from_seq or 0) + 1, total + 1))
+    assert opened >= 4
 
 
 async def test_case_27_restart_keeps_head_events_and_backend_id(
@@ -484,3 +535,23 @@ async def test_case_19_push_for_another_store_id_is_refused(
     assert_fail(frame, "UnknownError")
     assert events_of(await client.pull()) == []
     assert not any(is_exit(f) for f in await client.barrier())
+
+
+async def test_case_27_restart_closes_open_connections(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """A restart closes open sockets promptly (clients reconnect), and nothing is lost."""
+    store = new_store_id()
+    subscriber = await connect(gateway, store)
+    await subscriber.live_pull()
+    pusher = await connect(gateway, store)
+    await pusher.push_ok(make_events(1, 2))
+    started = time.monotonic()
+    await gateway.restart()
+    assert time.monotonic() - started < 5 * TIMEOUT_UNIT
+    with pytest.raises(ConnectionClosed):  # noqa: PT012 - drain whatever was sent, then closed
+        while True:
+            await asyncio.wait_for(subscriber.ws.recv(), 5 * TIMEOUT_UNIT)
+    again = await connect(gateway, store)
+    assert seqs_of(await again.pull()) == [1, 2]
+    await again.push_ok(make_events(3, 1))
