@@ -4,6 +4,7 @@ runs them, reloads what can change live, and shuts them down in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +30,21 @@ RESTART_ONLY = (("server", "host"), ("server", "port"), ("store", "backend"), ("
 
 def make_store(config: Config) -> EventStore:
     """The backend registry (``[store] backend``)."""
-    if config.store.backend == "sqlite":
-        return SqliteStore(config.store.data_dir, synchronous=config.store.synchronous)
-    raise ValueError(f"unknown store backend {config.store.backend!r}")  # config validated
+    store = config.store
+    if store.backend == "sqlite":
+        return SqliteStore(store.data_dir, synchronous=store.synchronous)
+    if store.backend == "postgres":
+        from gateway.store.postgres import PostgresStore  # asyncpg only when used
+
+        return PostgresStore(
+            store.dsn,
+            schema=store.postgres_schema,
+            pool_min=store.pool_min,
+            pool_max=store.pool_max,
+            statement_timeout=store.statement_timeout,
+            connect_timeout=store.connect_timeout,
+        )
+    raise ValueError(f"unknown store backend {store.backend!r}")  # config validated
 
 
 class Gateway:
@@ -42,7 +55,9 @@ class Gateway:
         self.metrics = Metrics()
         self.store = make_store(config)
         self.hub = Hub()
-        self.engine = SyncEngine(self.store, self.hub, self.metrics)
+        self.engine = SyncEngine(
+            self.store, self.hub, self.metrics, reconcile_interval=config.store.reconcile_interval
+        )
         self.auth = AuthGate(config.auth)
         self.frontend = Frontend(
             config,
@@ -53,6 +68,7 @@ class Gateway:
         )
         self.metrics.add_source(self._collect)
         self._started = False
+        self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -61,6 +77,10 @@ class Gateway:
         except BaseException:
             await self.store.close()
             raise
+        if self.engine.shared:
+            self._reconciler = asyncio.get_running_loop().create_task(
+                self.engine.reconcile_forever()
+            )
         self._started = True
 
     @property
@@ -128,6 +148,11 @@ class Gateway:
             logger.error("pushes still in flight after %.1f s", timeout)
         await self.frontend.close(timeout)
         await self.engine.drain()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        await self.engine.close()
         await self.store.close()
 
     # -- metrics --------------------------------------------------------------------------

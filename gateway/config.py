@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -52,6 +53,15 @@ class StoreConfig:
     data_dir: str = field(default_factory=default_data_dir)
     # SQLite synchronous mode; "full" makes every acked push survive power loss.
     synchronous: str = "full"
+    # PostgreSQL (backend = "postgres"): connection string, schema, pool, timeouts.
+    dsn: str = ""
+    postgres_schema: str = "gateway"
+    pool_min: int = 2
+    pool_max: int = 10
+    statement_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    # Seconds between checks for commits whose notification was lost (postgres).
+    reconcile_interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +170,7 @@ _ENV_ALIASES: dict[str, tuple[str, str]] = {
 # Secrets that may also come from a file named by `<key>_file` or from a systemd credential
 # of the same name in $CREDENTIALS_DIRECTORY (LoadCredential=).
 SECRET_KEYS: tuple[tuple[str, str], ...] = (
+    ("store", "dsn"),
     ("auth", "jwt_secret"),
     ("auth", "jwt_previous_secret"),
     ("auth", "bypass_token"),
@@ -242,8 +253,17 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
 def _validate(config: Config) -> Config:
     if not 0 <= config.server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
-    if config.store.backend not in {"sqlite"}:
-        raise ConfigError(f"store.backend: unknown backend {config.store.backend!r} (sqlite)")
+    if config.store.backend not in {"sqlite", "postgres"}:
+        raise ConfigError(
+            f"store.backend: unknown backend {config.store.backend!r} (sqlite, postgres)"
+        )
+    if config.store.backend == "postgres":
+        if not config.store.dsn:
+            raise ConfigError("store.dsn: required for the postgres backend")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,47}", config.store.postgres_schema):
+            raise ConfigError("store.postgres_schema: lower-case letters, digits and _")
+        if not 1 <= config.store.pool_min <= config.store.pool_max:
+            raise ConfigError("store.pool_min, store.pool_max: 1 <= pool_min <= pool_max")
     if config.store.synchronous not in {"full", "normal", "extra"}:
         raise ConfigError("store.synchronous: one of full, normal, extra")
     limits = config.limits

@@ -27,7 +27,7 @@ from gateway import protocol
 from gateway.hub import Hub, Subscription
 from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
-from gateway.store import EventStore, HeadMismatch, StoreError
+from gateway.store import EventStore, HeadMismatch, SharedEventStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,14 @@ def now_ms() -> int:
 
 
 class SyncEngine:
-    def __init__(self, store: EventStore, hub: Hub, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        hub: Hub,
+        metrics: Metrics | None = None,
+        *,
+        reconcile_interval: float = 5.0,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics or Metrics()
@@ -68,6 +75,79 @@ class SyncEngine:
         self._states: dict[str, StoreState] = {}
         self._loading: dict[str, asyncio.Future[StoreState]] = {}
         self._admissions: set[asyncio.Task[ErrorDict | None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._reconcile_interval = reconcile_interval
+        self.shared = hasattr(store, "set_commit_listener")
+        if self.shared:
+            shared: SharedEventStore = store  # type: ignore[assignment]
+            shared.set_commit_listener(self.on_commit, self.on_reconnect)
+
+    # -- other nodes' commits (shared backends) -------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def on_commit(self, store_id: str, head: int) -> None:
+        """A commit of ``store_id`` up to ``head`` was announced (by any node)."""
+        state = self._states.get(store_id)
+        if state is not None and head > state.head:
+            self._spawn(self._catch_up(state, head))
+
+    def on_reconnect(self) -> None:
+        """Notifications may have been lost: compare every loaded store with the log."""
+        self._spawn(self.reconcile())
+
+    async def reconcile(self) -> None:
+        if not self._states or not self.shared:
+            return
+        shared: SharedEventStore = self.store  # type: ignore[assignment]
+        try:
+            heads = await shared.heads(tuple(self._states))
+        except StoreError as exc:
+            logger.warning("reconcile failed: %s", exc)
+            return
+        for store_id, head in heads.items():
+            self.on_commit(store_id, head)
+
+    async def reconcile_forever(self) -> None:
+        """Catch commits whose notification never came (shared backends)."""
+        while True:
+            await asyncio.sleep(self._reconcile_interval)
+            await self.reconcile()
+
+    async def _catch_up(self, state: StoreState, target: int) -> None:
+        async with state.lock:
+            try:
+                await self._publish_range(state, target)
+            except StoreError as exc:
+                # The next notification or reconcile retries; nothing was published twice.
+                logger.warning(
+                    "store %r: catching up to %d failed: %s", state.store_id, target, exc
+                )
+
+    async def _publish_range(self, state: StoreState, target: int) -> None:
+        """Publish committed events ``(state.head, target]`` read from the log, in order.
+
+        Called with ``state.lock`` held; advances ``state.head`` as it goes.
+        """
+        while state.head < target:
+            rows = await self.store.read(state.store_id, state.head, target, READ_BATCH)
+            if not rows:
+                # The head moved but no row is visible yet; a later notification retries.
+                return
+            entries = []
+            meta_cache: dict[int, bytes] = {}
+            for row in rows:
+                meta = meta_cache.get(row.created_ms)
+                if meta is None:
+                    meta = meta_cache[row.created_ms] = protocol.metadata(row.created_ms)
+                entries.append(protocol.event_entry(row.data, meta))
+            self.counters.frames_delivered += self.hub.publish(
+                state.store_id, entries, state.backend_id_json
+            )
+            state.head = rows[-1].seq
 
     @property
     def stores_loaded(self) -> int:
@@ -131,21 +211,31 @@ class SyncEngine:
     async def _admit(self, state: StoreState, batch: list[NewEvent]) -> ErrorDict | None:
         async with state.lock:
             parent = batch[0].parent
-            if parent != state.head:
+            # The head never moves back, so an older parent is stale for sure. A newer one
+            # may be right when other nodes wrote meanwhile: the log decides.
+            if parent < state.head or (parent > state.head and not self.shared):
                 self.counters.pushes_rejected["server_ahead"] += 1
                 return protocol.server_ahead(state.head, parent)
             created = now_ms()
             try:
-                await self.store.append(state.store_id, state.head, batch, created)
+                await self.store.append(state.store_id, parent, batch, created)
             except HeadMismatch as exc:
-                # Another writer (another node) moved the head: adopt it.
-                state.head = exc.head
+                # Another node moved the head; its events reach us through on_commit.
+                self.on_commit(state.store_id, exc.head)
                 self.counters.pushes_rejected["server_ahead"] += 1
                 return protocol.server_ahead(exc.head, parent)
             except StoreError as exc:
                 logger.error("append to store %r failed: %s", state.store_id, exc)
                 self.counters.pushes_rejected["storage"] += 1
                 return protocol.unknown_error("storage unavailable", "push")
+            if parent > state.head:
+                # Other nodes' events up to our parent go out first, in order.
+                try:
+                    await self._publish_range(state, parent)
+                except StoreError as exc:
+                    logger.error(
+                        "store %r: publishing up to %d failed: %s", state.store_id, parent, exc
+                    )
             state.head = batch[-1].seq
             started = time.perf_counter()
             meta = protocol.metadata(created)
@@ -162,6 +252,12 @@ class SyncEngine:
         """Wait until every admitted push is written and published (for shutdown)."""
         while self._admissions:
             await asyncio.wait(tuple(self._admissions))
+
+    async def close(self) -> None:
+        for task in tuple(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(tuple(self._background))
 
     # -- pull -----------------------------------------------------------------------------
 

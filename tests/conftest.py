@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -25,6 +26,47 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+POSTGRES_DSN = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+async def postgres_available() -> str | None:
+    """None when the test PostgreSQL answers, else why not."""
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    except Exception as exc:  # any failure means: no server to test against
+        return f"PostgreSQL at {POSTGRES_DSN} is not reachable: {exc}"
+    await conn.close()
+    return None
+
+
+async def require_postgres() -> None:
+    """Skip without PostgreSQL, except under CI=true, where that is a failure."""
+    problem = await postgres_available()
+    if problem is None:
+        return
+    if in_ci():
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+def fresh_schema() -> str:
+    return f"gwtest_{uuid.uuid4().hex[:12]}"
+
+
+async def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def sync_query(store_id: str, *, payload: object = None, transport: str = "ws") -> str:

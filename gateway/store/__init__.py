@@ -9,7 +9,7 @@ on the caller's locking alone. Live fan-out is not the store's business: see ``g
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +72,19 @@ class EventStore(Protocol):
 
     async def check(self) -> None:
         """Raise StoreError unless the backend can serve requests (readiness)."""
+
+
+class SharedEventStore(EventStore, Protocol):
+    """A backend that several nodes write to: it announces every commit."""
+
+    def set_commit_listener(
+        self, on_commit: Callable[[str, int], None], on_reconnect: Callable[[], None]
+    ) -> None:
+        """Call ``on_commit(store_id, head)`` for commits of any node (in any order, maybe
+        twice, maybe never: callers reconcile with :meth:`heads`)."""
+
+    async def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
+        """The current heads of ``store_ids``."""
 
 
 def new_backend_id() -> str:

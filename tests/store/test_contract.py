@@ -12,6 +12,7 @@ import pytest
 from gateway.protocol import NewEvent
 from gateway.store import EventStore, HeadMismatch, StoreError
 from gateway.store.sqlite import SqliteStore
+from tests.conftest import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 
 StoreFactory = Callable[[], Awaitable[EventStore]]
 
@@ -28,17 +29,29 @@ def events(start: int, n: int, parent: int | None = None) -> list[NewEvent]:
     return out
 
 
-@pytest.fixture(name="open_store", params=["sqlite"])
+@pytest.fixture(
+    name="open_store", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 async def _open_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
-    """Opens stores of one backend on one location; all are closed afterwards."""
+    """Opens stores of one backend on one location; all are closed afterwards.
+
+    PostgreSQL gets a fresh schema per test, dropped afterwards.
+    """
     opened: list[EventStore] = []
+    schema = fresh_schema()
+    if request.param == "postgres":
+        await require_postgres()
 
     async def factory() -> EventStore:
         store: EventStore
         if request.param == "sqlite":
             store = SqliteStore(tmp_path)
+        elif request.param == "postgres":
+            from gateway.store.postgres import PostgresStore
+
+            store = PostgresStore(POSTGRES_DSN, schema=schema)
         else:  # pragma: no cover
             raise AssertionError(request.param)
         await store.open()
@@ -48,6 +61,8 @@ async def _open_store(
     yield factory
     for store in opened:
         await store.close()
+    if request.param == "postgres":
+        await drop_schema(schema)
 
 
 @pytest.fixture(name="store")
