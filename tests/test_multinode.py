@@ -1,0 +1,193 @@
+"""Several gateway processes on one PostgreSQL log: one total order, live fan-out across nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import POSTGRES_DSN, TIMEOUT_UNIT, drop_schema, fresh_schema, require_postgres
+from tests.support import RpcClient, make_events, new_store_id
+from tests.test_cli import LISTENING
+
+pytestmark = pytest.mark.postgres
+
+NODES = 3
+PUSHES_PER_NODE = 25
+
+
+class Node:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    def url(self, store: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/?storeId={store}&transport=ws"
+
+
+async def start_node(schema: str, data_dir: Path) -> Node:
+    env = dict(os.environ)
+    env.update(
+        GATEWAY_STORE_BACKEND="postgres",
+        GATEWAY_STORE_DSN=POSTGRES_DSN,
+        GATEWAY_STORE_POSTGRES_SCHEMA=schema,
+        GATEWAY_STORE_RECONCILE_INTERVAL="1",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(20 * TIMEOUT_UNIT):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "gateway exited before listening"
+            match = LISTENING.search(line.strip())
+            if match:
+                break
+    # Keep reading stderr so the pipe never fills up.
+    asyncio.get_running_loop().create_task(_drain(proc.stderr))
+    return Node(proc, int(match.group(2)))
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@pytest.fixture(name="cluster")
+async def _cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    await require_postgres()
+    schema = fresh_schema()
+    nodes: list[Node] = []
+    try:
+        # The first node migrates the schema; the others find it ready.
+        nodes.append(await start_node(schema, tmp_path / "n0"))
+        nodes.extend(
+            await asyncio.gather(*(start_node(schema, tmp_path / f"n{i}") for i in range(1, NODES)))
+        )
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.proc.returncode is None:
+                node.proc.terminate()
+        for node in nodes:
+            await node.proc.wait()
+        await drop_schema(schema)
+
+
+class Subscriber:
+    """A live pull that records every event it receives, in order."""
+
+    def __init__(self, client: RpcClient, rid: str, initial: list[Any]) -> None:
+        self.client = client
+        self.rid = rid
+        self.events: list[dict[str, Any]] = [
+            entry["eventEncoded"] for item in initial for entry in item["batch"]
+        ]
+
+    async def until(self, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(30 * TIMEOUT_UNIT):
+            while len(self.events) < count:
+                self.events.extend(await self.client.live_events(self.rid, 1))
+        return self.events
+
+
+async def subscribe(node: Node, store: str) -> Subscriber:
+    client = await RpcClient.open(node.url(store), store)
+    rid, items = await client.live_pull()
+    return Subscriber(client, rid, items)
+
+
+async def pusher(node: Node, store: str, tag: str, count: int, acked: list[int]) -> None:
+    """Push ``count`` single events, re-parenting on ServerAheadError, recording acked seqs."""
+    client = await RpcClient.open(node.url(store), store)
+    parent = 0
+    try:
+        for n in range(count):
+            while True:
+                event = make_events(parent + 1, 1, client_id=tag)[0]
+                event["args"] = {"tag": tag, "n": n}
+                frame = await client.push([event])
+                outcome = frame["exit"]
+                if outcome["_tag"] == "Success":
+                    acked.append(event["seqNum"])
+                    parent = event["seqNum"]
+                    break
+                error = outcome["cause"]["error"]
+                assert error["_tag"] == "ServerAheadError", frame
+                parent = error["minimumExpectedNum"]
+    finally:
+        await client.ws.close()
+
+
+async def test_three_nodes_one_order_live_everywhere(cluster: list[Node]) -> None:
+    """Concurrent pushes through 3 nodes: every node's subscriber sees the same gapless log."""
+    store = new_store_id("multi")
+    subscribers = [await subscribe(node, store) for node in cluster]
+    acked: list[list[int]] = [[] for _ in cluster]
+    await asyncio.gather(
+        *(
+            pusher(node, store, f"node{i}", PUSHES_PER_NODE, acked[i])
+            for i, node in enumerate(cluster)
+        )
+    )
+    total = NODES * PUSHES_PER_NODE
+    logs = [await sub.until(total) for sub in subscribers]
+    for log in logs:
+        assert [e["seqNum"] for e in log] == list(range(1, total + 1))
+        assert log == logs[0]
+    tags = {(e["args"]["tag"], e["args"]["n"]) for e in logs[0]}
+    assert tags == {(f"node{i}", n) for i in range(NODES) for n in range(PUSHES_PER_NODE)}
+    assert sorted(seq for seqs in acked for seq in seqs) == list(range(1, total + 1))
+    # A fresh pull through any node returns the same log.
+    late = await RpcClient.open(cluster[2].url(store), store)
+    pulled = [entry["eventEncoded"] for item in await late.pull() for entry in item["batch"]]
+    assert pulled == logs[0]
+    for sub in subscribers:
+        await sub.client.close()
+    await late.close()
+
+
+async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Node]) -> None:
+    """Killing a node mid-load loses nothing it acked; the other nodes keep serving."""
+    store = new_store_id("kill")
+    watcher = await subscribe(cluster[1], store)
+    acked: list[list[int]] = [[] for _ in cluster]
+    victim = asyncio.create_task(pusher(cluster[0], store, "victim", 10_000, acked[0]))
+    async with asyncio.timeout(30 * TIMEOUT_UNIT):
+        await watcher.until(20)
+    cluster[0].proc.send_signal(signal.SIGKILL)
+    await cluster[0].proc.wait()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the victim's connection just dies
+        await victim
+    # The survivors keep accepting pushes that chain after everything the victim wrote.
+    await asyncio.gather(
+        pusher(cluster[1], store, "survivor1", 5, acked[1]),
+        pusher(cluster[2], store, "survivor2", 5, acked[2]),
+    )
+    check = await RpcClient.open(cluster[2].url(store), store)
+    log = [entry["eventEncoded"] for item in await check.pull() for entry in item["batch"]]
+    await check.close()
+    seqs = [e["seqNum"] for e in log]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert set(acked[0]) <= set(seqs), "an acked event of the killed node was lost"
+    assert set(acked[1]) | set(acked[2]) <= set(seqs)
+    # The watcher on a surviving node received the whole log live, in order.
+    assert await watcher.until(len(seqs)) == log
+    await watcher.client.close()
