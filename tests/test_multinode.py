@@ -191,3 +191,43 @@ async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Node]) -> Non
     # The watcher on a surviving node received the whole log live, in order.
     assert await watcher.until(len(seqs)) == log
     await watcher.client.close()
+
+
+async def terminate_backends(application_name: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            application_name,
+        )
+    finally:
+        await conn.close()
+    return int(killed)
+
+
+async def test_lost_listener_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
+    """With its LISTEN connection killed, a node keeps its clients and catches up afterwards."""
+    await require_postgres()
+    schema = fresh_schema()
+    nodes = [await start_node(schema, tmp_path / "a"), await start_node(schema, tmp_path / "b")]
+    try:
+        store = new_store_id("gap")
+        watcher = await subscribe(nodes[0], store)
+        # Kill every node's listener, then write through node b while they reconnect.
+        assert await terminate_backends(f"gateway:{schema}:listener") == len(nodes)
+        acked: list[int] = []
+        await pusher(nodes[1], store, "b", 10, acked)
+        log = await watcher.until(10)
+        assert [e["seqNum"] for e in log] == list(range(1, 11))
+        # The watcher's connection survived the database hiccup.
+        await watcher.client.push_ok(make_events(11, 1))
+        assert [e["seqNum"] for e in await watcher.until(11)] == list(range(1, 12))
+        await watcher.client.close()
+    finally:
+        for node in nodes:
+            node.proc.terminate()
+            await node.proc.wait()
+        await drop_schema(schema)

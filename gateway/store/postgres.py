@@ -95,14 +95,16 @@ class PostgresStore:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _settings(self, role: str) -> dict[str, str]:
+        return {
+            "search_path": self.schema,
+            "statement_timeout": str(int(self._statement_timeout * 1000)),
+            "application_name": f"gateway:{self.schema}:{role}",
+        }
+
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
-            self.dsn,
-            timeout=self._connect_timeout,
-            server_settings={
-                "search_path": self.schema,
-                "statement_timeout": str(int(self._statement_timeout * 1000)),
-            },
+            self.dsn, timeout=self._connect_timeout, server_settings=self._settings("listener")
         )
 
     async def open(self) -> None:
@@ -117,10 +119,7 @@ class PostgresStore:
                 min_size=self._pool_min,
                 max_size=self._pool_max,
                 timeout=self._connect_timeout,
-                server_settings={
-                    "search_path": self.schema,
-                    "statement_timeout": str(int(self._statement_timeout * 1000)),
-                },
+                server_settings=self._settings("pool"),
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise _store_error(exc) from exc
