@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ def extract_credentials(
                 code="TOKEN_TOO_LARGE",
                 message=f"credentials are limited to {max_token_bytes} bytes",
             )
-    if production and instance_id is None:
+    if production and instance_id is None and (token is not None or bypass is not None):
+        # Without any credential the answer is MISSING_TOKEN (the decision table's row).
         return Denied(status=400, code="BAD_PAYLOAD", message="instanceId is required")
     return Credentials(instance_id=instance_id, token=token, token_source=source, bypass=bypass)
 
@@ -188,7 +190,7 @@ def token_header(token: str) -> dict[str, Any] | None:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
@@ -227,7 +229,8 @@ def verify_jwt(token: str, keys: Sequence[Any], rules: JwtRules, now: float) -> 
                 audience=rules.audience or None,
                 issuer=rules.issuer or None,
             )
-        except jwt.InvalidSignatureError:
+        except (jwt.InvalidSignatureError, jwt.InvalidKeyError, TypeError):
+            # Not this key (wrong signature, or a key of another type or curve): try the next.
             continue
         except jwt.MissingRequiredClaimError as exc:
             return Invalid(f"missing claim {exc.claim}")
@@ -235,7 +238,7 @@ def verify_jwt(token: str, keys: Sequence[Any], rules: JwtRules, now: float) -> 
             return Invalid("wrong audience")
         except jwt.InvalidIssuerError:
             return Invalid("wrong issuer")
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.InvalidTokenError, ValueError):
             return Invalid("malformed token")
         break
     if claims is None:

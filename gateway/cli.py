@@ -98,7 +98,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     notifier = Notifier()
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except ConfigError as exc:
+        logger.error("configuration error: %s", exc)
+        return EXIT_CONFIG
     try:
         await gateway.start()
     except OSError as exc:

@@ -244,7 +244,7 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
     if origin is tuple:
         if from_env and isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
             return tuple(value)
         raise ConfigError(f"{key}: expected a list of strings")
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 32 * 1024
+# How long a connection closed after an error answer keeps draining the client's input.
+LINGER_SECONDS = 2.0
 MAX_HEADERS = 100
 
 
@@ -58,6 +60,7 @@ class HttpConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._busy = False
         self._closing = False
+        self._lingering = False
         self._idle: asyncio.TimerHandle | None = None
         peer = transport.get_extra_info("peername")
         self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
@@ -68,6 +71,8 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the answer is out; input is discarded until the peer closes
         self._buffer += data
         if not self._busy:
             self._next()
@@ -75,7 +80,7 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Finish the request in progress, if any, then close.
         self._closing = True
-        if not self._busy:
+        if not self._busy or self._lingering:
             self._transport.close()
         return True
 
@@ -214,7 +219,24 @@ class HttpConnection(asyncio.Protocol):
         self._transport.write(head + response.body)
         if not keep_alive:
             self._closing = True
+            self._close_after_answer()
+
+    def _close_after_answer(self) -> None:
+        """Lingering close: half-close, then discard input briefly before closing.
+
+        Closing at once while request bytes are still unread makes the kernel send a reset,
+        which can destroy the answer (a 413 or 431) before the client reads it.
+        """
+        self._buffer.clear()
+        if not self._transport.can_write_eof():
             self._transport.close()
+            return
+        self._transport.write_eof()
+        self._lingering = True
+        self._transport.resume_reading()
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._transport.close)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ async def _no_gate(admission: Admission) -> None:
     return None
 
 
+def _quiet_filter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 class GatewayConnection(ServerConnection):
     """A ``ServerConnection`` that remembers what its handshake admitted."""
 
@@ -165,6 +169,11 @@ class Frontend:
         self.validate_payload = validate_payload
         self.ready_check = ready_check
         self.push_gate = push_gate
+        # websockets logs request lines and headers (tokens!) below WARNING: never let it,
+        # whatever level the embedding application configures.
+        quiet = logging.getLogger("gateway.websockets")
+        if _quiet_filter not in quiet.filters:
+            quiet.addFilter(_quiet_filter)
         self.ws_server: Server | None = None
         self.http_connections: set[HttpConnection] = set()
         self.peers: set[Peer] = set()
