@@ -55,6 +55,7 @@ class StoreConfig:
     synchronous: str = "full"
     # PostgreSQL (backend = "postgres"): connection string, schema, pool, timeouts.
     dsn: str = ""
+    dsn_file: str = ""
     postgres_schema: str = "gateway"
     pool_min: int = 2
     pool_max: int = 10
