@@ -80,10 +80,14 @@ def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def labelled_counter(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=[label])
+def _labelled(family: CounterMetricFamily | GaugeMetricFamily, values: Counter[str]) -> None:
     for key, value in sorted(values.items()):
         family.add_metric([key], value)
+
+
+def labelled_counter(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    _labelled(family, values)
     return family
 
 
@@ -93,8 +97,7 @@ def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def labelled_gauge(name: str, doc: str, label: str, values: Counter[str]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=[label])
-    for key, value in sorted(values.items()):
-        family.add_metric([key], value)
+    _labelled(family, values)
     return family
 
 

@@ -418,26 +418,24 @@ PUSH_ACK: Final = b"{}"
 HTTP_PONG: Final = b'{"_tag":"SyncMessage.Pong"}'
 
 
-def exit_fail(rid_json: bytes, error: dict[str, Any]) -> bytes:
-    cause = {"_tag": "Fail", "error": error}
+def _exit_failure(rid_json: bytes, cause: dict[str, Any]) -> bytes:
     return (
         b'{"_tag":"Exit","requestId":'
         + rid_json
         + b',"exit":{"_tag":"Failure","cause":'
-        + orjson.dumps(cause)
+        + dumps(cause)
         + b"}}"
     )
+
+
+def exit_fail(rid_json: bytes, error: dict[str, Any]) -> bytes:
+    """A typed failure: the error must belong to the RPC's error union (spec §4.4)."""
+    return _exit_failure(rid_json, {"_tag": "Fail", "error": error})
 
 
 def exit_die(rid_json: bytes, defect: str) -> bytes:
-    cause = {"_tag": "Die", "defect": defect}
-    return (
-        b'{"_tag":"Exit","requestId":'
-        + rid_json
-        + b',"exit":{"_tag":"Failure","cause":'
-        + orjson.dumps(cause)
-        + b"}}"
-    )
+    """A defect for one request (malformed payload, unknown tag)."""
+    return _exit_failure(rid_json, {"_tag": "Die", "defect": defect})
 
 
 def defect(message: str) -> bytes:
