@@ -17,6 +17,7 @@ handler below mirrors the one in ``websockets.asyncio.server.serve`` (handshake 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -63,6 +64,9 @@ _MAX_METHOD = 16
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 PushGate = Callable[[Admission], Awaitable[None]]
+
+# Request headers the auth gate reads (token sources and the client address).
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-forwarded-for"})
 
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_FORBIDDEN = 4003
@@ -319,7 +323,12 @@ class Frontend:
         assert isinstance(connection, GatewayConnection)
         connection.target = target
         connection.admission = decision
-        connection.context = context
+        # Kept to re-check the session after a reload: only the headers credentials come
+        # from, so an idle connection does not hold every request header.
+        connection.context = dataclasses.replace(
+            context,
+            headers={k: v for k, v in context.headers.items() if k in CREDENTIAL_HEADERS},
+        )
         return None
 
     async def plain_get(
