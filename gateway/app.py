@@ -121,9 +121,11 @@ class Gateway:
         self.auth.apply(new.auth)  # raises ConfigError before anything changed
         self.config = new
         self.frontend.config = new
-        logging.getLogger().setLevel(new.log.level.upper())
-        await self.frontend.recheck_sessions(self._recheck)
         logger.info("configuration reloaded")
+        logging.getLogger().setLevel(new.log.level.upper())
+        closed = await self.frontend.recheck_sessions(self._recheck)
+        if closed:
+            logger.warning("closed %d sessions the new configuration refuses", closed)
 
     async def _recheck(self, context: PayloadContext) -> Refusal | float | None:
         """Re-run the gate on a live session's handshake; its new expiry, or a refusal."""
@@ -134,20 +136,26 @@ class Gateway:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounds the whole stop
-        """Graceful stop: no new connections, admitted pushes finish and are acked, peers
-        are closed with 1001, then the store is closed."""
+    async def stop(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - bounds the whole stop
+        """Graceful stop within ``timeout`` seconds: no new connections, admitted pushes
+        finish and are acked, peers are closed with 1001, then the store is closed."""
         if not self._started:
             return
         self._started = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self.frontend.stop_accepting()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline - timeout / 2):
                 await self.engine.drain()
         except TimeoutError:
-            logger.error("pushes still in flight after %.1f s", timeout)
-        await self.frontend.close(timeout)
-        await self.engine.drain()
+            logger.error("pushes still in flight after %.1f s", timeout / 2)
+        await self.frontend.close(max(deadline - loop.time(), 0.5))
+        try:
+            async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
+                await self.engine.drain()
+        except TimeoutError:
+            logger.error("stopping with pushes still in flight")
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

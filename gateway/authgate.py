@@ -117,8 +117,16 @@ class AuthGate:
         self.apply(config)
 
     def apply(self, config: AuthConfig) -> None:
-        """(Re)load policy and keys; the failure counts and push buckets carry over."""
+        """(Re)load policy and keys; the failure counts carry over.
+
+        Everything that can fail (key files, proxy networks) is prepared before anything is
+        replaced, so a ConfigError leaves the gate exactly as it was.
+        """
         public_keys = _load_public_keys(config.public_key_files)
+        try:
+            proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        except ValueError as exc:
+            raise ConfigError(f"auth.trusted_proxies: {exc}") from None
         self.config = config
         self.policy = auth.Policy(
             require_auth=config.require_auth,
@@ -153,7 +161,7 @@ class AuthGate:
         self.failures.max_failures = config.lockout_failures
         self.failures.window = config.lockout_window
         self.push_limiter = PushLimiter(config.push_rate, config.push_burst)
-        self._proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        self._proxies = proxies
 
     # -- helpers --------------------------------------------------------------------------
 

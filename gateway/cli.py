@@ -98,6 +98,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     notifier = Notifier()
+    # Signal handlers first: systemd may reload or stop us the moment READY=1 is out.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     try:
         gateway = Gateway(config)
     except ConfigError as exc:
@@ -116,12 +123,6 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     print(f"listening on ws://{shown}:{gateway.port}", file=sys.stderr, flush=True)
     # The store is open and the socket listens: only now is the service ready.
     notifier.ready(gateway.status())
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: asyncio.Queue[None] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
 
     async def reloader() -> None:
         while True:
@@ -130,7 +131,9 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
             try:
                 new = load_config(args.config, overrides=_overrides(args))
                 await gateway.reload(new)
-            except ConfigError as exc:
+            except Exception as exc:  # a failed reload must never take the daemon down
+                if not isinstance(exc, ConfigError):
+                    logger.exception("reload failed unexpectedly")
                 logger.error("reload refused, the old configuration stays in force: %s", exc)
                 notifier.notify("READY=1", f"STATUS=reload failed: {exc}")
             else:

@@ -8,6 +8,7 @@ the program only sees typed values. Unknown keys and wrong types are errors nami
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -307,6 +308,13 @@ def _validate_auth(auth: AuthConfig) -> None:
             raise ConfigError(f"auth.{name}: must not be negative")
     if auth.push_burst < 1 or auth.lockout_failures < 1 or auth.max_token_bytes < 256:
         raise ConfigError("auth.push_burst, lockout_failures: positive; max_token_bytes >= 256")
+    for proxy in auth.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"auth.trusted_proxies: {proxy!r} is not an IP address or network"
+            ) from None
     if auth.jwks_url and not auth.jwks_url.startswith(("https://", "http://")):
         raise ConfigError("auth.jwks_url: must be an http(s) URL")
     if not auth.require_auth:
@@ -418,6 +426,10 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return build_config(data, os.environ if env is None else env, overrides)
 
 

@@ -215,14 +215,17 @@ class Frontend:
             self.ws_server.server.close()
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109 - bounds several waits
-        """Close peers with 1001 (going away), end HTTP connections, wait for handlers."""
+        """Close peers with 1001 (going away), end HTTP connections, wait for handlers;
+        all within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self.stop_accepting()
         for conn in tuple(self.http_connections):
             conn.shutdown()
         if self.ws_server is not None:
             self.ws_server.close(code=1001, reason="server shutting down")
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):
                     await self.ws_server.wait_closed()
             except TimeoutError:
                 logger.warning("connections still open after %.1f s; aborting them", timeout)
@@ -231,7 +234,7 @@ class Frontend:
         for conn in tuple(self.http_connections):
             conn.abort()
         if self._tasks:
-            await asyncio.wait(tuple(self._tasks), timeout=timeout)
+            await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
