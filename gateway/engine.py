@@ -76,6 +76,8 @@ class SyncEngine:
         self._loading: dict[str, asyncio.Future[StoreState]] = {}
         self._admissions: set[asyncio.Task[ErrorDict | None]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        # Commits announced while a store was loading (shared backends).
+        self._heard: dict[str, int] = {}
         self._reconcile_interval = reconcile_interval
         self.shared = hasattr(store, "set_commit_listener")
         if self.shared:
@@ -92,7 +94,12 @@ class SyncEngine:
     def on_commit(self, store_id: str, head: int) -> None:
         """A commit of ``store_id`` up to ``head`` was announced (by any node)."""
         state = self._states.get(store_id)
-        if state is not None and head > state.head:
+        if state is None:
+            if store_id in self._loading:
+                # Its head was read before this commit: catch up once it is loaded.
+                self._heard[store_id] = max(head, self._heard.get(store_id, 0))
+            return
+        if head > state.head:
             self._spawn(self._catch_up(state, head))
 
     def on_reconnect(self) -> None:
@@ -116,6 +123,12 @@ class SyncEngine:
         while True:
             await asyncio.sleep(self._reconcile_interval)
             await self.reconcile()
+
+    async def _catch_up_to_log(self, state: StoreState) -> None:
+        shared: SharedEventStore = self.store  # type: ignore[assignment]
+        heads = await shared.heads((state.store_id,))
+        async with state.lock:
+            await self._publish_range(state, heads.get(state.store_id, state.head))
 
     async def _catch_up(self, state: StoreState, target: int) -> None:
         async with state.lock:
@@ -179,6 +192,9 @@ class SyncEngine:
             )
             self._states[store_id] = state
             del self._loading[store_id]
+            heard = self._heard.pop(store_id, 0)
+            if heard > state.head:
+                self._spawn(self._catch_up(state, heard))
             loading.set_result(state)
             return state
         return await asyncio.shield(loading)
@@ -269,6 +285,11 @@ class SyncEngine:
         cursor = request.cursor
         if cursor is not None and cursor.backend_id != state.backend_id:
             return protocol.backend_mismatch(state.backend_id, cursor.backend_id)
+        if self.shared and cursor is not None and cursor.seq > state.head:
+            # The client saw more than this node has published (it came from another node,
+            # or our notification is late): catch up first, or the events between our head
+            # and its cursor would reach it a second time.
+            await self._catch_up_to_log(state)
         # No await between reading the head and subscribing: the handoff point.
         backlog = Backlog(state, cursor.seq if cursor is not None else 0, state.head)
         if subscription is not None:

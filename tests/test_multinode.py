@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import POSTGRES_DSN, TIMEOUT_UNIT, drop_schema, fresh_schema, require_postgres
-from tests.support import RpcClient, make_events, new_store_id
+from tests.support import RpcClient, cursor, make_events, new_store_id, seqs_of
 from tests.test_cli import LISTENING
 
 pytestmark = pytest.mark.postgres
@@ -235,4 +235,45 @@ async def test_lost_listener_reconnects_and_fills_the_gap(tmp_path: Path) -> Non
         for node in nodes:
             node.proc.terminate()
             await node.proc.wait()
+        await drop_schema(schema)
+
+
+async def test_lagging_node_never_redelivers_what_a_client_has(make_gateway: Any) -> None:
+    """A client whose cursor is ahead of a lagging node gets only newer events from it.
+
+    Node b hears nothing from the other node (its notifications are dropped and reconcile
+    is hourly), so it lags behind the log when the client, which saw events 1-2 through
+    node a, opens its live pull on b with cursor 2.
+    """
+    await require_postgres()
+    schema = fresh_schema()
+    try:
+        common = {
+            "backend": "postgres",
+            "dsn": POSTGRES_DSN,
+            "postgres_schema": schema,
+            "reconcile_interval": 3600.0,
+        }
+        node_a = await make_gateway(**common)
+        node_b = await make_gateway(**common)
+        store = new_store_id("lag")
+        url_a = node_a.ws_url(store)
+        url_b = node_b.ws_url(store)
+        # b loads the store (head 0) and then stops hearing about commits.
+        first = await RpcClient.open(url_b, store)
+        backend_id = await first.backend_id()
+        await first.close()
+        node_b.gw.engine.on_commit = lambda store_id, head: None
+        writer = await RpcClient.open(url_a, store)
+        await writer.push_ok(make_events(1, 2))
+        client = await RpcClient.open(url_b, store)
+        rid, items = await client.live_pull(cursor(backend_id, 2))
+        assert seqs_of(items) == []
+        await writer.push_ok(make_events(3, 1))
+        await node_b.gw.engine.reconcile()
+        assert [e["seqNum"] for e in await client.live_events(rid, 1)] == [3]
+        assert await client.barrier() == []
+        await client.close()
+        await writer.close()
+    finally:
         await drop_schema(schema)

@@ -8,7 +8,8 @@
 - Every node LISTENs on the channel. A notification names the store and the new head; the
   engine reads the missing range from the table, so late, reordered, duplicated or lost
   notifications cannot cause a gap or a duplicate (lost ones are found by :meth:`heads`
-  polling and after every reconnect).
+  polling and after every reconnect; a pull whose cursor is ahead of the node makes it
+  catch up to the table first).
 - The listening connection is watched: when it drops, the node keeps its clients, retries
   with backoff, reports not-ready, and reconciles every loaded store once it is back.
 """
