@@ -195,13 +195,21 @@ def _number(value: object) -> float | None:
     return None
 
 
-def verify_jwt(token: str, keys: Sequence[Any], rules: JwtRules, now: float) -> Verification:
+def verify_jwt(
+    token: str,
+    keys: Sequence[Any],
+    rules: JwtRules,
+    now: float,
+    header: dict[str, Any] | None = None,
+) -> Verification:
     """Verify ``token`` against candidate ``keys`` (all for the header's algorithm family).
 
     The algorithm must be one of ``rules.algorithms``; pyjwt is told to accept only that
     one, so the header cannot choose another (``none``, or HS256 keyed with a public key).
+    ``header`` is the token's unverified header when the caller already parsed it.
     """
-    header = token_header(token)
+    if header is None:
+        header = token_header(token)
     if header is None:
         return Invalid("malformed token")
     algorithm = header.get("alg")
@@ -275,6 +283,14 @@ class Policy:
     dev_tokens: tuple[str, ...] = ()
     bypass_token: str = ""
     stores_claim: str = ""
+    # SHA-256 digests of the secrets above, computed once (every handshake compares them).
+    _dev_digests: tuple[bytes, ...] = field(init=False, default=())
+    _bypass_digest: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_dev_digests", tuple(_digest(t) for t in self.dev_tokens))
+        digest = _digest(self.bypass_token) if self.bypass_token else b""
+        object.__setattr__(self, "_bypass_digest", digest)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,11 +306,17 @@ class Decision:
     claims: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _same(a: str, b: str) -> bool:
-    """Constant-time equality that also hides the length of the secret."""
-    return hmac.compare_digest(
-        hashlib.sha256(a.encode()).digest(), hashlib.sha256(b.encode()).digest()
-    )
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _matches(candidate: str, digests: Sequence[bytes]) -> bool:
+    """Constant-time comparison of digests, which also hides the secrets' lengths."""
+    digest = _digest(candidate)
+    found = False
+    for known in digests:
+        found |= hmac.compare_digest(digest, known)
+    return found
 
 
 def _accept(reason: str, subject: str, *, warn: bool = False, **kw: Any) -> Decision:
@@ -311,7 +333,7 @@ def _deny(status: int, code: str, message: str) -> Decision:
 
 
 def is_dev_token(token: str, policy: Policy) -> bool:
-    return any(_same(token, dev) for dev in policy.dev_tokens)
+    return _matches(token, policy._dev_digests)
 
 
 def decide(
@@ -321,7 +343,7 @@ def decide(
     a dev token was presented, else None."""
     production = policy.require_auth
     if credentials.bypass is not None:
-        if policy.bypass_token and _same(credentials.bypass, policy.bypass_token):
+        if policy.bypass_token and _matches(credentials.bypass, (policy._bypass_digest,)):
             return _accept(R_BYPASS, SUBJECT_SERVER)
         if production:
             return _deny(403, "BYPASS_REJECTED", "the server bypass token is not valid")

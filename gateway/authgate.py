@@ -9,6 +9,7 @@ itself is :func:`gateway.auth.decide`, which is pure.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import logging
 import time
@@ -46,6 +47,11 @@ def _load_public_keys(paths: tuple[str, ...]) -> tuple[Any, ...]:
         except ValueError:
             raise ConfigError(f"auth.public_key_files: {path} is not a PEM public key") from None
     return tuple(keys)
+
+
+def _hmac_jwk(secret: bytes, algorithm: str) -> jwt.PyJWK:
+    encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+    return jwt.PyJWK({"kty": "oct", "k": encoded}, algorithm=algorithm)
 
 
 class JwksCache:
@@ -143,9 +149,14 @@ class AuthGate:
             required_type=config.required_type,
             leeway=config.leeway,
         )
-        self.hmac_keys = tuple(
-            secret.encode() for secret in (config.jwt_secret, config.jwt_previous_secret) if secret
-        )
+        # Prepared once per algorithm: pyjwt would otherwise re-inspect a raw secret (PEM?
+        # DER?) on every verification, which dominated the handshake profile.
+        secrets_ = [s.encode() for s in (config.jwt_secret, config.jwt_previous_secret) if s]
+        self.hmac_keys: dict[str, list[jwt.PyJWK]] = {
+            algorithm: [_hmac_jwk(secret, algorithm) for secret in secrets_]
+            for algorithm in config.algorithms
+            if algorithm in HMAC_ALGORITHMS
+        }
         self.public_keys = public_keys
         self.jwks = (
             JwksCache(
@@ -187,11 +198,10 @@ class AuthGate:
             return False
         return any(address in network for network in self._proxies)
 
-    async def _keys_for(self, token: str) -> list[Any]:
-        header = auth.token_header(token) or {}
+    async def _keys_for(self, header: dict[str, Any]) -> list[Any]:
         algorithm = header.get("alg")
         if algorithm in HMAC_ALGORITHMS:
-            return list(self.hmac_keys)
+            return list(self.hmac_keys.get(algorithm, ()))
         keys = list(self.public_keys)
         if self.jwks is not None:
             kid = header.get("kid")
@@ -199,7 +209,11 @@ class AuthGate:
         return keys
 
     async def verify(self, token: str) -> auth.Verification:
-        return auth.verify_jwt(token, await self._keys_for(token), self.rules, self._clock())
+        header = auth.token_header(token)
+        if header is None:
+            return auth.Invalid("malformed token")
+        keys = await self._keys_for(header)
+        return auth.verify_jwt(token, keys, self.rules, self._clock(), header)
 
     async def wait_push(self, admission: Admission) -> None:
         """Delay a push of a rate-limited subject until its bucket allows it."""
