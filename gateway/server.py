@@ -80,13 +80,26 @@ def _quiet_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
 
-class GatewayConnection(ServerConnection):
-    """A ``ServerConnection`` that remembers what its handshake admitted."""
+class Admitted:
+    """What a connection's handshake admitted, kept for its session (and reload checks)."""
 
-    target: SyncTarget
-    admission: Admission
-    context: PayloadContext
-    expiry: asyncio.TimerHandle | None = None
+    __slots__ = ("admission", "context", "expiry", "target")
+
+    def __init__(self, target: SyncTarget, admission: Admission, context: PayloadContext):
+        self.target = target
+        self.admission = admission
+        self.context = context
+        self.expiry: asyncio.TimerHandle | None = None
+
+
+class GatewayConnection(ServerConnection):
+    """A ``ServerConnection`` that remembers what its handshake admitted.
+
+    One attribute, not several: a websockets connection's instance dict is large, and a few
+    more keys can make it double in size, per idle connection.
+    """
+
+    admitted: Admitted
 
 
 def _response(
@@ -324,14 +337,13 @@ class Frontend:
             )
             return refusal_response(decision)
         assert isinstance(connection, GatewayConnection)
-        connection.target = target
-        connection.admission = decision
         # Kept to re-check the session after a reload: only the headers credentials come
         # from, so an idle connection does not hold every request header.
-        connection.context = dataclasses.replace(
+        kept = dataclasses.replace(
             context,
             headers={k: v for k, v in context.headers.items() if k in CREDENTIAL_HEADERS},
         )
+        connection.admitted = Admitted(target, decision, kept)
         return None
 
     async def plain_get(
@@ -381,8 +393,8 @@ class Frontend:
         if self.ws_server is not None:
             for connection in self.ws_server.all_connections:
                 if isinstance(connection, GatewayConnection) and connection.state is State.OPEN:
-                    by_store[connection.target.store_id] += 1
-                    by_subject[connection.admission.subject] += 1
+                    by_store[connection.admitted.target.store_id] += 1
+                    by_subject[connection.admitted.admission.subject] += 1
         counters = self.engine.counters
         return {
             "connections": {"ws": sum(by_store.values()), "http": len(self.http_connections)},
@@ -422,7 +434,8 @@ class Frontend:
                 server.handler_tasks.discard(task)
 
     async def _session(self, connection: GatewayConnection) -> None:
-        target, admission = connection.target, connection.admission
+        admitted = connection.admitted
+        target, admission = admitted.target, admitted.admission
         peer = Peer(
             connection,
             target.store_id,
@@ -451,8 +464,8 @@ class Frontend:
             await peer.run()
         finally:
             counters.connections["ws"] -= 1
-            if connection.expiry is not None:
-                connection.expiry.cancel()
+            if admitted.expiry is not None:
+                admitted.expiry.cancel()
             self.peers.discard(peer)
             peer.close()
             logger.info(
@@ -470,14 +483,13 @@ class Frontend:
 
     def _schedule_expiry(self, connection: GatewayConnection, expires_at: float | None) -> None:
         """The session lives while its credential would still be accepted."""
-        if connection.expiry is not None:
-            connection.expiry.cancel()
-            connection.expiry = None
+        admitted = connection.admitted
+        if admitted.expiry is not None:
+            admitted.expiry.cancel()
+            admitted.expiry = None
         if expires_at is not None:
             delay = max(expires_at - time.time(), 0.0)
-            connection.expiry = asyncio.get_running_loop().call_later(
-                delay, self._expire, connection
-            )
+            admitted.expiry = asyncio.get_running_loop().call_later(delay, self._expire, connection)
 
     async def recheck_sessions(
         self, check: Callable[[PayloadContext], Awaitable[Refusal | float | None]]
@@ -489,13 +501,13 @@ class Frontend:
         for connection in tuple(self.ws_server.all_connections):
             if not isinstance(connection, GatewayConnection) or connection.state is not State.OPEN:
                 continue
-            outcome = await check(connection.context)
+            outcome = await check(connection.admitted.context)
             if isinstance(outcome, Refusal):
                 code = CLOSE_TOKEN_EXPIRED if outcome.code == "TOKEN_EXPIRED" else CLOSE_FORBIDDEN
                 logger.info(
                     "closing store=%s subject=%s after reload: %s",
-                    connection.target.store_id,
-                    connection.admission.subject,
+                    connection.admitted.target.store_id,
+                    connection.admitted.admission.subject,
                     outcome.code,
                 )
                 self.spawn(connection.close(code, outcome.code.lower()))
@@ -507,8 +519,8 @@ class Frontend:
     def _expire(self, connection: GatewayConnection) -> None:
         logger.info(
             "closing store=%s subject=%s: token expired",
-            connection.target.store_id,
-            connection.admission.subject,
+            connection.admitted.target.store_id,
+            connection.admitted.admission.subject,
         )
         self.spawn(connection.close(CLOSE_TOKEN_EXPIRED, "token expired"))
 

@@ -62,6 +62,19 @@ class _Active:
 class Peer:
     """The sync session of one WebSocket connection; also its hub ``Outbox``."""
 
+    __slots__ = (
+        "_active",
+        "_before_push",
+        "_evicted",
+        "_spawn",
+        "connection",
+        "engine",
+        "events_in",
+        "frames_out",
+        "limits",
+        "store_id",
+    )
+
     def __init__(
         self,
         connection: ServerConnection,
