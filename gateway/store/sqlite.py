@@ -32,6 +32,8 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 # Most appends a writer transaction groups together.
 MAX_GROUP = 256
+# Seconds between WAL checkpoints.
+CHECKPOINT_INTERVAL = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
@@ -89,6 +91,8 @@ class SqliteStore:
         self._sids: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._checkpoint_thread: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -102,6 +106,9 @@ class SqliteStore:
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Checkpoints run in their own thread (see _checkpointer): an automatic one would
+            # run inside some push's COMMIT and stall every push queued behind it.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
     async def open(self) -> None:
@@ -114,11 +121,18 @@ class SqliteStore:
         self._writer.start()
         await ready
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
+        self._checkpoint_thread = threading.Thread(
+            target=self._checkpointer, name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpoint_thread.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._checkpoint_stop.set()
+        if self._checkpoint_thread is not None:
+            await asyncio.to_thread(self._checkpoint_thread.join)
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -128,6 +142,29 @@ class SqliteStore:
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL back into the database every second, beside the writer.
+
+        A PASSIVE checkpoint never blocks the writer or readers; the writer restarts the WAL
+        from the beginning once a checkpoint has caught up, so it stays small.
+        """
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            logger.error("checkpointer cannot open %s: %s", self.path, exc)
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout = 1000")
+            while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    logger.warning("checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     # -- writer thread --------------------------------------------------------------------
 
