@@ -47,5 +47,10 @@ types: $(STAMP)
 
 check: lint types test
 
+# Load benchmark: gateway against a bare websockets broadcast server, same run, same
+# machine (< 5 minutes). Prints a table, writes bench/results.json. See bench/run.py.
+bench: $(STAMP)
+	$(PY) -m bench
+
 clean:
 	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache
