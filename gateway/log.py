@@ -47,6 +47,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str, fmt: str) -> None:
+    # No caller lookup per record (documented logging optimisation): the stack walk costs
+    # time on every line and materialises the frames of suspended coroutines.
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else JournalFormatter())
     root = logging.getLogger()

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import http
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, cast
 import orjson
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -68,6 +70,9 @@ PushGate = Callable[[Admission], Awaitable[None]]
 # Request headers the auth gate reads (token sources and the client address).
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-forwarded-for"})
 
+# Seconds between sweeps for sessions whose credentials expired.
+EXPIRY_SWEEP_INTERVAL = 1.0
+
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_FORBIDDEN = 4003
 
@@ -83,13 +88,15 @@ def _quiet_filter(record: logging.LogRecord) -> bool:
 class Admitted:
     """What a connection's handshake admitted, kept for its session (and reload checks)."""
 
-    __slots__ = ("admission", "context", "expiry", "target")
+    __slots__ = ("admission", "context", "expiry", "started", "target")
 
     def __init__(self, target: SyncTarget, admission: Admission, context: PayloadContext):
         self.target = target
         self.admission = admission
         self.context = context
-        self.expiry: asyncio.TimerHandle | None = None
+        # The expiry bucket (a whole second) the connection sits in, if any.
+        self.expiry: int | None = None
+        self.started = 0.0
 
 
 class GatewayConnection(ServerConnection):
@@ -195,6 +202,8 @@ class Frontend:
         self.http_connections: set[HttpConnection] = set()
         self.peers: set[Peer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._expiries: dict[int, set[GatewayConnection]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -211,6 +220,7 @@ class Frontend:
         quiet = logging.getLogger("gateway.websockets")
         self.ws_server = Server(create_server, self._handle_websocket, quiet)
         await self.ws_server
+        self._sweeper = loop.create_task(self._sweep_expiries())
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -224,6 +234,8 @@ class Frontend:
     def stop_accepting(self) -> None:
         """Close the listening socket; established connections carry on."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.ws_server is not None:
             self.ws_server.server.close()
 
@@ -407,7 +419,11 @@ class Frontend:
         }
 
     async def _handle_websocket(self, connection: ServerConnection) -> None:
-        """Mirror of ``serve()``'s handler: handshake under a timeout, then the session."""
+        """Mirror of ``serve()``'s handler: handshake under a timeout, then the session.
+
+        The read loop is inline: every suspended coroutine frame here is kept by every idle
+        connection.
+        """
         assert self.ws_server is not None
         server = self.ws_server
         try:
@@ -419,11 +435,18 @@ class Frontend:
             assert isinstance(connection, GatewayConnection)
             server.all_connections.add(connection)
             connection.start_keepalive()
+            peer = self._open_session(connection)
             try:
-                await self._session(connection)
+                while True:
+                    try:
+                        data = await connection.recv(decode=False)
+                    except ConnectionClosed:
+                        break
+                    peer.handle(data)
             except Exception:
                 logger.exception("session failed")
             finally:
+                self._close_session(connection, peer)
                 server.all_connections.discard(connection)
                 await connection.close()
         except Exception:
@@ -433,7 +456,7 @@ class Frontend:
             if task is not None:
                 server.handler_tasks.discard(task)
 
-    async def _session(self, connection: GatewayConnection) -> None:
+    def _open_session(self, connection: GatewayConnection) -> Peer:
         admitted = connection.admitted
         target, admission = admitted.target, admitted.admission
         peer = Peer(
@@ -444,8 +467,7 @@ class Frontend:
             spawn=self.spawn,
             before_push=lambda: self.push_gate(admission),
         )
-        started = time.monotonic()
-        remote = _remote(connection.remote_address)
+        admitted.started = time.monotonic()
         logger.info(
             "open transport=ws store=%s subject=%s instance=%s reason=%s token=%s remote=%s",
             target.store_id,
@@ -453,43 +475,61 @@ class Frontend:
             admission.instance_id,
             admission.reason,
             admission.fingerprint,
-            remote,
+            _remote(connection.remote_address),
         )
         self._schedule_expiry(connection, admission.expires_at)
         self.peers.add(peer)
         counters = self.engine.counters
         counters.connections["ws"] += 1
         counters.connections_total["ws"] += 1
-        try:
-            await peer.run()
-        finally:
-            counters.connections["ws"] -= 1
-            if admitted.expiry is not None:
-                admitted.expiry.cancel()
-            self.peers.discard(peer)
-            peer.close()
-            logger.info(
-                "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
-                "events_in=%d frames_out=%d remote=%s",
-                target.store_id,
-                admission.subject,
-                admission.instance_id,
-                connection.close_code,
-                time.monotonic() - started,
-                peer.events_in,
-                peer.frames_out,
-                remote,
-            )
+        return peer
+
+    def _close_session(self, connection: GatewayConnection, peer: Peer) -> None:
+        admitted = connection.admitted
+        self.engine.counters.connections["ws"] -= 1
+        self._schedule_expiry(connection, None)
+        self.peers.discard(peer)
+        peer.close()
+        logger.info(
+            "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
+            "events_in=%d frames_out=%d remote=%s",
+            admitted.target.store_id,
+            admitted.admission.subject,
+            admitted.admission.instance_id,
+            connection.close_code,
+            time.monotonic() - admitted.started,
+            peer.events_in,
+            peer.frames_out,
+            _remote(connection.remote_address),
+        )
 
     def _schedule_expiry(self, connection: GatewayConnection, expires_at: float | None) -> None:
-        """The session lives while its credential would still be accepted."""
+        """The session lives while its credential would still be accepted.
+
+        Expiries are kept in one-second buckets swept by a single task, instead of a timer
+        handle per connection.
+        """
         admitted = connection.admitted
         if admitted.expiry is not None:
-            admitted.expiry.cancel()
+            bucket = self._expiries.get(admitted.expiry)
+            if bucket is not None:
+                bucket.discard(connection)
+                if not bucket:
+                    del self._expiries[admitted.expiry]
             admitted.expiry = None
         if expires_at is not None:
-            delay = max(expires_at - time.time(), 0.0)
-            admitted.expiry = asyncio.get_running_loop().call_later(delay, self._expire, connection)
+            second = math.ceil(expires_at)
+            self._expiries.setdefault(second, set()).add(connection)
+            admitted.expiry = second
+
+    async def _sweep_expiries(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+            now = time.time()
+            for second in sorted(s for s in self._expiries if s <= now):
+                for connection in self._expiries.pop(second):
+                    connection.admitted.expiry = None
+                    self._expire(connection)
 
     async def recheck_sessions(
         self, check: Callable[[PayloadContext], Awaitable[Refusal | float | None]]

@@ -123,15 +123,6 @@ class Peer:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        connection = self.connection
-        while True:
-            try:
-                data = await connection.recv(decode=False)
-            except ConnectionClosed:
-                return
-            self.handle(data)
-
     def handle(self, data: bytes | str) -> None:
         try:
             message = protocol.decode_frame(data)
