@@ -200,7 +200,6 @@ class Frontend:
             quiet.addFilter(_quiet_filter)
         self.ws_server: Server | None = None
         self.http_connections: set[HttpConnection] = set()
-        self.peers: set[Peer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiries: dict[int, set[GatewayConnection]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -478,7 +477,6 @@ class Frontend:
             _remote(connection.remote_address),
         )
         self._schedule_expiry(connection, admission.expires_at)
-        self.peers.add(peer)
         counters = self.engine.counters
         counters.connections["ws"] += 1
         counters.connections_total["ws"] += 1
@@ -488,7 +486,6 @@ class Frontend:
         admitted = connection.admitted
         self.engine.counters.connections["ws"] -= 1
         self._schedule_expiry(connection, None)
-        self.peers.discard(peer)
         peer.close()
         logger.info(
             "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "

@@ -214,12 +214,22 @@ class SqliteStore:
             loop.call_soon_threadsafe(_resolve, results)
 
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> _Results:
-        outcomes: _Results = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = _as_store_error(exc)
             return [(job.future, None, error) for job in jobs]
+        if len(jobs) == 1:
+            # Alone in its transaction: no savepoint needed, a failure rolls back everything.
+            (job,) = jobs
+            try:
+                value = job.fn(conn)
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                return [(job.future, None, _as_store_error(exc))]
+            return self._commit(conn, [(job.future, value, None)])
+        outcomes: _Results = []
         for job in jobs:
             conn.execute("SAVEPOINT job")
             try:
@@ -231,13 +241,16 @@ class SqliteStore:
             else:
                 conn.execute("RELEASE job")
                 outcomes.append((job.future, value, None))
+        return self._commit(conn, outcomes)
+
+    def _commit(self, conn: sqlite3.Connection, outcomes: _Results) -> _Results:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = _as_store_error(exc)
-            return [(job.future, None, error) for job in jobs]
+            return [(future, None, error) for future, _, _ in outcomes]
         return outcomes
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -316,14 +329,19 @@ class SqliteStore:
         new_head = events[-1].seq
 
         def append(conn: sqlite3.Connection) -> None:
-            (head,) = conn.execute("SELECT head FROM stores WHERE id = ?", (sid,)).fetchone()
-            if head != expected_head:
+            # The head check and the head move in one statement; the inserts follow in the
+            # same transaction (a duplicate seqNum rolls the whole job back).
+            moved = conn.execute(
+                "UPDATE stores SET head = ? WHERE id = ? AND head = ?",
+                (new_head, sid, expected_head),
+            ).rowcount
+            if moved != 1:
+                (head,) = conn.execute("SELECT head FROM stores WHERE id = ?", (sid,)).fetchone()
                 raise HeadMismatch(int(head))
             conn.executemany(
                 "INSERT INTO events (sid, seq, parent, created_ms, data) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.execute("UPDATE stores SET head = ? WHERE id = ?", (new_head, sid))
 
         await self._write(append)
 
