@@ -7,7 +7,7 @@ HTTP-transport POST, so a request is refused the same way whichever transport it
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -155,7 +155,6 @@ class Admission:
     fingerprint: str | None = None
     # Whether pushes of this subject are rate-limited (JWT subjects are).
     rate_limited: bool = False
-    details: Mapping[str, object] = field(default_factory=dict)
 
 
 ValidatePayload = Callable[[PayloadContext], Awaitable[Admission | Refusal]]

@@ -45,7 +45,6 @@ from gateway.handshake import (
     NotSync,
     PayloadContext,
     Refusal,
-    SyncTarget,
     ValidatePayload,
     parse_target,
     redact_target,
@@ -88,10 +87,9 @@ def _quiet_filter(record: logging.LogRecord) -> bool:
 class Admitted:
     """What a connection's handshake admitted, kept for its session (and reload checks)."""
 
-    __slots__ = ("admission", "context", "expiry", "started", "target")
+    __slots__ = ("admission", "context", "expiry", "started")
 
-    def __init__(self, target: SyncTarget, admission: Admission, context: PayloadContext):
-        self.target = target
+    def __init__(self, admission: Admission, context: PayloadContext):
         self.admission = admission
         self.context = context
         # The expiry bucket (a whole second) the connection sits in, if any.
@@ -354,7 +352,7 @@ class Frontend:
             context,
             headers={k: v for k, v in context.headers.items() if k in CREDENTIAL_HEADERS},
         )
-        connection.admitted = Admitted(target, decision, kept)
+        connection.admitted = Admitted(decision, kept)
         return None
 
     async def plain_get(
@@ -404,7 +402,7 @@ class Frontend:
         if self.ws_server is not None:
             for connection in self.ws_server.all_connections:
                 if isinstance(connection, GatewayConnection) and connection.state is State.OPEN:
-                    by_store[connection.admitted.target.store_id] += 1
+                    by_store[connection.admitted.context.store_id] += 1
                     by_subject[connection.admitted.admission.subject] += 1
         counters = self.engine.counters
         return {
@@ -457,10 +455,10 @@ class Frontend:
 
     def _open_session(self, connection: GatewayConnection) -> Peer:
         admitted = connection.admitted
-        target, admission = admitted.target, admitted.admission
+        store_id, admission = admitted.context.store_id, admitted.admission
         peer = Peer(
             connection,
-            target.store_id,
+            store_id,
             self.engine,
             limits=self.config.limits,
             spawn=self.spawn,
@@ -469,7 +467,7 @@ class Frontend:
         admitted.started = time.monotonic()
         logger.info(
             "open transport=ws store=%s subject=%s instance=%s reason=%s token=%s remote=%s",
-            target.store_id,
+            store_id,
             admission.subject,
             admission.instance_id,
             admission.reason,
@@ -490,7 +488,7 @@ class Frontend:
         logger.info(
             "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
             "events_in=%d frames_out=%d remote=%s",
-            admitted.target.store_id,
+            admitted.context.store_id,
             admitted.admission.subject,
             admitted.admission.instance_id,
             connection.close_code,
@@ -543,7 +541,7 @@ class Frontend:
                 code = CLOSE_TOKEN_EXPIRED if outcome.code == "TOKEN_EXPIRED" else CLOSE_FORBIDDEN
                 logger.info(
                     "closing store=%s subject=%s after reload: %s",
-                    connection.admitted.target.store_id,
+                    connection.admitted.context.store_id,
                     connection.admitted.admission.subject,
                     outcome.code,
                 )
@@ -556,7 +554,7 @@ class Frontend:
     def _expire(self, connection: GatewayConnection) -> None:
         logger.info(
             "closing store=%s subject=%s: token expired",
-            connection.admitted.target.store_id,
+            connection.admitted.context.store_id,
             connection.admitted.admission.subject,
         )
         self.spawn(connection.close(CLOSE_TOKEN_EXPIRED, "token expired"))

@@ -320,7 +320,7 @@ async def test_decision_table(
         assert_error_body(await ws_refused(url), status, code)
         assert_error_body(await http_ping(gw, store, payload=payload), status, code)
         assert gw.gw.auth.decisions == Counter({code: 2})
-        assert not gw.gw.frontend.peers
+        assert gw.gw.engine.counters.connections_total["ws"] == 0
 
 
 async def test_refused_client_never_gets_a_websocket(make_gateway: MakeGateway) -> None:
@@ -346,7 +346,7 @@ async def test_refused_client_never_gets_a_websocket(make_gateway: MakeGateway) 
     assert head.startswith(b"HTTP/1.1 401 "), head
     assert b"sec-websocket-accept" not in head.lower()
     assert json.loads(body)["error"]["code"] == "INVALID_TOKEN"
-    assert not gw.gw.frontend.peers
+    assert gw.gw.engine.counters.connections_total["ws"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
