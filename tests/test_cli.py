@@ -16,7 +16,14 @@ from tests.conftest import TIMEOUT_UNIT
 LISTENING = re.compile(r"listening on ws://(\S+):(\d+)$")
 
 
-async def start(*args: str) -> tuple[asyncio.subprocess.Process, int]:
+async def start(
+    *args: str, env: dict[str, str] | None = None, drain: bool = False
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Run ``python -m gateway ARGS`` and wait for its ``listening on`` line.
+
+    With ``drain``, stderr keeps being read in the background so a chatty server never
+    blocks on a full pipe.
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -24,15 +31,27 @@ async def start(*args: str) -> tuple[asyncio.subprocess.Process, int]:
         *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     assert proc.stderr is not None
-    async with asyncio.timeout(15 * TIMEOUT_UNIT):
+    async with asyncio.timeout(20 * TIMEOUT_UNIT):
         while True:
             line = (await proc.stderr.readline()).decode()
             assert line, "gateway exited before listening"
             match = LISTENING.search(line.strip())
             if match:
-                return proc, int(match.group(2))
+                break
+    if drain:
+        _drains.add(asyncio.get_running_loop().create_task(_drain(proc.stderr)))
+    return proc, int(match.group(2))
+
+
+_drains: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
 
 
 class TestServe:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from tests.conftest import POSTGRES_DSN, TIMEOUT_UNIT, drop_schema, fresh_schema, require_postgres
 from tests.support import RpcClient, cursor, make_events, new_store_id, seqs_of
-from tests.test_cli import LISTENING
+from tests.test_cli import start
 
 pytestmark = pytest.mark.postgres
 
@@ -39,35 +38,10 @@ async def start_node(schema: str, data_dir: Path) -> Node:
         GATEWAY_STORE_POSTGRES_SCHEMA=schema,
         GATEWAY_STORE_RECONCILE_INTERVAL="1",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    proc, port = await start(
+        "serve", "--port", "0", "--data-dir", str(data_dir), env=env, drain=True
     )
-    assert proc.stderr is not None
-    async with asyncio.timeout(20 * TIMEOUT_UNIT):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "gateway exited before listening"
-            match = LISTENING.search(line.strip())
-            if match:
-                break
-    # Keep reading stderr so the pipe never fills up.
-    asyncio.get_running_loop().create_task(_drain(proc.stderr))
-    return Node(proc, int(match.group(2)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+    return Node(proc, port)
 
 
 @pytest.fixture(name="cluster")
