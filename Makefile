@@ -35,12 +35,12 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not interop"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests
-	$(VENV)/bin/ruff format --check gateway tests
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format gateway tests
-	$(VENV)/bin/ruff check --fix gateway tests
+	$(VENV)/bin/ruff format gateway tests bench
+	$(VENV)/bin/ruff check --fix gateway tests bench
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
