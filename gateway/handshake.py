@@ -139,6 +139,7 @@ class PayloadContext:
 
     @property
     def has_payload(self) -> bool:
+        """Whether the client sent a syncPayload at all (the URL had a payload parameter)."""
         return self.payload is not MISSING
 
 
@@ -158,8 +159,3 @@ class Admission:
 
 
 ValidatePayload = Callable[[PayloadContext], Awaitable[Admission | Refusal]]
-
-
-async def accept_all(context: PayloadContext) -> Admission | Refusal:
-    """The default hook: every decodable payload is accepted as anonymous."""
-    return Admission()
