@@ -84,6 +84,14 @@ class Sizes:
     comp_subscribers: int = 100
     comp_rate: float = 20.0  # pushes/s per store, 10 events each
     comp_paced_s: float = 3.0
+    # 6. two-node fan-out (two gateways on one fresh PostgreSQL schema; skipped without one)
+    mn_stores: int = 4
+    mn_subscribers: int = 50  # per store, split evenly across the two nodes
+    # Single-event pushes/s per store, all through node 1: 200 pushes/s, 10,000 delivered
+    # events/s (the single-node fan-out's load). One push is in flight per pusher and acks
+    # take ~10 ms (a PostgreSQL commit), so far above ~70/s per store the pushers fall behind.
+    mn_rate: float = 50.0
+    mn_s: float = 4.0
     concurrency: int = 64
     settle_s: float = 1.0  # wait before reading RSS
 
@@ -114,6 +122,10 @@ SMOKE = Sizes(
     comp_subscribers=5,
     comp_rate=10.0,
     comp_paced_s=0.3,
+    mn_stores=2,
+    mn_subscribers=4,
+    mn_rate=20.0,
+    mn_s=0.3,
     rounds=1,
     fan_saturated_rounds=1,
     concurrency=8,
@@ -309,7 +321,7 @@ class Bench:
         if not self.args.quiet:
             print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
-    async def gateway(self) -> Server:
+    async def gateway(self, env: dict[str, str] | None = None) -> Server:
         self._servers += 1
         n = self._servers
         server = gateway_server(
@@ -319,6 +331,7 @@ class Bench:
             self.secret,
             self.bypass,
         )
+        server.env.update(env or {})
         root = self.gateway_root
         if root is not None:
             # Another source tree (e.g. a work-in-progress fix): `python -m gateway` from
@@ -544,6 +557,9 @@ class Bench:
                 if floor is not None:
                     await floor.stop()
 
+        if self.wants("fanout2"):
+            res["fanout2"] = await self.fanout2()
+
         if self.wants("idle"):
             # Fresh servers: earlier scenarios leave freed memory behind that new
             # connections would reuse, which would flatter the per-connection figure.
@@ -572,6 +588,85 @@ class Bench:
             res["compression"] = await self.compression_study()
         self.timings["total"] = time.monotonic() - started
         return self.report()
+
+    async def fanout2(self) -> dict[str, Any]:
+        """Two gateway nodes on one fresh PostgreSQL schema (both on the server CPU):
+        subscribers split across them, pushes through node 1. Informational, no target;
+        skipped with a note when PostgreSQL is not reachable."""
+        import asyncpg
+
+        s = self.sizes
+        dsn = os.environ.get(
+            "GATEWAY_BENCH_POSTGRES_DSN",
+            os.environ.get(
+                "GATEWAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+            ),
+        )
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except Exception as exc:  # no server: skip, the rest of the run stands
+            note = f"skipped: PostgreSQL at {dsn} is not reachable ({type(exc).__name__}: {exc})"
+            self.log(f"fanout2: {note}")
+            return {"skipped": note}
+        await conn.close()
+        schema = f"bench_{secrets.token_hex(6)}"
+        env = {
+            "GATEWAY_STORE_BACKEND": "postgres",
+            "GATEWAY_STORE_DSN": dsn,
+            "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
+        }
+        nodes: list[Server] = []
+        rig: scenarios.CrossNodeRig | None = None
+        started = time.monotonic()
+        try:
+            for index in range(2):
+                node = await self.gateway(env)
+                node.name = f"gateway-node{index + 1}"
+                nodes.append(node)
+            self.log(
+                f"fanout2: connecting {s.mn_stores}x{s.mn_subscribers} across 2 nodes "
+                f"(schema {schema}) ..."
+            )
+            rig = scenarios.CrossNodeRig(
+                nodes, self.auth, stores=s.mn_stores, subscribers=s.mn_subscribers
+            )
+            await rig.open(concurrency=s.concurrency)
+            self.log(f"fanout2: paced {s.mn_rate * s.mn_stores:.0f} pushes/s for {s.mn_s} s ...")
+            paced = await rig.paced(s.mn_rate, s.mn_s)
+            lost = rig.close()
+            rig = None
+            return {
+                "gateway": {
+                    "nodes": len(nodes),
+                    "pushing_node": 1,
+                    "postgres_schema": schema,
+                    "note": "informational (no target): both nodes pinned to the server CPU; "
+                    "PostgreSQL runs unpinned, its CPU is not in server_cpu_us_per_event",
+                    "stores": s.mn_stores,
+                    "subscribers_per_store": s.mn_subscribers,
+                    "live_subscribers": s.mn_stores * s.mn_subscribers,
+                    "batch": 1,
+                    "paced": paced,
+                    "connections_lost": lost,
+                }
+            }
+        except Exception as exc:  # a failure here must not cost the other measurements
+            self.log(f"fanout2: FAILED: {type(exc).__name__}: {exc}")
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if rig is not None:
+                rig.close()
+            for node in nodes:
+                await node.stop()
+            self.timings["fanout2"] = time.monotonic() - started
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+                try:
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                finally:
+                    await conn.close()
+            except Exception as exc:
+                self.log(f"fanout2: could not drop schema {schema}: {exc}")
 
     async def compression_study(self) -> dict[str, Any]:
         """The bare stack with and without permessage-deflate: memory, CPU, bytes."""
@@ -809,6 +904,48 @@ def table(report: dict[str, Any]) -> str:
     cu = res.get("catchup", {}).get("gateway", {})
     row(f"catch-up of {cu.get('events')} events", "catchup", ("events_per_s",), "ev/s")
     row("  server CPU per event", "catchup", ("server_cpu_us_per_event",), "us", 2)
+    f2 = res.get("fanout2", {})
+    if "gateway" in f2:
+        g = f2["gateway"]
+        p = g["paced"]
+        rows.append(
+            (
+                f"2-node fan-out {g['stores']}x{g['subscribers_per_store']} (PostgreSQL), "
+                f"B=1, {_fmt(p['offered_pushes_per_s'])} pushes/s via node 1",
+                "",
+                None,
+                None,
+                "",
+            )
+        )
+        row("  achieved pushes/s (node 1)", "fanout2", ("paced", "achieved_pushes_per_s"), "1/s")
+        row("  delivered events/s", "fanout2", ("paced", "delivered_events_per_s"), "1/s")
+        for key, where in (
+            ("latency_same_node", "same node"),
+            ("latency_cross_node", "cross-node"),
+        ):
+            for q in ("p50", "p99", "max"):
+                row(f"  push->delivery {q}, {where}", "fanout2", ("paced", key, f"{q}_ms"), "ms", 2)
+        row("  push ack latency p99", "fanout2", ("paced", "push_ack_latency", "p99_ms"), "ms", 2)
+        row("  order errors (must be 0)", "fanout2", ("paced", "order_errors"), "n")
+        row(
+            f"  events delivered (expected {p['events_expected']}, all: {p['all_delivered']})",
+            "fanout2",
+            ("paced", "events_delivered"),
+            "n",
+        )
+        row(
+            "  server CPU per delivered event (both nodes)",
+            "fanout2",
+            ("paced", "server_cpu_us_per_event"),
+            "us",
+        )
+        row(
+            "  PostgreSQL CPU per push (unpinned)",
+            "fanout2",
+            ("paced", "postgres_cpu_us_per_push"),
+            "us",
+        )
 
     header = ("measurement", "unit", "gateway", "baseline", "gw/base")
     cells = [header] + [
@@ -822,6 +959,15 @@ def table(report: dict[str, Any]) -> str:
         )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if "skipped" in f2 or "error" in f2:
+        lines.append("")
+        lines.append(f"two-node fan-out: {f2.get('skipped') or 'FAILED: ' + f2.get('error', '')}")
+    elif f2:
+        lines.append("")
+        lines.append(
+            "two-node fan-out: informational, no target; subscribers split evenly over both "
+            "nodes, both nodes on the server CPU, PostgreSQL unpinned (its CPU not counted above)"
+        )
     lines.append("")
     lines.append("targets:")
     for t in report["targets"]:
@@ -921,7 +1067,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compression", action="store_true", help="skip the deflate study")
     parser.add_argument(
         "--only",
-        help="comma-separated subset: handshake,fanout,durable_push,catchup,idle,compression",
+        help="comma-separated subset: handshake,fanout,durable_push,catchup,idle,compression,"
+        "fanout2",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(

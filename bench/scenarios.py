@@ -1,4 +1,5 @@
-"""The five measurements, each run the same way against the gateway and the baseline.
+"""The measurements, each run the same way against the gateway and the baseline (the
+two-node fan-out, section 6, runs on gateways only).
 
 Every function takes a running :class:`bench.procs.Server` and returns plain data. Server CPU
 is the process's utime + stime (all threads) over the measured window; generator CPU is this
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +35,7 @@ from bench.frames import (
     T_MARK,
     first_int_after,
 )
-from bench.procs import Server, cpu_busy, cpu_times, self_cpu_seconds
+from bench.procs import Server, cpu_busy, cpu_times, proc_cpu_seconds, self_cpu_seconds
 
 HOST = "127.0.0.1"
 
@@ -811,3 +813,192 @@ async def _catchup_once(
 def deflate_extensions() -> list[Any]:
     """What a browser offers: permessage-deflate with client_max_window_bits."""
     return [ClientPerMessageDeflateFactory()]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Fan-out across nodes (several gateways on one PostgreSQL log)
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every visible ``postgres`` process (server and its backends), by pid."""
+    out: dict[int, float] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().strip() != b"postgres":
+                    continue
+            out[pid] = proc_cpu_seconds(pid)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class NodeGroup:
+    """Several server processes measured as one: CPU summed, quiet when all are quiet."""
+
+    def __init__(self, nodes: list[Server]) -> None:
+        self.nodes = nodes
+
+    def cpu(self) -> float:
+        return sum(node.cpu() for node in self.nodes)
+
+    async def quiet(self) -> float:
+        return sum([await node.quiet() for node in self.nodes])
+
+
+class CrossNodeRig:
+    """S stores x C live subscribers split evenly across the nodes; one pusher per store,
+    all on the first node, pushing at a paced rate. Subscribers on the pushing node and on
+    the others are counted apart: the latter measure the cross-node path (commit ->
+    notification -> the other node's hub)."""
+
+    def __init__(
+        self, nodes: list[Server], auth: Auth, *, stores: int, subscribers: int, batch: int = 1
+    ) -> None:
+        assert len(nodes) >= 2
+        assert batch <= 100
+        self.nodes = nodes
+        self.group = NodeGroup(nodes)
+        self.auth = auth
+        self.stores = stores
+        self.subscribers = subscribers
+        self.batch = batch
+        self.ids = store_ids("fan2", stores)
+        self.tracks = [Track(subscribers) for _ in range(stores)]
+        self.local = [Phase()]  # subscribers on the pushing node
+        self.remote = [Phase()]  # subscribers on the other node(s)
+        self.sub_conns: list[Conn] = []
+        self.pushers: list[Pusher] = []
+        self.setup_s = 0.0
+
+    async def open(self, *, concurrency: int) -> None:
+        started = time.monotonic()
+        ids, tracks, auth, nodes = self.ids, self.tracks, self.auth, self.nodes
+
+        async def open_sub(i: int) -> Conn:
+            k = i % self.stores
+            node = (i // self.stores) % len(nodes)
+            conn, _, _ = await open_live(nodes[node], ids[k], auth.wire(ids[k], i))
+            Subscriber(conn, tracks[k], self.local if node == 0 else self.remote)
+            return conn
+
+        self.sub_conns = await open_many(self.stores * self.subscribers, concurrency, open_sub)
+        self.pushers = [
+            await open_pusher(
+                nodes[0], ids[k], auth.payload(500_000 + k), f"fan2-pusher-{k}", tracks[k]
+            )
+            for k in range(self.stores)
+        ]
+        self.setup_s = time.monotonic() - started
+        for _ in range(3):  # warm-up: creates the stores, primes both nodes' hubs
+            await asyncio.gather(*(p.push(self.batch) for p in self.pushers))
+        if not await self.drain(30):
+            raise RuntimeError("fanout2: warm-up events did not reach every subscriber")
+        await self.group.quiet()
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a polling deadline
+        deadline = time.monotonic() + timeout
+        while any(t.remaining for t in self.tracks):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def paced(self, rate: float, duration: float) -> dict[str, Any]:
+        """Every pusher pushes ``rate`` batches/s for ``duration`` seconds."""
+        interval = 1.0 / rate
+        stores = self.stores
+
+        async def run(k: int, pusher: Pusher, deadline: float) -> int:
+            due = time.monotonic() + interval * k / stores
+            pushes = 0
+            while due < deadline:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await pusher.push(self.batch)
+                pushes += 1
+                due += interval
+            return pushes
+
+        await self.group.quiet()
+        self.local[0] = local = Phase()
+        self.remote[0] = remote = Phase()
+        node_cpu0 = [node.cpu() for node in self.nodes]
+        pg0 = postgres_cpu()
+        gc.collect()
+        gc.disable()
+        try:
+            for pusher in self.pushers:
+                pusher.acks.clear()
+            meter = Meter(self.group)  # type: ignore[arg-type]  # duck-typed: cpu()
+            deadline = time.monotonic() + duration
+            t0 = time.monotonic()
+            pushes = sum(
+                await asyncio.gather(*(run(k, p, deadline) for k, p in enumerate(self.pushers)))
+            )
+            push_s = time.monotonic() - t0
+            drained = await self.drain(60)
+            usage = meter.read()
+        finally:
+            gc.enable()
+        pg1 = postgres_cpu()
+        pg_s = sum(t - pg0.get(pid, 0.0) for pid, t in pg1.items()) if pg1 else None
+        node_cpu = [node.cpu() - t0 for node, t0 in zip(self.nodes, node_cpu0, strict=True)]
+        acks = [a for p in self.pushers for a in p.acks]
+        events = local.events + remote.events
+        expected = pushes * self.batch * self.subscribers
+        per_node = self.subscribers // len(self.nodes)
+        return {
+            "offered_pushes_per_s": rate * stores,
+            "offered_events_per_s": rate * stores * self.batch * self.subscribers,
+            "pushes": pushes,
+            # One push in flight per pusher: when acks take longer than the interval, the
+            # pushers fall behind and the achieved rate stays under the offered one.
+            "push_window_s": push_s,
+            "achieved_pushes_per_s": pushes / push_s if push_s else 0.0,
+            "events_expected": expected,
+            "events_delivered": events,
+            "frames_delivered": local.frames + remote.frames,
+            "all_delivered": drained and events == expected,
+            "order_errors": local.order_errors + remote.order_errors,
+            "delivered_events_per_s": events / usage["elapsed_s"],
+            "latency": percentiles(local.latencies + remote.latencies),
+            "latency_same_node": percentiles(local.latencies),
+            "latency_cross_node": percentiles(remote.latencies),
+            "events_same_node": local.events,
+            "events_cross_node": remote.events,
+            "subscribers_same_node_per_store": self.subscribers - per_node,
+            "push_ack_latency": percentiles(acks),
+            "server_cpu_us_per_event": usage["server_cpu_s"] / events * 1e6 if events else None,
+            "generator_cpu_us_per_event": usage["generator_cpu_s"] / events * 1e6
+            if events
+            else None,
+            "node_cpu_s": node_cpu,
+            "postgres_cpu_s": pg_s,
+            "postgres_cpu_us_per_push": pg_s / pushes * 1e6
+            if pg_s is not None and pushes
+            else None,
+            **usage,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "nodes": len(self.nodes),
+            "stores": self.stores,
+            "subscribers_per_store": self.subscribers,
+            "live_subscribers": self.stores * self.subscribers,
+            "batch": self.batch,
+            "pushing_node": 1,
+            "setup_s": self.setup_s,
+        }
+
+    def close(self) -> int:
+        conns = self.sub_conns + [p.conn for p in self.pushers]
+        lost = sum(c.closed for c in conns)
+        abort_all(conns)
+        return lost

@@ -6,6 +6,7 @@ and reports sane numbers in the expected shape; it asserts nothing about perform
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from bench import frames
+from tests.conftest import postgres_available
 from tests.support import assert_pull_response
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,28 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     for scenario in ("handshake", "fanout", "idle"):
         assert "floor" in res[scenario], scenario
     assert res["fanout"]["floor"]["paced"]["all_delivered"]
+
+    # Two gateway nodes on one PostgreSQL schema: measured when PostgreSQL answers, else
+    # skipped with a note (never an error).
+    f2 = res["fanout2"]
+    assert "error" not in f2, f2
+    if asyncio.run(postgres_available()) is None:
+        gw = f2["gateway"]
+        assert gw["nodes"] == 2
+        assert gw["connections_lost"] == 0
+        data = gw["paced"]
+        assert data["all_delivered"], data
+        assert data["events_delivered"] == data["events_expected"] > 0
+        assert data["events_same_node"] > 0
+        assert data["events_cross_node"] > 0
+        assert data["order_errors"] == 0
+        assert _number(data["server_cpu_us_per_event"])
+        _latency_ok(data["latency_same_node"])
+        _latency_ok(data["latency_cross_node"])
+        _latency_ok(data["push_ack_latency"])
+        assert "2-node fan-out" in proc.stdout
+    else:
+        assert "not reachable" in f2["skipped"]
 
     for key in ("none", "deflate"):
         study = res["compression"][key]
