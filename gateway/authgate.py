@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 import orjson
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm
 
 from gateway import auth
 from gateway.config import HMAC_ALGORITHMS, AuthConfig, ConfigError
@@ -49,9 +50,37 @@ def _load_public_keys(paths: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(keys)
 
 
+_HMAC_HASHES = {
+    "HS256": HMACAlgorithm.SHA256,
+    "HS384": HMACAlgorithm.SHA384,
+    "HS512": HMACAlgorithm.SHA512,
+}
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """pyjwt's HMAC algorithm with the key vetted once, when loaded, not on every token.
+
+    pyjwt's ``prepare_key`` refuses secrets that look like PEM or SSH keys (the HS256-with-a-
+    public-key attack); it costs a third of a verification. Our secrets pass that check once
+    in :func:`_hmac_jwk`; signature verification itself stays pyjwt's.
+    """
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if isinstance(key, bytes):
+            return key
+        return super().prepare_key(key)
+
+
 def _hmac_jwk(secret: bytes, algorithm: str) -> jwt.PyJWK:
+    digest = _HMAC_HASHES[algorithm]
+    try:
+        HMACAlgorithm(digest).prepare_key(secret)
+    except jwt.InvalidKeyError:
+        raise ConfigError("auth.jwt_secret: looks like a PEM or SSH key, not a secret") from None
     encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
-    return jwt.PyJWK({"kty": "oct", "k": encoded}, algorithm=algorithm)
+    jwk = jwt.PyJWK({"kty": "oct", "k": encoded}, algorithm=algorithm)
+    jwk.Algorithm = _PreparedHMAC(digest)
+    return jwk
 
 
 class JwksCache:
@@ -133,6 +162,14 @@ class AuthGate:
             proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
         except ValueError as exc:
             raise ConfigError(f"auth.trusted_proxies: {exc}") from None
+        # Vetted once per algorithm (see _PreparedHMAC): pyjwt would otherwise re-inspect the
+        # raw secret (PEM? SSH?) on every verification, 10% of handshake CPU in the profile.
+        secrets_ = [s.encode() for s in (config.jwt_secret, config.jwt_previous_secret) if s]
+        hmac_keys: dict[str, list[jwt.PyJWK]] = {
+            algorithm: [_hmac_jwk(secret, algorithm) for secret in secrets_]
+            for algorithm in config.algorithms
+            if algorithm in HMAC_ALGORITHMS
+        }
         self.config = config
         self.policy = auth.Policy(
             require_auth=config.require_auth,
@@ -149,14 +186,7 @@ class AuthGate:
             required_type=config.required_type,
             leeway=config.leeway,
         )
-        # Prepared once per algorithm: pyjwt would otherwise re-inspect a raw secret (PEM?
-        # DER?) on every verification, which dominated the handshake profile.
-        secrets_ = [s.encode() for s in (config.jwt_secret, config.jwt_previous_secret) if s]
-        self.hmac_keys: dict[str, list[jwt.PyJWK]] = {
-            algorithm: [_hmac_jwk(secret, algorithm) for secret in secrets_]
-            for algorithm in config.algorithms
-            if algorithm in HMAC_ALGORITHMS
-        }
+        self.hmac_keys = hmac_keys
         self.public_keys = public_keys
         self.jwks = (
             JwksCache(

@@ -1595,3 +1595,21 @@ async def test_token_decode_garbage(garbage: str) -> None:
     assert stdout == ""
     assert stderr.strip()
     assert "Traceback" not in stderr
+
+
+def test_pem_looking_hmac_secret_is_refused_at_load() -> None:
+    """A public key pasted as JWT_SECRET is refused once, at load (not on every token)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.authgate import AuthGate
+    from gateway.config import ConfigError, make_config
+
+    public = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with pytest.raises(ConfigError, match=r"auth\.jwt_secret"):
+        AuthGate(make_config(jwt_secret=public).auth)
