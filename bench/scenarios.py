@@ -466,28 +466,15 @@ class FanoutRig:
         return sum(c.bytes_in for c in self.sub_conns)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a polling deadline
-        deadline = time.monotonic() + timeout
-        while any(t.remaining for t in self.tracks):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await drain_tracks(self.tracks, timeout)
 
     async def paced(self, rate: float, duration: float) -> dict[str, Any]:
         interval = 1.0 / rate
         stores = self.stores
 
         async def run(k: int, pusher: Pusher, deadline: float) -> int:
-            due = time.monotonic() + interval * k / stores
-            pushes = 0
-            while due < deadline:
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await pusher.push(self.batch)
-                pushes += 1
-                due += interval
-            return pushes
+            start = time.monotonic() + interval * k / stores
+            return await push_paced(pusher, self.batch, start, interval, deadline)
 
         result = await self._phase(
             lambda deadline: [run(k, p, deadline) for k, p in enumerate(self.pushers)], duration
@@ -901,12 +888,7 @@ class CrossNodeRig:
         await self.group.quiet()
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a polling deadline
-        deadline = time.monotonic() + timeout
-        while any(t.remaining for t in self.tracks):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await drain_tracks(self.tracks, timeout)
 
     async def paced(self, rate: float, duration: float) -> dict[str, Any]:
         """Every pusher pushes ``rate`` batches/s for ``duration`` seconds."""
@@ -914,16 +896,8 @@ class CrossNodeRig:
         stores = self.stores
 
         async def run(k: int, pusher: Pusher, deadline: float) -> int:
-            due = time.monotonic() + interval * k / stores
-            pushes = 0
-            while due < deadline:
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await pusher.push(self.batch)
-                pushes += 1
-                due += interval
-            return pushes
+            start = time.monotonic() + interval * k / stores
+            return await push_paced(pusher, self.batch, start, interval, deadline)
 
         await self.group.quiet()
         self.local[0] = local = Phase()
@@ -1002,3 +976,29 @@ class CrossNodeRig:
         lost = sum(c.closed for c in conns)
         abort_all(conns)
         return lost
+
+
+async def drain_tracks(tracks: Any, timeout: float) -> bool:  # noqa: ASYNC109 - a deadline
+    """Wait until every track has received all it expects; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while any(t.remaining for t in tracks):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def push_paced(
+    pusher: Any, batch: int, start: float, interval: float, deadline: float
+) -> int:
+    """Push ``batch`` every ``interval`` seconds from ``start`` until ``deadline``."""
+    due = start
+    pushes = 0
+    while due < deadline:
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await pusher.push(batch)
+        pushes += 1
+        due += interval
+    return pushes
