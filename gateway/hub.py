@@ -44,10 +44,6 @@ class Subscription:
         self._pending_bytes = 0
         self.closed = False
 
-    @property
-    def live(self) -> bool:
-        return self._pending is None
-
     def deliver(self, tail: bytes) -> None:
         if self.closed:
             return

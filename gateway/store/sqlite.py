@@ -93,6 +93,8 @@ class SqliteStore:
         self._closed = False
         self._checkpoint_thread: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
+        # Set after each completed checkpoint (operators' tests wait on it).
+        self.checkpointed = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class SqliteStore:
             while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpointed.set()
                 except sqlite3.Error as exc:
                     logger.warning("checkpoint failed: %s", exc)
         finally:
