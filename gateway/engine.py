@@ -44,6 +44,8 @@ class StoreState:
     backend_id_json: bytes
     head: int
     lock: asyncio.Lock
+    # The Chunk tail of an empty, complete backlog (a pull that is up to date).
+    empty_tail: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,9 @@ class SyncEngine:
                 head=meta.head,
                 lock=asyncio.Lock(),
             )
+            state.empty_tail = protocol.chunk_tail(
+                protocol.pull_item([], protocol.NO_MORE, state.backend_id_json)
+            )
             self._states[store_id] = state
             del self._loading[store_id]
             heard = self._heard.pop(store_id, 0)
@@ -277,6 +282,34 @@ class SyncEngine:
 
     # -- pull -----------------------------------------------------------------------------
 
+    def open_pull_now(
+        self, request: PullRequest, subscription: Subscription | None = None
+    ) -> Backlog | ErrorDict | None:
+        """:meth:`open_pull` without awaiting, when it can be done so; else ``None``.
+
+        It can when the store is loaded and the cursor is not ahead of what this node has
+        published (which, on a shared backend, needs a read of the log first).
+        """
+        state = self._states.get(request.store_id)
+        if state is None:
+            return None
+        cursor = request.cursor
+        if self.shared and cursor is not None and cursor.seq > state.head:
+            return None
+        return self._open(state, request, subscription)
+
+    def _open(
+        self, state: StoreState, request: PullRequest, subscription: Subscription | None
+    ) -> Backlog | ErrorDict:
+        cursor = request.cursor
+        if cursor is not None and cursor.backend_id != state.backend_id:
+            return protocol.backend_mismatch(state.backend_id, cursor.backend_id)
+        # No await between reading the head and subscribing: the handoff point.
+        backlog = Backlog(state, cursor.seq if cursor is not None else 0, state.head)
+        if subscription is not None:
+            self.hub.subscribe(subscription)
+        return backlog
+
     async def open_pull(
         self, request: PullRequest, subscription: Subscription | None = None
     ) -> Backlog | ErrorDict:
@@ -290,11 +323,7 @@ class SyncEngine:
             # or our notification is late): catch up first, or the events between our head
             # and its cursor would reach it a second time.
             await self._catch_up_to_log(state)
-        # No await between reading the head and subscribing: the handoff point.
-        backlog = Backlog(state, cursor.seq if cursor is not None else 0, state.head)
-        if subscription is not None:
-            self.hub.subscribe(subscription)
-        return backlog
+        return self._open(state, request, subscription)
 
     async def backlog_items(self, backlog: Backlog) -> AsyncIterator[bytes]:
         """The backlog as serialised ``PullResponse`` items; the last is always ``NoMore``."""

@@ -1,17 +1,16 @@
 """Network glue: one listening socket for the WebSocket and the HTTP transport.
 
-``websockets`` only handles ``GET`` requests, while the HTTP transport POSTs JSON bodies.
-So each accepted TCP connection starts with a tiny sniffer that reads the request method:
-``GET`` connections are handed, bytes and all, to a ``websockets`` ``ServerConnection``
-(handshake hook :meth:`Frontend.process_request`, then :class:`gateway.session.Peer`);
-anything else goes to :class:`gateway.http.HttpConnection`. Both paths parse the sync URL
-with :mod:`gateway.handshake` and run the same ``validate_payload`` hook, and both drive
-the same :class:`gateway.engine.SyncEngine`.
+Each accepted TCP connection starts with a tiny sniffer that reads the request method:
+``GET`` connections become a :class:`gateway.wsconn.WsConnection` (websockets' Sans-I/O
+``ServerProtocol`` under our own ``asyncio.Protocol``; handshake hook
+:meth:`Frontend.process_request`, then a :class:`gateway.session.Peer`); anything else goes
+to :class:`gateway.http.HttpConnection`. Both paths parse the sync URL with
+:mod:`gateway.handshake` and run the same ``validate_payload`` hook, and both drive the same
+:class:`gateway.engine.SyncEngine`.
 
-We build the ``websockets`` ``Server`` ourselves instead of calling ``serve()`` because
-``serve()`` owns the protocol factory, and the sniffer must run first. The connection
-handler below mirrors the one in ``websockets.asyncio.server.serve`` (handshake under
-``open_timeout``, then the session), which is why websockets is pinned below 18.
+Timers that would otherwise exist per connection are shared: one sweeper sends keepalive
+Pings (and closes connections whose Pong is late), one closes sessions whose credentials
+expired, in one-second buckets.
 """
 
 from __future__ import annotations
@@ -27,15 +26,11 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 from gateway import __version__, metrics
 from gateway.config import Config
@@ -51,6 +46,7 @@ from gateway.handshake import (
 )
 from gateway.http import HttpConnection, HttpResponse, handle_http_request
 from gateway.session import Peer
+from gateway.wsconn import Session, WsConnection, cast_transport
 
 if TYPE_CHECKING:
     import socket
@@ -80,6 +76,9 @@ async def _no_gate(admission: Admission) -> None:
     return None
 
 
+_WS_LOGGER = logging.getLogger("gateway.websockets")
+
+
 def _quiet_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
@@ -95,16 +94,6 @@ class Admitted:
         # The expiry bucket (a whole second) the connection sits in, if any.
         self.expiry: int | None = None
         self.started = 0.0
-
-
-class GatewayConnection(ServerConnection):
-    """A ``ServerConnection`` that remembers what its handshake admitted.
-
-    One attribute, not several: a websockets connection's instance dict is large, and a few
-    more keys can make it double in size, per idle connection.
-    """
-
-    admitted: Admitted
 
 
 def _response(
@@ -143,8 +132,7 @@ class _Sniffer(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast_transport(transport)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(
             self._frontend.config.server.open_timeout, self._transport.abort
@@ -162,7 +150,7 @@ class _Sniffer(asyncio.Protocol):
         initial = bytes(self._buffer)
         self._buffer.clear()
         if method == b"GET" or space < 0:
-            # websockets answers malformed request lines with a 400 itself.
+            # Malformed request lines get their 400 from the WebSocket path.
             self._frontend.open_websocket(self._transport, initial)
         else:
             self._frontend.open_http(self._transport, initial)
@@ -196,11 +184,15 @@ class Frontend:
         quiet = logging.getLogger("gateway.websockets")
         if _quiet_filter not in quiet.filters:
             quiet.addFilter(_quiet_filter)
-        self.ws_server: Server | None = None
+        self.server: asyncio.Server | None = None
+        # Every WebSocket connection from the sniffer's handoff to connection_lost; the
+        # open sessions among them are those with a ``session``.
+        self.ws_connections: set[WsConnection] = set()
+        self._ws_gone: asyncio.Event | None = None
         self.http_connections: set[HttpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._expiries: dict[int, set[GatewayConnection]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._expiries: dict[int, set[WsConnection]] = {}
+        self._sweepers: list[asyncio.Task[None]] = []
         self.closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -208,33 +200,33 @@ class Frontend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         server_config = self.config.server
-
-        async def create_server() -> asyncio.Server:
-            return await loop.create_server(
-                lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
-            )
-
-        quiet = logging.getLogger("gateway.websockets")
-        self.ws_server = Server(create_server, self._handle_websocket, quiet)
-        await self.ws_server
-        self._sweeper = loop.create_task(self._sweep_expiries())
+        self.server = await loop.create_server(
+            lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
+        )
+        self._sweepers.append(loop.create_task(self._sweep_expiries()))
+        if server_config.ping_interval:
+            self._sweepers.append(loop.create_task(self._sweep_keepalive()))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        assert self.ws_server is not None
-        return self.ws_server.sockets
+        assert self.server is not None
+        return tuple(self.server.sockets)
 
     @property
     def port(self) -> int:
         return int(self.sockets[0].getsockname()[1])
 
+    def sessions(self) -> list[WsConnection]:
+        """Open WebSocket sessions."""
+        return [c for c in self.ws_connections if c.session is not None and c.open]
+
     def stop_accepting(self) -> None:
         """Close the listening socket; established connections carry on."""
         self.closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        if self.ws_server is not None:
-            self.ws_server.server.close()
+        for sweeper in self._sweepers:
+            sweeper.cancel()
+        if self.server is not None:
+            self.server.close()
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109 - bounds several waits
         """Close peers with 1001 (going away), end HTTP connections, wait for handlers;
@@ -244,19 +236,29 @@ class Frontend:
         self.stop_accepting()
         for conn in tuple(self.http_connections):
             conn.shutdown()
-        if self.ws_server is not None:
-            self.ws_server.close(code=1001, reason="server shutting down")
+        gone = self._ws_gone = asyncio.Event()
+        for connection in tuple(self.ws_connections):
+            if connection.session is not None:
+                connection.close(1001, "server shutting down")
+            elif connection.proto.close_expected():
+                # Refused: the answer is out, only the client's FIN is awaited.
+                connection.abort()
+        # Handshakes still being decided are refused with 503 (``closing``) and close too.
+        if self.ws_connections:
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self.ws_server.wait_closed()
+                    await gone.wait()
             except TimeoutError:
                 logger.warning("connections still open after %.1f s; aborting them", timeout)
-                for connection in tuple(self.ws_server.all_connections):
-                    connection.transport.abort()
+                for connection in tuple(self.ws_connections):
+                    connection.abort()
         for conn in tuple(self.http_connections):
             conn.abort()
         if self._tasks:
             await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -266,21 +268,17 @@ class Frontend:
     # -- routing --------------------------------------------------------------------------
 
     def open_websocket(self, transport: asyncio.Transport, initial: bytes) -> None:
-        assert self.ws_server is not None
         server_config = self.config.server
-        protocol = ServerProtocol(
+        connection = WsConnection(
+            self,
+            transport,
             max_size=self.config.limits.max_message_bytes,
-            logger=logging.getLogger("gateway.websockets"),
-        )
-        connection = GatewayConnection(
-            protocol,
-            self.ws_server,
-            ping_interval=server_config.ping_interval,
-            ping_timeout=server_config.ping_timeout,
+            open_timeout=server_config.open_timeout,
             close_timeout=server_config.close_timeout,
+            logger=_WS_LOGGER,
         )
+        self.ws_connections.add(connection)
         transport.set_protocol(connection)
-        connection.connection_made(transport)
         connection.data_received(initial)
 
     def open_http(self, transport: asyncio.Transport, initial: bytes) -> None:
@@ -291,9 +289,41 @@ class Frontend:
 
     # -- WebSocket ------------------------------------------------------------------------
 
-    async def process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
+    # -- WebSocket: the wsconn Owner ------------------------------------------------------
+
+    def handshake(self, connection: WsConnection, request: Request) -> None:
+        self.spawn(self._handshake(connection, request))
+
+    def malformed(self) -> bytes:
+        return refusal_response(
+            Refusal(status=400, code="BAD_REQUEST", message="malformed HTTP request")
+        ).serialize()
+
+    async def _handshake(self, connection: WsConnection, request: Request) -> None:
+        try:
+            response = await self.process_request(connection, request)
+        except Exception:
+            logger.exception("handshake failed")
+            response = refusal_response(
+                Refusal(status=500, code="INTERNAL_ERROR", message="internal server error")
+            )
+        if response is None:
+            response = connection.proto.accept(request)
+            if response.status_code == 101 and self.closing:
+                response = refusal_response(
+                    Refusal(status=503, code="SHUTTING_DOWN", message="server is shutting down")
+                )
+        response.headers["Server"] = SERVER_HEADER
+        connection.respond(response, lambda: self._open_session(connection))
+
+    def closed(self, connection: WsConnection, session: Session | None) -> None:
+        self.ws_connections.discard(connection)
+        if isinstance(session, Peer):
+            self._close_session(connection, session)
+        if self._ws_gone is not None and not self.ws_connections:
+            self._ws_gone.set()
+
+    async def process_request(self, connection: WsConnection, request: Request) -> Response | None:
         """The handshake hook: answer plain GETs, refuse bad sync requests before 101."""
         limits = self.config.limits
         target = parse_target(
@@ -345,7 +375,6 @@ class Frontend:
                 context.remote_addr,
             )
             return refusal_response(decision)
-        assert isinstance(connection, GatewayConnection)
         # Kept to re-check the session after a reload: only the headers credentials come
         # from, so an idle connection does not hold every request header.
         kept = dataclasses.replace(
@@ -355,9 +384,7 @@ class Frontend:
         connection.admitted = Admitted(decision, kept)
         return None
 
-    async def plain_get(
-        self, path: str, request: Request, connection: ServerConnection
-    ) -> Response:
+    async def plain_get(self, path: str, request: Request, connection: WsConnection) -> Response:
         if path == "/healthz":
             return _response(200, b"ok\n", "text/plain; charset=utf-8")
         if path == "/readyz":
@@ -382,7 +409,7 @@ class Frontend:
             return _response(200, INFO_TEXT.encode(), "text/plain; charset=utf-8")
         return refusal_response(Refusal(status=404, code="NOT_FOUND", message="no such endpoint"))
 
-    def _operator(self, request: Request, connection: ServerConnection) -> bool:
+    def _operator(self, request: Request, connection: WsConnection) -> bool:
         """Operator endpoints: the bypass token as a Bearer token, or loopback when unset."""
         token = self.config.auth.bypass_token
         if not token:
@@ -399,11 +426,10 @@ class Frontend:
         """Connections per store and per subject (``gateway stats``)."""
         by_store: Counter[str] = Counter()
         by_subject: Counter[str] = Counter()
-        if self.ws_server is not None:
-            for connection in self.ws_server.all_connections:
-                if isinstance(connection, GatewayConnection) and connection.state is State.OPEN:
-                    by_store[connection.admitted.context.store_id] += 1
-                    by_subject[connection.admitted.admission.subject] += 1
+        for connection in self.sessions():
+            admitted = _admitted(connection)
+            by_store[admitted.context.store_id] += 1
+            by_subject[admitted.admission.subject] += 1
         counters = self.engine.counters
         return {
             "connections": {"ws": sum(by_store.values()), "http": len(self.http_connections)},
@@ -415,53 +441,14 @@ class Frontend:
             "events_accepted": counters.events_accepted,
         }
 
-    async def _handle_websocket(self, connection: ServerConnection) -> None:
-        """Mirror of ``serve()``'s handler: handshake under a timeout, then the session.
-
-        The read loop is inline: every suspended coroutine frame here is kept by every idle
-        connection.
-        """
-        assert self.ws_server is not None
-        server = self.ws_server
-        try:
-            async with asyncio.timeout(self.config.server.open_timeout):
-                await connection.handshake(self.process_request, None, SERVER_HEADER)
-            if connection.protocol.state is not State.OPEN:
-                connection.transport.abort()
-                return
-            assert isinstance(connection, GatewayConnection)
-            server.all_connections.add(connection)
-            connection.start_keepalive()
-            peer = self._open_session(connection)
-            try:
-                while True:
-                    try:
-                        data = await connection.recv(decode=False)
-                    except ConnectionClosed:
-                        break
-                    peer.handle(data)
-            except Exception:
-                logger.exception("session failed")
-            finally:
-                self._close_session(connection, peer)
-                server.all_connections.discard(connection)
-                await connection.close()
-        except Exception:
-            connection.transport.abort()
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                server.handler_tasks.discard(task)
-
-    def _open_session(self, connection: GatewayConnection) -> Peer:
-        admitted = connection.admitted
+    def _open_session(self, connection: WsConnection) -> Peer:
+        admitted = _admitted(connection)
         store_id, admission = admitted.context.store_id, admitted.admission
         peer = Peer(
             connection,
             store_id,
             self.engine,
             limits=self.config.limits,
-            spawn=self.spawn,
             before_push=lambda: self.push_gate(admission),
         )
         admitted.started = time.monotonic()
@@ -472,7 +459,7 @@ class Frontend:
             admission.instance_id,
             admission.reason,
             admission.fingerprint,
-            _remote(connection.remote_address),
+            admitted.context.remote_addr,
         )
         self._schedule_expiry(connection, admission.expires_at)
         counters = self.engine.counters
@@ -480,11 +467,10 @@ class Frontend:
         counters.connections_total["ws"] += 1
         return peer
 
-    def _close_session(self, connection: GatewayConnection, peer: Peer) -> None:
-        admitted = connection.admitted
+    def _close_session(self, connection: WsConnection, peer: Peer) -> None:
+        admitted = _admitted(connection)
         self.engine.counters.connections["ws"] -= 1
         self._schedule_expiry(connection, None)
-        peer.close()
         logger.info(
             "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
             "events_in=%d frames_out=%d remote=%s",
@@ -495,16 +481,31 @@ class Frontend:
             time.monotonic() - admitted.started,
             peer.events_in,
             peer.frames_out,
-            _remote(connection.remote_address),
+            admitted.context.remote_addr,
         )
 
-    def _schedule_expiry(self, connection: GatewayConnection, expires_at: float | None) -> None:
+    async def _sweep_keepalive(self) -> None:
+        """Keepalive for every open session from one task (see ``WsConnection.keepalive``)."""
+        server_config = self.config.server
+        interval = server_config.ping_interval or 0.0
+        timeout = server_config.ping_timeout
+        tick = min(interval, timeout or interval) / 2
+        tick = min(max(tick, 0.05), 5.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for connection in tuple(self.ws_connections):
+                if connection.session is not None:
+                    connection.keepalive(now, interval, timeout)
+
+    def _schedule_expiry(self, connection: WsConnection, expires_at: float | None) -> None:
         """The session lives while its credential would still be accepted.
 
         Expiries are kept in one-second buckets swept by a single task, instead of a timer
         handle per connection.
         """
-        admitted = connection.admitted
+        admitted = _admitted(connection)
         if admitted.expiry is not None:
             bucket = self._expiries.get(admitted.expiry)
             if bucket is not None:
@@ -523,41 +524,41 @@ class Frontend:
             now = time.time()
             for second in sorted(s for s in self._expiries if s <= now):
                 for connection in self._expiries.pop(second):
-                    connection.admitted.expiry = None
+                    _admitted(connection).expiry = None
                     self._expire(connection)
 
     async def recheck_sessions(
         self, check: Callable[[PayloadContext], Awaitable[Refusal | float | None]]
     ) -> int:
         """After a reload: close sessions the new policy refuses; returns how many."""
-        if self.ws_server is None:
-            return 0
         closed = 0
-        for connection in tuple(self.ws_server.all_connections):
-            if not isinstance(connection, GatewayConnection) or connection.state is not State.OPEN:
+        for connection in self.sessions():
+            admitted = _admitted(connection)
+            outcome = await check(admitted.context)
+            if not connection.open:
                 continue
-            outcome = await check(connection.admitted.context)
             if isinstance(outcome, Refusal):
                 code = CLOSE_TOKEN_EXPIRED if outcome.code == "TOKEN_EXPIRED" else CLOSE_FORBIDDEN
                 logger.info(
                     "closing store=%s subject=%s after reload: %s",
-                    connection.admitted.context.store_id,
-                    connection.admitted.admission.subject,
+                    admitted.context.store_id,
+                    admitted.admission.subject,
                     outcome.code,
                 )
-                self.spawn(connection.close(code, outcome.code.lower()))
+                connection.close(code, outcome.code.lower())
                 closed += 1
             else:
                 self._schedule_expiry(connection, outcome)
         return closed
 
-    def _expire(self, connection: GatewayConnection) -> None:
+    def _expire(self, connection: WsConnection) -> None:
+        admitted = _admitted(connection)
         logger.info(
             "closing store=%s subject=%s: token expired",
-            connection.admitted.context.store_id,
-            connection.admitted.admission.subject,
+            admitted.context.store_id,
+            admitted.admission.subject,
         )
-        self.spawn(connection.close(CLOSE_TOKEN_EXPIRED, "token expired"))
+        connection.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -565,6 +566,12 @@ class Frontend:
         self, method: str, target: str, headers: dict[str, str], body: bytes, remote: str | None
     ) -> HttpResponse:
         return await handle_http_request(self, method, target, headers, body, remote)
+
+
+def _admitted(connection: WsConnection) -> Admitted:
+    admitted = connection.admitted
+    assert isinstance(admitted, Admitted)
+    return admitted
 
 
 def _remote(address: object) -> str | None:

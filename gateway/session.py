@@ -7,6 +7,9 @@ awaiting (``broadcast`` on one connection), which keeps frames in the order they
 produced; the only awaited sends are catch-up chunks, which wait for the socket to drain
 so a large backlog never piles up in memory. A connection whose queued bytes exceed
 ``limits.send_buffer_limit`` is evicted (close 1013): its client reconnects and re-pulls.
+
+A pull whose store is loaded and whose backlog is empty (a client reconnecting with an
+up-to-date cursor, or a new store) is answered on the spot, without a task.
 """
 
 from __future__ import annotations
@@ -15,15 +18,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-
-from websockets.asyncio.connection import broadcast
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from typing import Protocol
 
 from gateway import protocol
 from gateway.config import LimitsConfig
-from gateway.engine import SyncEngine
+from gateway.engine import Backlog, ErrorDict, SyncEngine
 from gateway.hub import Subscription
 from gateway.protocol import (
     PING,
@@ -31,14 +30,31 @@ from gateway.protocol import (
     FrameError,
     Interrupt,
     PayloadError,
+    PullRequest,
     Request,
 )
 from gateway.store import StoreError
+from gateway.wsconn import WireClosed
 
 logger = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_INTERNAL_ERROR = 1011
+
+
+class Wire(Protocol):
+    """The connection under a peer (``gateway.wsconn.WsConnection``)."""
+
+    @property
+    def open(self) -> bool: ...
+
+    def buffered(self) -> int: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    async def send_paced(self, data: bytes) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
 
 
 class _Active:
@@ -66,7 +82,6 @@ class Peer:
         "_active",
         "_before_push",
         "_evicted",
-        "_spawn",
         "connection",
         "engine",
         "events_in",
@@ -77,19 +92,17 @@ class Peer:
 
     def __init__(
         self,
-        connection: ServerConnection,
+        connection: Wire,
         store_id: str,
         engine: SyncEngine,
         *,
         limits: LimitsConfig,
-        spawn: Callable[[Awaitable[None]], None],
         before_push: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.connection = connection
         self.store_id = store_id
         self.engine = engine
         self.limits = limits
-        self._spawn = spawn
         self._before_push = before_push
         self._active: dict[str, _Active] = {}
         self._evicted = False
@@ -104,12 +117,12 @@ class Peer:
 
     def write(self, frame: bytes) -> None:
         connection = self.connection
-        if self._evicted or connection.protocol.state is not State.OPEN:
+        if self._evicted or not connection.open:
             return
-        if connection.transport.get_write_buffer_size() > self.limits.send_buffer_limit:
+        if connection.buffered() > self.limits.send_buffer_limit:
             self.evict("slow consumer")
             return
-        broadcast((connection,), frame, text=True)
+        connection.send(frame)
         self.frames_out += 1
 
     def evict(self, reason: str) -> None:
@@ -119,11 +132,11 @@ class Peer:
         self.engine.counters.evictions += 1
         logger.warning("evicting store=%s: %s", self.store_id, reason)
         self._drop_requests()
-        self._spawn(self.connection.close(CLOSE_SLOW_CONSUMER, reason))
+        self.connection.close(CLOSE_SLOW_CONSUMER, reason)
 
     # -- reading --------------------------------------------------------------------------
 
-    def handle(self, data: bytes | str) -> None:
+    def handle(self, data: bytes) -> None:
         try:
             message = protocol.decode_frame(data)
         except FrameError as exc:
@@ -146,19 +159,44 @@ class Peer:
         if request.id in self._active:
             self.write(protocol.exit_die(rid_json, f"request id {request.id} is already in use"))
             return
-        if request.tag == protocol.TAG_WS_PULL:
-            runner = self._pull
-        elif request.tag == protocol.TAG_WS_PUSH:
-            runner = self._push
-        else:
-            self.write(protocol.exit_die(rid_json, f"Unknown request tag: {request.tag}"))
+        tag = request.tag
+        if tag != protocol.TAG_WS_PULL and tag != protocol.TAG_WS_PUSH:
+            self.write(protocol.exit_die(rid_json, f"Unknown request tag: {tag}"))
             return
         if len(self._active) >= self.limits.max_requests_per_connection:
             self.write(protocol.exit_die(rid_json, "too many concurrent requests"))
             return
         active = _Active()
+        if tag == protocol.TAG_WS_PUSH:
+            runner = self._push(request, rid_json, active)
+        else:
+            try:
+                pull = protocol.decode_pull(request.payload)
+            except PayloadError as exc:
+                self.write(protocol.exit_die(rid_json, str(exc)))
+                return
+            if pull.store_id != self.store_id:
+                self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(pull.store_id)))
+                return
+            subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
+            opened = self.engine.open_pull_now(pull, subscription)
+            if isinstance(opened, dict):
+                self.write(protocol.exit_fail(rid_json, opened))
+                return
+            if opened is not None and opened.after >= opened.upto:
+                # Nothing to catch up: answer now, no task.
+                self.write(protocol.chunk_prefix(rid_json) + opened.state.empty_tail)
+                if subscription is None:
+                    self.write(protocol.exit_success_void(rid_json))
+                    return
+                active.subscription = subscription
+                self._active[request.id] = active
+                subscription.go_live()
+                return
+            active.subscription = subscription
+            runner = self._pull(pull, opened, rid_json, active)
         self._active[request.id] = active
-        task = asyncio.get_running_loop().create_task(runner(request, rid_json, active))
+        task = asyncio.get_running_loop().create_task(runner)
         active.task = task
         task.add_done_callback(lambda t: self._finished(request.id, active, t))
 
@@ -191,23 +229,18 @@ class Peer:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def _pull(self, request: Request, rid_json: bytes, active: _Active) -> None:
+    async def _pull(
+        self, pull: PullRequest, opened: Backlog | None, rid_json: bytes, active: _Active
+    ) -> None:
+        subscription = active.subscription
         try:
-            pull = protocol.decode_pull(request.payload)
-        except PayloadError as exc:
-            self.write(protocol.exit_die(rid_json, str(exc)))
-            return
-        if pull.store_id != self.store_id:
-            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(pull.store_id)))
-            return
-        subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
-        active.subscription = subscription
-        try:
-            opened = await self.engine.open_pull(pull, subscription)
-            if isinstance(opened, dict):
-                active.subscription = None
-                self.write(protocol.exit_fail(rid_json, opened))
-                return
+            if opened is None:
+                answer: Backlog | ErrorDict = await self.engine.open_pull(pull, subscription)
+                if isinstance(answer, dict):
+                    active.subscription = None
+                    self.write(protocol.exit_fail(rid_json, answer))
+                    return
+                opened = answer
             prefix = protocol.chunk_prefix(rid_json)
             window = self.limits.catchup_window
             async for item in self.engine.backlog_items(opened):
@@ -220,9 +253,11 @@ class Peer:
                 if self._evicted:
                     return
                 # Awaiting the drain paces the backlog to what the socket takes.
-                await self.connection.send(prefix + protocol.chunk_tail(item), text=True)
+                await self.connection.send_paced(prefix + protocol.chunk_tail(item))
                 self.frames_out += 1
-        except ConnectionClosed:
+        except WireClosed:
+            if subscription is not None:
+                self.engine.hub.unsubscribe(subscription)
             return
         except StoreError as exc:
             # An UnknownError on a pull would stop the client's pull loop for good (spec
@@ -230,7 +265,7 @@ class Peer:
             logger.error("pull failed store=%s: %s", self.store_id, exc)
             if subscription is not None:
                 self.engine.hub.unsubscribe(subscription)
-            self._spawn(self.connection.close(CLOSE_INTERNAL_ERROR, "storage unavailable"))
+            self.connection.close(CLOSE_INTERNAL_ERROR, "storage unavailable")
             return
         except BaseException:
             if subscription is not None:
