@@ -141,7 +141,7 @@ class _Sniffer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         space = self._buffer.find(b" ", 0, _MAX_METHOD)
-        if space < 0 and len(self._buffer) < _MAX_METHOD:
+        if space < 0 and len(self._buffer) < _MAX_METHOD and b"\n" not in self._buffer:
             return
         assert self._transport is not None
         if self._timer is not None:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
@@ -742,3 +743,30 @@ async def test_plain_gets_and_refused_upgrades_do_not_delay_shutdown(
     await asyncio.wait_for(gw.stop(), 2 * close_timeout)
     elapsed = time.monotonic() - started
     assert elapsed < close_timeout / 2, f"stop() took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /?storeId=x&transport=ws HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /?storeId=x&transport=ws HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET\r\n\r\n",
+    ],
+    ids=["bad-header-line", "bad-version", "no-target"],
+)
+async def test_malformed_request_gets_a_400_with_a_reason_code(
+    make_gateway: MakeGateway, request_bytes: bytes
+) -> None:
+    """Bytes that are not an HTTP request get ``400 BAD_REQUEST`` (JSON), then the close."""
+    gw = await make_gateway()
+    ws = await RawWs.open_tcp(gw)
+    try:
+        ws.writer.write(request_bytes)
+        await ws.writer.drain()
+        async with asyncio.timeout(5 * TIMEOUT_UNIT):
+            received = await ws.reader.read()  # until the server closes
+    finally:
+        await ws.aclose()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), received
+    assert orjson.loads(body)["error"]["code"] == "BAD_REQUEST", body
