@@ -68,7 +68,7 @@ class Gateway:
         )
         self.metrics.add_source(self._collect)
         self._started = False
-        self._reconciler: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.store.open()
@@ -77,10 +77,10 @@ class Gateway:
         except BaseException:
             await self.store.close()
             raise
+        loop = asyncio.get_running_loop()
         if self.engine.shared:
-            self._reconciler = asyncio.get_running_loop().create_task(
-                self.engine.reconcile_forever()
-            )
+            self._background.append(loop.create_task(self.engine.reconcile_forever()))
+        self._background.append(loop.create_task(self._unload_forever()))
         self._started = True
 
     @property
@@ -104,6 +104,15 @@ class Gateway:
             f"ready: {counters.connections['ws']} ws peers, "
             f"{self.hub.subscriber_count()} live pulls, {self.engine.stores_loaded} stores"
         )
+
+    async def _unload_forever(self) -> None:
+        """Drop idle stores from memory (``store.unload_idle_after``, read live)."""
+        while True:
+            idle = self.config.store.unload_idle_after
+            await asyncio.sleep(min(max(idle / 2, 0.05), 60.0) if idle > 0 else 60.0)
+            idle = self.config.store.unload_idle_after
+            if idle > 0:
+                self.engine.unload_idle(idle)
 
     # -- reload ---------------------------------------------------------------------------
 
@@ -156,10 +165,10 @@ class Gateway:
                 await self.engine.drain()
         except TimeoutError:
             logger.error("stopping with pushes still in flight")
-        if self._reconciler is not None:
-            self._reconciler.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+                await task
         await self.engine.close()
         await self.store.close()
 
@@ -221,6 +230,11 @@ class Gateway:
         yield metrics.gauge("gateway_live_subscribers", "Live pulls.", self.hub.subscriber_count())
         yield metrics.gauge(
             "gateway_stores_loaded", "Stores held in memory.", self.engine.stores_loaded
+        )
+        yield metrics.counter(
+            "gateway_stores_unloaded",
+            "Stores dropped from memory after store.unload_idle_after without use.",
+            counters.stores_unloaded,
         )
         if isinstance(self.store, SqliteStore):
             path = self.store.path

@@ -64,6 +64,9 @@ class StoreConfig:
     connect_timeout: float = 5.0
     # Seconds between checks for commits whose notification was lost (postgres).
     reconcile_interval: float = 5.0
+    # A store with no live pull and no request for this long is dropped from memory (it is
+    # loaded again from the log on its next request); 0 keeps every store loaded.
+    unload_idle_after: float = 600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

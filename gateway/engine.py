@@ -46,6 +46,8 @@ class StoreState:
     lock: asyncio.Lock
     # The Chunk tail of an empty, complete backlog (a pull that is up to date).
     empty_tail: bytes = b""
+    # time.monotonic() of the last use: unloading waits until a store has been idle.
+    used: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +170,38 @@ class SyncEngine:
     def stores_loaded(self) -> int:
         return len(self._states)
 
+    # -- memory ---------------------------------------------------------------------------
+
+    def unload_idle(self, idle: float, now: float | None = None) -> int:
+        """Forget stores unused for ``idle`` seconds with no live pull; returns how many.
+
+        Everything a store's state holds can be read back from the log (head, backendId),
+        so the next request simply loads it again. A store stays while a push holds or
+        waits for its lock, or while any live pull (even one still catching up) is on it;
+        every other use marks it used, and lasts far less than ``idle``.
+        """
+        if now is None:
+            now = time.monotonic()
+        stale = [
+            state
+            for state in self._states.values()
+            if now - state.used >= idle
+            and not state.lock.locked()
+            and not self.hub.subscriber_count(state.store_id)
+        ]
+        for state in stale:
+            del self._states[state.store_id]
+            self.store.forget(state.store_id)
+        if stale:
+            self.counters.stores_unloaded += len(stale)
+            logger.debug("unloaded %d idle stores", len(stale))
+        return len(stale)
+
     async def state(self, store_id: str) -> StoreState:
         """The in-memory state of a store, loading (or creating) it on first use."""
         state = self._states.get(store_id)
         if state is not None:
+            state.used = time.monotonic()
             return state
         loading = self._loading.get(store_id)
         if loading is None:
@@ -195,6 +225,7 @@ class SyncEngine:
             state.empty_tail = protocol.chunk_tail(
                 protocol.pull_item([], protocol.NO_MORE, state.backend_id_json)
             )
+            state.used = time.monotonic()
             self._states[store_id] = state
             del self._loading[store_id]
             heard = self._heard.pop(store_id, 0)
@@ -293,6 +324,7 @@ class SyncEngine:
         state = self._states.get(request.store_id)
         if state is None:
             return None
+        state.used = time.monotonic()
         cursor = request.cursor
         if self.shared and cursor is not None and cursor.seq > state.head:
             return None

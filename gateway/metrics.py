@@ -33,6 +33,7 @@ class Counters:
     events_accepted: int = 0
     pushes_rejected: Counter[str] = field(default_factory=Counter)
     evictions: int = 0
+    stores_unloaded: int = 0
     connections: Counter[str] = field(default_factory=Counter)
     connections_total: Counter[str] = field(default_factory=Counter)
     frames_delivered: int = 0

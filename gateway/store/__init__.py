@@ -73,6 +73,9 @@ class EventStore(Protocol):
     async def check(self) -> None:
         """Raise StoreError unless the backend can serve requests (readiness)."""
 
+    def forget(self, store_id: str) -> None:
+        """Drop what is cached in memory about ``store_id`` (the engine unloaded it)."""
+
 
 class SharedEventStore(EventStore, Protocol):
     """A backend that several nodes write to: it announces every commit."""

@@ -326,6 +326,9 @@ class PostgresStore:
             raise _store_error(exc) from exc
         return {r["store_id"]: int(r["head"]) for r in rows}
 
+    def forget(self, store_id: str) -> None:
+        """Nothing is cached per store."""
+
     async def check(self) -> None:
         pool = self._require_pool()
         if not self._listening.is_set():

@@ -315,6 +315,9 @@ class SqliteStore:
         self._sids[store_id] = sid
         return StoreMeta(backend_id=backend_id, head=head)
 
+    def forget(self, store_id: str) -> None:
+        self._sids.pop(store_id, None)
+
     async def _sid(self, store_id: str) -> int:
         sid = self._sids.get(store_id)
         if sid is None:
