@@ -133,6 +133,7 @@ class _Sniffer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast_transport(transport)
+        self._frontend.sniffing.add(self._transport)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(
             self._frontend.config.server.open_timeout, self._transport.abort
@@ -146,6 +147,7 @@ class _Sniffer(asyncio.Protocol):
         assert self._transport is not None
         if self._timer is not None:
             self._timer.cancel()
+        self._frontend.sniffing.discard(self._transport)
         method = bytes(self._buffer[:space]) if space > 0 else b""
         initial = bytes(self._buffer)
         self._buffer.clear()
@@ -161,6 +163,8 @@ class _Sniffer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._transport is not None:
+            self._frontend.sniffing.discard(self._transport)
 
 
 class Frontend:
@@ -190,6 +194,8 @@ class Frontend:
         self.ws_connections: set[WsConnection] = set()
         self._ws_gone: asyncio.Event | None = None
         self.http_connections: set[HttpConnection] = set()
+        # Connections that have not sent their request method yet.
+        self.sniffing: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiries: dict[int, set[WsConnection]] = {}
         self._sweepers: list[asyncio.Task[None]] = []
@@ -234,16 +240,18 @@ class Frontend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.stop_accepting()
+        for transport in tuple(self.sniffing):
+            transport.abort()
         for conn in tuple(self.http_connections):
             conn.shutdown()
         gone = self._ws_gone = asyncio.Event()
         for connection in tuple(self.ws_connections):
             if connection.session is not None:
                 connection.close(1001, "server shutting down")
-            elif connection.proto.close_expected():
-                # Refused: the answer is out, only the client's FIN is awaited.
+            elif not connection.deciding:
+                # An incomplete request, or a refusal already sent (only the client's FIN is
+                # awaited). Handshakes being decided get 503 (``closing``) and close too.
                 connection.abort()
-        # Handshakes still being decided are refused with 503 (``closing``) and close too.
         if self.ws_connections:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -257,8 +265,11 @@ class Frontend:
         if self._tasks:
             await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
         if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+            try:
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.1)):
+                    await self.server.wait_closed()
+            except TimeoutError:
+                logger.warning("listening socket still has connections after %.1f s", timeout)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

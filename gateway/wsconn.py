@@ -148,6 +148,17 @@ class WsConnection(asyncio.Protocol):
         return self.proto.state is _OPEN and self.transport is not None
 
     @property
+    def deciding(self) -> bool:
+        """The request is in and the owner has not answered it yet."""
+        return (
+            self.session is None
+            and self._early is not None
+            and self.transport is not None
+            and self.proto.state is _CONNECTING
+            and not self.proto.close_expected()
+        )
+
+    @property
     def close_code(self) -> int | None:
         return self.proto.close_code
 

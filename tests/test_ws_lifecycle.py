@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import time
@@ -770,3 +771,29 @@ async def test_malformed_request_gets_a_400_with_a_reason_code(
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), received
     assert orjson.loads(body)["error"]["code"] == "BAD_REQUEST", body
+
+
+async def test_unfinished_requests_do_not_delay_shutdown(make_gateway: MakeGateway) -> None:
+    """Connections that sent nothing, or only part of their request, are dropped at once by
+    ``stop()``: they cannot hold it for ``open_timeout`` or ``close_timeout``."""
+    slow = 30 * TIMEOUT_UNIT
+    gw = await make_gateway(open_timeout=slow, close_timeout=slow)
+    partial = [b"", b"GE", b"GET /?storeId=x&transport=ws HTTP/1.1\r\nHost: x\r\n"]
+    clients = [await RawWs.open_tcp(gw) for _ in partial]
+    try:
+        for client, sent in zip(clients, partial, strict=True):
+            client.writer.write(sent)
+            await client.writer.drain()
+        # The connections are established and read by the server once /stats answers.
+        await get_stats(gw)
+        started = time.monotonic()
+        await asyncio.wait_for(gw.stop(), slow)
+        elapsed = time.monotonic() - started
+        for client in clients:
+            async with asyncio.timeout(5 * TIMEOUT_UNIT):
+                with contextlib.suppress(ConnectionResetError):
+                    assert await client.reader.read() == b""
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert elapsed < 5 * TIMEOUT_UNIT, f"stop() took {elapsed:.2f}s"
