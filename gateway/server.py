@@ -185,9 +185,11 @@ class Frontend:
         self.push_gate = push_gate
         # websockets logs request lines and headers (tokens!) below WARNING: never let it,
         # whatever level the embedding application configures.
-        quiet = logging.getLogger("gateway.websockets")
-        if _quiet_filter not in quiet.filters:
-            quiet.addFilter(_quiet_filter)
+        # The level also spares building records the filter would drop.
+        if _WS_LOGGER.getEffectiveLevel() < logging.WARNING:
+            _WS_LOGGER.setLevel(logging.WARNING)
+        if _quiet_filter not in _WS_LOGGER.filters:
+            _WS_LOGGER.addFilter(_quiet_filter)
         self.server: asyncio.Server | None = None
         # Every WebSocket connection from the sniffer's handoff to connection_lost; the
         # open sessions among them are those with a ``session``.

@@ -250,6 +250,10 @@ class WsConnection(asyncio.Protocol):
         # A refusal half-closes; _flush arms the close timer for the client's side.
         self._flush()
         if proto.state is not _OPEN:
+            # Read on (the parser discards) so the client's FIN ends the connection now
+            # rather than at the close timer.
+            if self.transport is not None:
+                self.transport.resume_reading()
             return
         if ahead and self.transport is not None:
             for data in ahead:

@@ -797,3 +797,17 @@ async def test_unfinished_requests_do_not_delay_shutdown(make_gateway: MakeGatew
         for client in clients:
             await client.aclose()
     assert elapsed < 5 * TIMEOUT_UNIT, f"stop() took {elapsed:.2f}s"
+
+
+async def test_refused_connection_ends_when_the_client_hangs_up(make_gateway: MakeGateway) -> None:
+    """After a refusal (400 here) the server notices the client's FIN at once instead of
+    holding the socket for ``close_timeout``: a client retrying refused upgrades in a loop must
+    not pile up open sockets. (White-box: it counts the frontend's WebSocket connections.)"""
+    gw = await make_gateway(close_timeout=60 * TIMEOUT_UNIT)
+    frontend = gw.gw.frontend
+    for _ in range(5):
+        with pytest.raises(InvalidStatus):
+            await RpcClient.open(f"ws://{gw.base}/?storeId=x&payload=%7Bx&transport=ws", "x")
+    async with asyncio.timeout(5 * TIMEOUT_UNIT):
+        while frontend.ws_connections:  # noqa: ASYNC110 - no event to wait on; bounded
+            await asyncio.sleep(0.01)
