@@ -54,6 +54,7 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 CLOSE_KEEPALIVE_TIMEOUT = 1011
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class WireClosed(Exception):
@@ -272,6 +273,15 @@ class WsConnection(asyncio.Protocol):
     # -- reading --------------------------------------------------------------------------
 
     def _dispatch(self, events: Sequence[object]) -> None:
+        try:
+            self._handle_frames(events)
+        except Exception:
+            # A bug, not bad input (the session answers that itself): this connection ends
+            # with 1011 and the others carry on.
+            logger.exception("session failed")
+            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _handle_frames(self, events: Sequence[object]) -> None:
         for event in events:
             session = self.session
             if session is None:

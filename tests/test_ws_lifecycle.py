@@ -811,3 +811,36 @@ async def test_refused_connection_ends_when_the_client_hangs_up(make_gateway: Ma
     async with asyncio.timeout(5 * TIMEOUT_UNIT):
         while frontend.ws_connections:  # noqa: ASYNC110 - no event to wait on; bounded
             await asyncio.sleep(0.01)
+
+
+async def test_a_session_bug_closes_only_that_connection_with_1011(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: if handling a message raises (a bug, never bad input), that connection
+    is closed with 1011 and every other connection carries on."""
+    from gateway.session import Peer
+
+    original = Peer.handle
+
+    def faulty(self: Peer, data: bytes) -> None:
+        if b"boom" in data:
+            raise RuntimeError("injected fault")
+        original(self, data)
+
+    monkeypatch.setattr(Peer, "handle", faulty)
+    gw = await make_gateway()
+    store = new_store_id()
+    victim = await RawWs.connect(gw, store)
+    bystander = await RpcClient.open(gw.ws_url(store), store)
+    try:
+        victim.writer.write(client_frame(OP_TEXT, b'{"boom":1}'))
+        await victim.writer.drain()
+        frames = await victim.frames_until_end(5 * TIMEOUT_UNIT)
+        closes = close_frames(frames)
+        assert closes, frames
+        assert closes[0].close_code == 1011, closes
+        await bystander.send({"_tag": "Ping"})
+        assert await bystander.recv() == {"_tag": "Pong"}
+    finally:
+        await victim.aclose()
+        await bystander.close()
