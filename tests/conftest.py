@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -14,6 +15,10 @@ import uvloop
 
 from gateway.app import Gateway
 from gateway.config import Config, make_config
+from gateway.handshake import ValidatePayload
+
+if TYPE_CHECKING:
+    from tests.daemon import Daemon  # which imports this module
 
 # Every wait in the suite is a multiple of this unit, so a slow CI box can scale them up.
 TIMEOUT_UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
@@ -81,9 +86,10 @@ def sync_query(store_id: str, *, payload: object = None, transport: str = "ws") 
 class GatewayHarness:
     """A running in-process gateway plus helpers to build client URLs and restart it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, validate_payload: ValidatePayload | None = None) -> None:
         self.config = config
-        self.gw = Gateway(config)
+        self.validate_payload = validate_payload
+        self.gw = Gateway(config, validate_payload=validate_payload)
 
     @property
     def port(self) -> int:
@@ -109,18 +115,23 @@ class GatewayHarness:
     async def restart(self) -> None:
         """Stop the server and start a new one on the same data directory (a new port)."""
         await self.gw.stop()
-        self.gw = Gateway(self.config)
+        self.gw = Gateway(self.config, validate_payload=self.validate_payload)
         await self.gw.start()
 
 
 @pytest.fixture(name="make_gateway")
 async def _make_gateway(tmp_path: Path) -> AsyncIterator[object]:
-    """Factory: ``await make_gateway(**overrides)`` starts a gateway; all stop at teardown."""
+    """Factory: ``await make_gateway(**overrides)`` starts a gateway; all stop at teardown.
+
+    ``validate_payload=hook`` installs a payload hook (spec §3) instead of the auth policy.
+    """
     started: list[GatewayHarness] = []
 
-    async def factory(**overrides: object) -> GatewayHarness:
+    async def factory(
+        *, validate_payload: ValidatePayload | None = None, **overrides: object
+    ) -> GatewayHarness:
         overrides.setdefault("data_dir", str(tmp_path / f"data{len(started)}"))
-        harness = GatewayHarness(make_config(**overrides))
+        harness = GatewayHarness(make_config(**overrides), validate_payload=validate_payload)
         await harness.start()
         started.append(harness)
         return harness
@@ -134,3 +145,13 @@ async def _make_gateway(tmp_path: Path) -> AsyncIterator[object]:
 async def _gateway(make_gateway: object) -> GatewayHarness:
     """A gateway with default development settings on 127.0.0.1:0."""
     return await make_gateway()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(name="daemons")
+async def _daemons() -> AsyncIterator[list[Daemon]]:
+    """The ``gateway serve`` processes (tests.daemon.Daemon) a test starts: append each one;
+    any still running at teardown is killed (tests assert the graceful path themselves)."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        await daemon.kill()

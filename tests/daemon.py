@@ -1,9 +1,11 @@
-"""A real ``python -m gateway`` process for the operations tests, and helpers around it.
+"""A real ``python -m gateway`` process for the tests, and helpers around it.
 
-:class:`Daemon` starts the server with a clean environment (nothing from the developer's shell
-leaks into the configuration), keeps reading its stderr in the background, and lets a test
-wait, with a bounded timeout, for a log line that matches a pattern. Nothing here sleeps: every
-wait is on a line, a frame, a datagram or a process exit.
+:class:`Daemon` is the one way the suite runs ``gateway serve`` as a process (the operations,
+CLI, durability and multi-node tests, and the interop tests' restartable server). It starts the
+server with a clean environment (nothing from the developer's shell leaks into the
+configuration), keeps reading its output in the background, and lets a test wait, with a bounded
+timeout, for a log line that matches a pattern. Nothing here sleeps: every wait is on a line, a
+frame, a datagram or a process exit.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import jwt
@@ -29,9 +31,10 @@ import jwt
 from tests.conftest import TIMEOUT_UNIT
 
 REPO = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on ws://(\S+):(\d+)$")
+GATEWAY = (sys.executable, "-m", "gateway")
+LISTENING = re.compile(r"listening on ws://(?P<host>\S+):(?P<port>\d+)$")
 
-# Variables the daemon reads; a test sets the ones it means to and no others.
+# Variables the daemon reads besides GATEWAY_*; a test sets the ones it means to and no others.
 _DAEMON_ENV = (
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
@@ -45,13 +48,21 @@ _DAEMON_ENV = (
     "STATE_DIRECTORY",
 )
 
+T = TypeVar("T")
 
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``os.environ`` without anything the gateway would read, plus ``extra``."""
+
+def clean_env(
+    extra: Mapping[str, str] | None = None, *, drop_prefixes: tuple[str, ...] = ("GATEWAY_",)
+) -> dict[str, str]:
+    """``os.environ`` without anything the gateway would read, plus ``extra``.
+
+    ``drop_prefixes`` names the ``GATEWAY_*`` settings to leave out (all of them by default;
+    the interop tests keep the runner's own settings except auth and store ones).
+    """
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in _DAEMON_ENV and not name.startswith("GATEWAY_")
+        if name not in _DAEMON_ENV and not name.startswith(drop_prefixes)
     }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -103,15 +114,56 @@ def ws_url(port: int, store_id: str, payload: Any = None) -> str:
     return f"ws://127.0.0.1:{port}/?{urlencode(params)}"
 
 
-class Daemon:
-    """A running ``python -m gateway serve ...`` whose stderr is read line by line."""
+async def spawn(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    drop_prefixes: tuple[str, ...] = ("GATEWAY_",),
+    command: Sequence[str] = GATEWAY,
+    stdout: int | IO[Any] = asyncio.subprocess.PIPE,
+    stderr: int | IO[Any] = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """Start ``COMMAND ARGS`` (``python -m gateway ARGS``) in the repository, without stdin,
+    with ``env`` added to :func:`clean_env` (given ``drop_prefixes``)."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=clean_env(env, drop_prefixes=drop_prefixes),
+        cwd=REPO,
+    )
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+
+async def drain_lines(stream: asyncio.StreamReader, sink: Callable[[str], None]) -> None:
+    """Hand every line of ``stream`` (decoded, without its newline) to ``sink`` until EOF."""
+    while raw := await stream.readline():
+        sink(raw.decode(errors="replace").rstrip("\n"))
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> int:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit status."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return await proc.wait()
+
+
+class Daemon:
+    """A running ``gateway serve ...`` whose output (stderr, and stdout) is read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, lines: list[str] | None = None) -> None:
         self.proc = proc
-        self.lines: list[str] = []
+        self.lines: list[str] = [] if lines is None else lines
         self.eof = False
         self._grew = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
+        self.host = "127.0.0.1"
         self.port = 0
 
     @classmethod
@@ -119,41 +171,38 @@ class Daemon:
         cls,
         *args: str,
         env: Mapping[str, str] | None = None,
-        within: float = 15 * TIMEOUT_UNIT,
+        drop_prefixes: tuple[str, ...] = ("GATEWAY_",),
+        command: Sequence[str] = GATEWAY,
+        lines: list[str] | None = None,
+        within: float = 20 * TIMEOUT_UNIT,
     ) -> Daemon:
-        """Start ``gateway serve ARGS`` and wait for its ``listening on`` line."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean_env(env),
-            cwd=REPO,
-        )
-        daemon = cls(proc)
+        """Start ``COMMAND serve ARGS`` and wait for its ``listening on`` line.
+
+        ``env`` is added to :func:`clean_env` (with ``drop_prefixes``). ``lines`` continues the
+        log of an earlier process (a server restarted in the same test keeps one history).
+        """
+        proc = await spawn("serve", *args, env=env, drop_prefixes=drop_prefixes, command=command)
+        daemon = cls(proc, lines)
         try:
-            _, line = await daemon.wait_line(LISTENING, within=within)
+            _, line = await daemon.wait_line(LISTENING, start=daemon.mark(), within=within)
         except BaseException:
             await daemon.kill()
             raise
         match = LISTENING.search(line)
         assert match is not None
-        daemon.port = int(match.group(2))
+        daemon.host, daemon.port = match["host"], int(match["port"])
         return daemon
 
     async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while True:
-            raw = await self.proc.stderr.readline()
-            if not raw:
-                break
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+        streams = [s for s in (self.proc.stdout, self.proc.stderr) if s is not None]
+        try:
+            await asyncio.gather(*(drain_lines(stream, self._append) for stream in streams))
+        finally:
+            self.eof = True
             self._grew.set()
-        self.eof = True
+
+    def _append(self, line: str) -> None:
+        self.lines.append(line)
         self._grew.set()
 
     @property
@@ -168,36 +217,60 @@ class Daemon:
         """The index of the next line: ``wait_line(..., start=mark)`` only sees later lines."""
         return len(self.lines)
 
+    def lines_since(self, start: int) -> list[str]:
+        return self.lines[start:]
+
+    async def _until(self, found: Callable[[], T | None], what: str, within: float) -> T:
+        """Wait until ``found()`` is not None, as the output grows; fail after ``within`` s or
+        once the output has ended."""
+        deadline = time.monotonic() + within
+        while True:
+            result = found()
+            if result is not None:
+                return result
+            if self.eof:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 5 * TIMEOUT_UNIT)
+                raise AssertionError(
+                    f"gateway closed its output (exit status {self.proc.returncode}) "
+                    f"without {what}; output:\n{self.text}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {what} within {within:.1f}s; output:\n{self.text}")
+            # No await since found(): no line can slip through unseen.
+            self._grew.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grew.wait(), remaining)
+
     async def wait_line(
         self, pattern: str | re.Pattern[str], *, start: int = 0, within: float = 10 * TIMEOUT_UNIT
     ) -> tuple[int, str]:
-        """The first stderr line at or after ``start`` that matches ``pattern``."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + within
+        """The first output line at or after ``start`` that matches ``pattern``."""
+        regex = re.compile(pattern)
         index = start
-        while True:
+
+        def found() -> tuple[int, str] | None:
+            nonlocal index
             while index < len(self.lines):
                 if regex.search(self.lines[index]):
                     return index, self.lines[index]
                 index += 1
-            if self.eof:
-                raise AssertionError(
-                    f"gateway closed stderr (exited?) without a line matching "
-                    f"{regex.pattern!r}; stderr:\n{self.text}"
-                )
-            remaining = deadline - time.monotonic()
-            self._grew.clear()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(self._grew.wait(), remaining)
-            except TimeoutError:
-                raise AssertionError(
-                    f"no line matching {regex.pattern!r} within {within:.1f}s; stderr:\n{self.text}"
-                ) from None
+            return None
 
-    def lines_since(self, start: int) -> list[str]:
-        return self.lines[start:]
+        return await self._until(found, f"line matching {regex.pattern!r}", within)
+
+    async def wait_lines(
+        self, pattern: str, *, count: int = 1, within: float = 10 * TIMEOUT_UNIT
+    ) -> list[str]:
+        """Wait until at least ``count`` lines (of all of ``lines``) match; return them all."""
+        regex = re.compile(pattern)
+
+        def found() -> list[str] | None:
+            hits = [line for line in self.lines if regex.search(line)]
+            return hits if len(hits) >= count else None
+
+        return await self._until(found, f"{count} line(s) matching {pattern!r}", within)
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
@@ -212,20 +285,28 @@ class Daemon:
         return line
 
     async def wait(self, within: float = 10 * TIMEOUT_UNIT) -> int:
-        """The exit status; fails if the process is still running after ``within``."""
+        """The exit status; fails (killing it) if the process is still running after ``within``."""
         try:
             async with asyncio.timeout(within):
                 rc = await self.proc.wait()
                 await self._reader
         except TimeoutError:
+            await self.kill()
             raise AssertionError(
-                f"gateway still running {within:.1f}s later; stderr:\n{self.text}"
+                f"gateway still running {within:.1f}s later; output:\n{self.text}"
             ) from None
         return rc
 
     async def terminate(self, within: float = 10 * TIMEOUT_UNIT) -> int:
+        """SIGTERM; the exit status, which must come within ``within`` (see :meth:`wait`)."""
         self.send_signal(signal.SIGTERM)
         return await self.wait(within)
+
+    async def stop(self, grace: float = 10 * TIMEOUT_UNIT) -> int:
+        """Cleanup that keeps the exit status: SIGTERM, SIGKILL after ``grace`` s; never fails."""
+        rc = await stop_process(self.proc, grace)
+        await self._done_reading()
+        return rc
 
     async def kill(self) -> None:
         """Cleanup: SIGKILL if still running (tests assert the graceful path themselves)."""
@@ -233,6 +314,9 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         await self.proc.wait()
+        await self._done_reading()
+
+    async def _done_reading(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._reader, 5 * TIMEOUT_UNIT)
 
@@ -243,17 +327,7 @@ async def run_cli(
     within: float = 15 * TIMEOUT_UNIT,
 ) -> tuple[int, str, str]:
     """Run ``python -m gateway ARGS`` to completion: (exit status, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(env),
-        cwd=REPO,
-    )
+    proc = await spawn(*args, env=env)
     try:
         async with asyncio.timeout(within):
             out, err = await proc.communicate()

@@ -364,6 +364,17 @@ class RpcClient:
             await self.send({"_tag": "Ack", "requestId": frame["requestId"]})
         return frame
 
+    async def _read_by(self, deadline: float, failure: Callable[[], str]) -> Frame:
+        """The next frame, read before ``deadline`` (``time.monotonic()``); else fail with
+        the message ``failure()`` gives at that moment."""
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            return await self._read(remaining)
+        except TimeoutError:
+            raise AssertionError(failure()) from None
+
     async def recv(self, within: float = 5 * TIMEOUT_UNIT) -> Frame:
         """The next frame (stashed ones first); ``TimeoutError`` if none arrives in time."""
         if self._stash:
@@ -383,16 +394,13 @@ class RpcClient:
                 return found
         deadline = time.monotonic() + within
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                frame = await self._read(remaining)
-            except TimeoutError:
-                raise AssertionError(
+            frame = await self._read_by(
+                deadline,
+                lambda: (
                     f"timed out after {within:.1f}s waiting for {what}; "
                     f"unmatched frames so far: {_short(self._stashed())}"
-                ) from None
+                ),
+            )
             if pred(frame):
                 return frame
             self._put(frame)
@@ -467,15 +475,10 @@ class RpcClient:
         self._stash.clear()
         deadline = time.monotonic() + within
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                frame = await self._read(remaining)
-            except TimeoutError:
-                raise AssertionError(
-                    f"no Pong within {within:.1f}s; frames before it: {_short(frames)}"
-                ) from None
+            frame = await self._read_by(
+                deadline,
+                lambda: f"no Pong within {within:.1f}s; frames before it: {_short(frames)}",
+            )
             if frame == {"_tag": "Pong"}:
                 return frames
             frames.append(frame)

@@ -4,23 +4,17 @@ The decision table over both transports (a refused WebSocket upgrade is an HTTP 
 ``{"error":{"code","message"}}``, never a 101), the token sources, per-store authorization,
 the per-IP lockout, push rate limiting, live expiry (close 4001), JWKS, startup validation,
 the guarantee that tokens never reach the logs, and ``gateway token mint/decode``. Keys and
-secrets are generated here; nothing secret is committed.
+secrets come from tests/keys.py (generated per test session; nothing secret is committed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import signal
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,7 +27,7 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.exceptions import InvalidStatus
 
@@ -42,6 +36,24 @@ from gateway.authgate import AuthGate, JwksCache
 from gateway.config import ConfigError, build_config, load_config, make_config
 from gateway.handshake import MISSING, Admission, PayloadContext
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness, sync_query
+from tests.daemon import Daemon, run_cli, write_toml
+from tests.keys import (
+    AUDIENCE,
+    BYPASS,
+    DEV_TOKEN,
+    EC384_KEY,
+    EC_KEY,
+    ISSUER,
+    OTHER_RSA_KEY,
+    OTHER_SECRET,
+    RSA_KEY,
+    RSA_PUBLIC_PEM,
+    SECRET,
+    forge_hs256,
+    public_pem,
+    replace_claims,
+    with_token,
+)
 from tests.support import (
     HTTP_PING,
     HTTP_PUSH,
@@ -61,24 +73,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 
-SECRET = secrets.token_urlsafe(48)
-OTHER_SECRET = secrets.token_urlsafe(48)
-BYPASS = secrets.token_urlsafe(32)
-DEV_TOKEN = "insecure-token-change-me"
-AUDIENCE = "sync-tests"
-ISSUER = "https://auth.test"
 DAY = 86_400.0
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-EC384_KEY = ec.generate_private_key(ec.SECP384R1())
-
-
-def pem(key: Any) -> bytes:
-    return key.public_key().public_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def mint(
@@ -99,10 +94,6 @@ def mint(
     body = {k: v for k, v in body.items() if v is not None}
     headers = {"kid": kid} if kid is not None else None
     return jwt.encode(body, key, algorithm=algorithm, headers=headers)
-
-
-def with_token(token: str, instance: str = "device-1") -> dict[str, Any]:
-    return {"instanceId": instance, "authToken": token}
 
 
 def bypass(secret: str = BYPASS) -> dict[str, Any]:
@@ -546,27 +537,20 @@ async def test_100kb_token_anywhere(make_gateway: MakeGateway, ws: Opener) -> No
 @pytest.fixture(name="rsa_pem_file")
 def _rsa_pem_file(tmp_path: Path) -> str:
     path = tmp_path / "rsa.pem"
-    path.write_bytes(pem(RSA_KEY))
+    path.write_bytes(RSA_PUBLIC_PEM)
     return str(path)
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def _admin_claims() -> dict[str, Any]:
+    return {"sub": "admin", "exp": time.time() + 3600, "aud": AUDIENCE, "iss": ISSUER}
 
 
 def _forge_hs256_with_public_pem() -> str:
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = {"sub": "admin", "exp": time.time() + 3600, "aud": AUDIENCE, "iss": ISSUER}
-    body = b64(json.dumps(claims).encode())
-    mac = hmac.new(pem(RSA_KEY), f"{header}.{body}".encode(), hashlib.sha256).digest()
-    return f"{header}.{body}.{b64(mac)}"
+    return forge_hs256({"alg": "HS256", "typ": "JWT"}, _admin_claims(), RSA_PUBLIC_PEM)
 
 
 def _tampered() -> str:
-    header, _, signature = mint(key=RSA_KEY, algorithm="RS256", iss=ISSUER).split(".")
-    claims = {"sub": "admin", "exp": time.time() + 3600, "aud": AUDIENCE, "iss": ISSUER}
-    body = b64(json.dumps(claims).encode())
-    return f"{header}.{body}.{signature}"
+    return replace_claims(mint(key=RSA_KEY, algorithm="RS256", iss=ISSUER), _admin_claims())
 
 
 def rs(**kw: Any) -> str:
@@ -578,7 +562,11 @@ ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("alg-none", lambda: jwt.encode({"sub": "x", "exp": time.time() + 60}, None, "none"), ""),
     ("hs256-keyed-with-rs-public-pem", _forge_hs256_with_public_pem, ""),
     ("tampered-payload", _tampered, ""),
-    ("signed-by-another-rsa-key", lambda: mint(key=RSA_KEY_2, algorithm="RS256", iss=ISSUER), ""),
+    (
+        "signed-by-another-rsa-key",
+        lambda: mint(key=OTHER_RSA_KEY, algorithm="RS256", iss=ISSUER),
+        "",
+    ),
     ("expired-beyond-grace", lambda: rs(ttl=-2 * DAY), "TOKEN_EXPIRED"),
     ("future-nbf", lambda: rs(nbf=time.time() + 600), ""),
     ("wrong-audience", lambda: rs(aud="evil"), ""),
@@ -632,7 +620,7 @@ async def test_key_of_another_curve_is_a_401_not_a_500(
     towards the lockout (an exception in the hook would answer 500 and count nothing)."""
     paths = []
     for name, key in (("p384.pem", EC384_KEY), ("p256.pem", EC_KEY)):
-        (tmp_path / name).write_bytes(pem(key))
+        (tmp_path / name).write_bytes(public_pem(key))
         paths.append(str(tmp_path / name))
     gw = await make_gateway(
         require_auth=True,
@@ -985,7 +973,7 @@ async def test_jwks_verifies_by_kid(make_gateway: MakeGateway, jwks: JwksServer)
     assert_http_accepted(await http_ping(gw, store, payload=rs_token("rsa-1")))
     assert_http_accepted(await http_ping(gw, store, payload=es_token("ec-1")))
     # A known kid with someone else's signature, or the wrong key for the kid.
-    for payload in (rs_token("rsa-1", RSA_KEY_2), rs_token("ec-1"), es_token("rsa-1")):
+    for payload in (rs_token("rsa-1", OTHER_RSA_KEY), rs_token("ec-1"), es_token("rsa-1")):
         assert_error_body(await http_ping(gw, store, payload=payload), 401, "INVALID_TOKEN")
     assert jwks.fetches == 1  # cached
 
@@ -1008,8 +996,8 @@ async def test_jwks_key_rotation(make_gateway: MakeGateway, jwks: JwksServer) ->
     store = new_store_id()
     assert_http_accepted(await http_ping(gw, store, payload=rs_token("k1")))
     assert jwks.fetches == 1
-    jwks.add("k2", RSA_KEY_2)
-    assert_http_accepted(await http_ping(gw, store, payload=rs_token("k2", RSA_KEY_2)))
+    jwks.add("k2", OTHER_RSA_KEY)
+    assert_http_accepted(await http_ping(gw, store, payload=rs_token("k2", OTHER_RSA_KEY)))
     assert jwks.fetches == 2
     assert_http_accepted(await http_ping(gw, store, payload=rs_token("k1")))
     assert jwks.fetches == 2
@@ -1026,13 +1014,13 @@ async def test_jwks_refresh_is_rate_limited(make_gateway: MakeGateway, jwks: Jwk
     gw = await make_gateway(**jwks_config(jwks, jwks_min_refresh_interval=60))
     store = new_store_id()
     assert_http_accepted(await http_ping(gw, store, payload=rs_token("k1")))
-    jwks.add("k2", RSA_KEY_2)
+    jwks.add("k2", OTHER_RSA_KEY)
     for i in range(5):
         result = await http_ping(gw, store, payload=rs_token(f"unknown-{i}"))
         assert_error_body(result, 401, "INVALID_TOKEN")
     # Even the new key waits for the refresh interval.
     assert_error_body(
-        await http_ping(gw, store, payload=rs_token("k2", RSA_KEY_2)), 401, "INVALID_TOKEN"
+        await http_ping(gw, store, payload=rs_token("k2", OTHER_RSA_KEY)), 401, "INVALID_TOKEN"
     )
     assert jwks.fetches == 1
 
@@ -1046,7 +1034,7 @@ async def test_jwks_cache_refresh_schedule(jwks: JwksServer) -> None:
     )
     assert len(await cache.keys_for("k1")) == 1
     assert jwks.fetches == 1
-    jwks.add("k2", RSA_KEY_2)
+    jwks.add("k2", OTHER_RSA_KEY)
     now[0] += 30
     assert await cache.keys_for("k2") == []  # within the refresh interval
     assert jwks.fetches == 1
@@ -1239,47 +1227,13 @@ def test_secrets_from_credentials_directory(tmp_path: Path) -> None:
     assert config.auth.jwt_secret == OTHER_SECRET
 
 
-def clean_env(**env: str) -> dict[str, str]:
-    """The test process's environment without any gateway setting, plus ``env``."""
-    drop = {
-        "REQUIRE_AUTH",
-        "JWT_SECRET",
-        "JWT_PREVIOUS_SECRET",
-        "SERVER_BYPASS_TOKEN",
-        "AUTH_GRACE_PERIOD",
-        "CREDENTIALS_DIRECTORY",
-        "STATE_DIRECTORY",
-    }
-    base = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("GATEWAY_")}
-    return {**base, **env}
-
-
-async def spawn_gateway(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        env=clean_env(**env),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    proc = await spawn_gateway(*args, env=env)
-    _, stderr = await asyncio.wait_for(proc.communicate(), 15 * TIMEOUT_UNIT)
-    assert proc.returncode is not None
-    return proc.returncode, stderr.decode()
-
-
 async def test_cli_refuses_production_without_a_key(tmp_path: Path) -> None:
-    code, stderr = await run_cli(
+    code, _, stderr = await run_cli(
         "serve", "--port", "0", "--data-dir", str(tmp_path), env={"REQUIRE_AUTH": "true"}
     )
     assert code == 2
     assert "auth.jwt_secret" in stderr
-    code, stderr = await run_cli(
+    code, _, stderr = await run_cli(
         "serve",
         "--port",
         "0",
@@ -1298,8 +1252,8 @@ async def test_cli_unreadable_public_key_is_a_configuration_error(tmp_path: Path
     path.write_text(
         f'[auth]\nrequire_auth = true\nalgorithms = ["RS256"]\npublic_key_files = ["{missing}"]\n'
     )
-    code, stderr = await run_cli(
-        "serve", "--config", str(path), "--port", "0", "--data-dir", str(tmp_path), env={}
+    code, _, stderr = await run_cli(
+        "serve", "--config", str(path), "--port", "0", "--data-dir", str(tmp_path)
     )
     assert "auth.public_key_files" in stderr
     assert "Traceback" not in stderr
@@ -1357,7 +1311,7 @@ async def test_tokens_never_logged(
     assert result.status == 401
     await ws_refused(gw.ws_url(store, payload=bypass(wrong_bypass)))
 
-    secrets_ = [
+    tokens = [
         accepted_payload,
         accepted_query,
         accepted_header,
@@ -1366,8 +1320,6 @@ async def test_tokens_never_logged(
         refused_query,
         refused_http,
         wrong_bypass,
-        BYPASS,
-        SECRET,
     ]
     texts = []
     for record in caplog.records:
@@ -1379,20 +1331,11 @@ async def test_tokens_never_logged(
         texts.append(text + (record.exc_text or "") + repr(record.args))
     everything = "\n".join(texts)
     assert texts, "nothing was logged"
-    for secret in secrets_:
+    for secret in [*tokens, BYPASS, SECRET]:
         assert secret not in everything
         # Not even a recognisable piece of it (the signature part of a JWT).
         assert secret[-20:] not in everything
-    for token in (
-        accepted_payload,
-        accepted_query,
-        accepted_header,
-        graced,
-        refused_payload,
-        refused_query,
-        refused_http,
-        wrong_bypass,
-    ):
+    for token in tokens:
         assert auth.fingerprint(token) in everything, token[:10]
 
 
@@ -1409,20 +1352,11 @@ async def test_tokens_never_logged_by_the_real_process(tmp_path: Path, log_forma
         "GATEWAY_LOG_LEVEL": "debug",
         "GATEWAY_LOG_FORMAT": log_format,
     }
-    proc = await spawn_gateway("serve", "--port", "0", "--data-dir", str(tmp_path), env=env)
-    assert proc.stderr is not None
-    lines = []
+    daemon = await Daemon.start(
+        "--port", "0", "--data-dir", str(tmp_path), env=env, within=15 * TIMEOUT_UNIT
+    )
     try:
-        async with asyncio.timeout(15 * TIMEOUT_UNIT):
-            while True:
-                line = (await proc.stderr.readline()).decode()
-                assert line, f"gateway exited before listening: {lines}"
-                lines.append(line)
-                match = re.search(r"listening on ws://\S+:(\d+)", line)
-                if match:
-                    port = int(match.group(1))
-                    break
-        base = f"ws://127.0.0.1:{port}/?"
+        base = f"ws://127.0.0.1:{daemon.port}/?"
         payload = with_token(token)
         client = await RpcClient.open(base + sync_query("s", payload=payload), "s", payload=payload)
         await client.push_ok(make_events(1, 1))
@@ -1435,10 +1369,8 @@ async def test_tokens_never_logged_by_the_real_process(tmp_path: Path, log_forma
         await ws_refused(with_query_token(base + sync_query("s", payload=instance), bad))
         await ws_refused(base + sync_query("s", payload=instance), header)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(proc.stderr.read(), 10 * TIMEOUT_UNIT)
-        await asyncio.wait_for(proc.wait(), 10 * TIMEOUT_UNIT)
-    stderr = "".join(lines) + rest.decode()
+        await daemon.terminate(10 * TIMEOUT_UNIT)
+    stderr = daemon.text
     for secret in (token, bad, SECRET):
         assert secret not in stderr
         assert secret[-20:] not in stderr
@@ -1451,25 +1383,7 @@ async def test_tokens_never_logged_by_the_real_process(tmp_path: Path, log_forma
 
 
 async def run_token(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "token",
-        *args,
-        env=clean_env(**(env or {})),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 15 * TIMEOUT_UNIT)
-    assert proc.returncode is not None
-    return proc.returncode, stdout.decode(), stderr.decode()
-
-
-def write_toml(path: Path, **auth_keys: object) -> Path:
-    lines = ["[auth]"] + [f"{key} = {json.dumps(value)}" for key, value in auth_keys.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return await run_cli("token", *args, env=env)
 
 
 async def test_token_mint_is_accepted_by_the_gateway(
@@ -1485,7 +1399,7 @@ async def test_token_mint_is_accepted_by_the_gateway(
         "required_type": "access",
         "stores_claim": "stores",
     }
-    config = write_toml(tmp_path / "gateway.toml", **settings)
+    config = write_toml(tmp_path / "gateway.toml", {"auth": settings})
     code, stdout, stderr = await run_token(
         "mint",
         "--config",
@@ -1523,7 +1437,7 @@ async def test_token_mint_is_accepted_by_the_gateway(
 
 async def test_token_mint_uses_env_and_subject_claim(tmp_path: Path) -> None:
     """JWT_SECRET from the environment works as-is; a custom subject claim is honoured."""
-    config = write_toml(tmp_path / "gateway.toml", subject_claim="userId")
+    config = write_toml(tmp_path / "gateway.toml", {"auth": {"subject_claim": "userId"}})
     code, stdout, stderr = await run_token(
         "mint", "--config", str(config), "--sub", "u-42", "--ttl", "90s", env={"JWT_SECRET": SECRET}
     )
@@ -1545,7 +1459,7 @@ async def test_token_mint_rs256_with_private_key(
         )
     )
     settings = {"require_auth": True, "algorithms": ["RS256"], "public_key_files": [rsa_pem_file]}
-    config = write_toml(tmp_path / "gateway.toml", **settings)
+    config = write_toml(tmp_path / "gateway.toml", {"auth": settings})
     code, stdout, stderr = await run_token(
         "mint", "--config", str(config), "--sub", "svc", "--private-key", str(private)
     )
@@ -1576,7 +1490,7 @@ async def test_token_mint_errors(args: tuple[str, ...], env: dict[str, str], nee
 async def test_token_decode_without_verifying() -> None:
     """decode shows header and claims of any JWT, even expired or signed by an unknown key,
     and needs no configuration (a broken one does not stop it)."""
-    token = mint(sub="carol", ttl=-DAY, key=RSA_KEY_2, algorithm="RS256", kid="k-9", role="x")
+    token = mint(sub="carol", ttl=-DAY, key=OTHER_RSA_KEY, algorithm="RS256", kid="k-9", role="x")
     code, stdout, stderr = await run_token("decode", token, env={"REQUIRE_AUTH": "true"})
     assert code == 0, stderr
     shown = json.loads(stdout)
@@ -1599,17 +1513,5 @@ async def test_token_decode_garbage(garbage: str) -> None:
 
 def test_pem_looking_hmac_secret_is_refused_at_load() -> None:
     """A public key pasted as JWT_SECRET is refused once, at load (not on every token)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from gateway.authgate import AuthGate
-    from gateway.config import ConfigError, make_config
-
-    public = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
     with pytest.raises(ConfigError, match=r"auth\.jwt_secret"):
-        AuthGate(make_config(jwt_secret=public).auth)
+        AuthGate(make_config(jwt_secret=RSA_PUBLIC_PEM.decode()).auth)

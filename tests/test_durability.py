@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
+from tests.daemon import Daemon, ws_url
 from tests.support import RpcClient, make_events, seqs_of
-from tests.test_cli import start
 
 STORES = 4
 PUSHES_PER_STORE = 400
@@ -30,8 +29,7 @@ class Progress:
 
 async def pusher(port: int, store_id: str, acked: list[int], progress: Progress) -> None:
     """Push single-event batches back to back, recording each acked seqNum."""
-    url = f"ws://127.0.0.1:{port}/?storeId={store_id}&transport=ws"
-    client = await RpcClient.open(url, store_id)
+    client = await RpcClient.open(ws_url(port, store_id), store_id)
     try:
         for seq in range(1, PUSHES_PER_STORE + 1):
             rid = await client.send_push(make_events(seq, 1), None)
@@ -48,29 +46,25 @@ async def pusher(port: int, store_id: str, acked: list[int], progress: Progress)
 
 async def test_sigkill_loses_no_acked_event(tmp_path: Path) -> None:
     """Every event acked before SIGKILL is in the log after restart, in a gapless chain."""
-    proc, port = await start("serve", "--port", "0", "--data-dir", str(tmp_path))
+    daemon = await Daemon.start("--port", "0", "--data-dir", str(tmp_path))
     acked: dict[str, list[int]] = {f"kill-{i}": [] for i in range(STORES)}
     progress = Progress(STORES * PUSHES_PER_STORE // 4)
-    tasks = [asyncio.create_task(pusher(port, s, a, progress)) for s, a in acked.items()]
+    tasks = [asyncio.create_task(pusher(daemon.port, s, a, progress)) for s, a in acked.items()]
     try:
         # Kill once a good share of pushes were acked, while pushes are still in flight.
         async with asyncio.timeout(30):
             await progress.enough.wait()
         progress.killed.set()
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await daemon.kill()
         await asyncio.gather(*tasks)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await daemon.kill()
 
-    proc, port = await start("serve", "--port", "0", "--data-dir", str(tmp_path))
+    daemon = await Daemon.start("--port", "0", "--data-dir", str(tmp_path))
     try:
         for store_id, seqs in acked.items():
             assert seqs, "every pusher got some acks before the kill"
-            url = f"ws://127.0.0.1:{port}/?storeId={store_id}&transport=ws"
-            client = await RpcClient.open(url, store_id)
+            client = await RpcClient.open(ws_url(daemon.port, store_id), store_id)
             stored = seqs_of(await client.pull())
             await client.close()
             # Nothing acked is lost; at most the one in-flight push may also have landed.
@@ -78,5 +72,4 @@ async def test_sigkill_loses_no_acked_event(tmp_path: Path) -> None:
             assert len(stored) - len(seqs) <= 1
             assert stored == list(range(1, len(stored) + 1))
     finally:
-        proc.terminate()
-        await proc.wait()
+        await daemon.stop()

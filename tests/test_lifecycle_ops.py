@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,6 @@ async def refused_status(port: int, store_id: str, payload: Any = None) -> int:
         return exc.response.status_code
     await client.close()
     raise AssertionError(f"the connection to {store_id} with {payload!r} was accepted")
-
-
-@pytest.fixture(name="daemons")
-async def _daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
 
 
 # ---------------------------------------------------------------------------------------------

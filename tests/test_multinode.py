@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import POSTGRES_DSN, TIMEOUT_UNIT, drop_schema, fresh_schema, require_postgres
+from tests.daemon import Daemon, ws_url
 from tests.support import RpcClient, cursor, make_events, new_store_id, seqs_of
-from tests.test_cli import start
 
 pytestmark = pytest.mark.postgres
 
@@ -21,34 +19,21 @@ NODES = 3
 PUSHES_PER_NODE = 25
 
 
-class Node:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    def url(self, store: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/?storeId={store}&transport=ws"
-
-
-async def start_node(schema: str, data_dir: Path) -> Node:
-    env = dict(os.environ)
-    env.update(
-        GATEWAY_STORE_BACKEND="postgres",
-        GATEWAY_STORE_DSN=POSTGRES_DSN,
-        GATEWAY_STORE_POSTGRES_SCHEMA=schema,
-        GATEWAY_STORE_RECONCILE_INTERVAL="1",
-    )
-    proc, port = await start(
-        "serve", "--port", "0", "--data-dir", str(data_dir), env=env, drain=True
-    )
-    return Node(proc, port)
+async def start_node(schema: str, data_dir: Path) -> Daemon:
+    env = {
+        "GATEWAY_STORE_BACKEND": "postgres",
+        "GATEWAY_STORE_DSN": POSTGRES_DSN,
+        "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
+        "GATEWAY_STORE_RECONCILE_INTERVAL": "1",
+    }
+    return await Daemon.start("--port", "0", "--data-dir", str(data_dir), env=env)
 
 
 @pytest.fixture(name="cluster")
-async def _cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
+async def _cluster(tmp_path: Path) -> AsyncIterator[list[Daemon]]:
     await require_postgres()
     schema = fresh_schema()
-    nodes: list[Node] = []
+    nodes: list[Daemon] = []
     try:
         # The first node migrates the schema; the others find it ready.
         nodes.append(await start_node(schema, tmp_path / "n0"))
@@ -57,11 +42,7 @@ async def _cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
         )
         yield nodes
     finally:
-        for node in nodes:
-            if node.proc.returncode is None:
-                node.proc.terminate()
-        for node in nodes:
-            await node.proc.wait()
+        await asyncio.gather(*(node.stop() for node in nodes))
         await drop_schema(schema)
 
 
@@ -82,15 +63,15 @@ class Subscriber:
         return self.events
 
 
-async def subscribe(node: Node, store: str) -> Subscriber:
-    client = await RpcClient.open(node.url(store), store)
+async def subscribe(node: Daemon, store: str) -> Subscriber:
+    client = await RpcClient.open(ws_url(node.port, store), store)
     rid, items = await client.live_pull()
     return Subscriber(client, rid, items)
 
 
-async def pusher(node: Node, store: str, tag: str, count: int, acked: list[int]) -> None:
+async def pusher(node: Daemon, store: str, tag: str, count: int, acked: list[int]) -> None:
     """Push ``count`` single events, re-parenting on ServerAheadError, recording acked seqs."""
-    client = await RpcClient.open(node.url(store), store)
+    client = await RpcClient.open(ws_url(node.port, store), store)
     parent = 0
     try:
         for n in range(count):
@@ -110,7 +91,7 @@ async def pusher(node: Node, store: str, tag: str, count: int, acked: list[int])
         await client.ws.close()
 
 
-async def test_three_nodes_one_order_live_everywhere(cluster: list[Node]) -> None:
+async def test_three_nodes_one_order_live_everywhere(cluster: list[Daemon]) -> None:
     """Concurrent pushes through 3 nodes: every node's subscriber sees the same gapless log."""
     store = new_store_id("multi")
     subscribers = [await subscribe(node, store) for node in cluster]
@@ -130,7 +111,7 @@ async def test_three_nodes_one_order_live_everywhere(cluster: list[Node]) -> Non
     assert tags == {(f"node{i}", n) for i in range(NODES) for n in range(PUSHES_PER_NODE)}
     assert sorted(seq for seqs in acked for seq in seqs) == list(range(1, total + 1))
     # A fresh pull through any node returns the same log.
-    late = await RpcClient.open(cluster[2].url(store), store)
+    late = await RpcClient.open(ws_url(cluster[2].port, store), store)
     pulled = [entry["eventEncoded"] for item in await late.pull() for entry in item["batch"]]
     assert pulled == logs[0]
     for sub in subscribers:
@@ -138,7 +119,7 @@ async def test_three_nodes_one_order_live_everywhere(cluster: list[Node]) -> Non
     await late.close()
 
 
-async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Node]) -> None:
+async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Daemon]) -> None:
     """Killing a node mid-load loses nothing it acked; the other nodes keep serving."""
     store = new_store_id("kill")
     watchers = [await subscribe(cluster[1], store), await subscribe(cluster[2], store)]
@@ -146,8 +127,7 @@ async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Node]) -> Non
     victim = asyncio.create_task(pusher(cluster[0], store, "victim", 10_000, acked[0]))
     async with asyncio.timeout(30 * TIMEOUT_UNIT):
         await watchers[0].until(20)
-    cluster[0].proc.send_signal(signal.SIGKILL)
-    await cluster[0].proc.wait()
+    await cluster[0].kill()
     with pytest.raises(Exception):  # noqa: B017, PT011 - the victim's connection just dies
         await victim
     # The survivors keep accepting pushes that chain after everything the victim wrote.
@@ -164,7 +144,7 @@ async def test_sigkill_one_node_loses_no_acked_event(cluster: list[Node]) -> Non
     assert logs[1] == logs[0]
     assert set(acked[0]) <= set(seqs), "an acked event of the killed node was lost"
     # A fresh pull through a surviving node returns that log too.
-    check = await RpcClient.open(cluster[2].url(store), store)
+    check = await RpcClient.open(ws_url(cluster[2].port, store), store)
     pulled = [entry["eventEncoded"] for item in await check.pull() for entry in item["batch"]]
     await check.close()
     assert pulled == logs[0]
@@ -207,8 +187,7 @@ async def test_lost_listener_reconnects_and_fills_the_gap(tmp_path: Path) -> Non
         await watcher.client.close()
     finally:
         for node in nodes:
-            node.proc.terminate()
-            await node.proc.wait()
+            await node.stop()
         await drop_schema(schema)
 
 

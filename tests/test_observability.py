@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,11 +27,11 @@ from tests.conftest import TIMEOUT_UNIT, GatewayHarness
 from tests.daemon import (
     REPO,
     Daemon,
-    clean_env,
     free_port,
     make_jwt,
     none_contain,
     run_cli,
+    spawn,
     write_toml,
     ws_url,
 )
@@ -395,19 +394,7 @@ class Tail:
 
     @classmethod
     async def start(cls, *args: str, env: dict[str, str]) -> Tail:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "tail",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean_env(env),
-            cwd=REPO,
-        )
-        return cls(proc)
+        return cls(await spawn("tail", *args, env=env))
 
     async def event(self, within: float = 10 * TIMEOUT_UNIT) -> dict[str, Any]:
         assert self.proc.stdout is not None

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -29,11 +28,10 @@ from gateway.systemd import Notifier
 from tests.conftest import TIMEOUT_UNIT
 from tests.daemon import (
     LISTENING,
-    REPO,
     Daemon,
     NotifyListener,
-    clean_env,
     is_watchdog,
+    spawn,
     write_toml,
 )
 from tests.support import http_request
@@ -207,19 +205,10 @@ class NotifiedDaemon:
         cls, listener: NotifyListener, tmp: Path, *args: str, watchdog_usec: int = 1_000_000
     ) -> NotifiedDaemon:
         stderr_path = tmp / "stderr.log"
-        env = clean_env({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": str(watchdog_usec)})
+        env = {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": str(watchdog_usec)}
         with stderr_path.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-                cwd=REPO,
+            proc = await spawn(
+                "serve", *args, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=err
             )
         return cls(proc, stderr_path)
 
@@ -245,14 +234,6 @@ class NotifiedDaemon:
         if self.proc.returncode is None:
             self.proc.kill()
         await self.proc.wait()
-
-
-@pytest.fixture(name="daemons")
-async def _daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
 
 
 @pytest.fixture(name="notified")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import make_config
 from tests.conftest import GatewayHarness
 from tests.support import RpcClient
 
@@ -47,18 +44,13 @@ ValidatorGateway = Callable[[Any], Awaitable[GatewayHarness]]
 
 
 @pytest.fixture(name="gateway_with_validator")
-async def _gateway_with_validator(tmp_path: Path) -> AsyncIterator[ValidatorGateway]:
+def _gateway_with_validator(
+    make_gateway: Callable[..., Awaitable[GatewayHarness]],
+) -> ValidatorGateway:
     """Factory: ``await gateway_with_validator(hook)`` starts a gateway whose
     ``validate_payload`` hook is ``hook`` (spec §3), on 127.0.0.1:0; stopped after the test."""
-    started: list[GatewayHarness] = []
 
     async def factory(hook: Any) -> GatewayHarness:
-        harness = GatewayHarness(make_config(data_dir=str(tmp_path / f"hooked{len(started)}")))
-        harness.gw = Gateway(harness.config, validate_payload=hook)
-        await harness.start()
-        started.append(harness)
-        return harness
+        return await make_gateway(validate_payload=hook)
 
-    yield factory
-    for harness in started:
-        await harness.stop()
+    return factory

@@ -1,10 +1,11 @@
 """End-to-end interop: the real, unmodified LiveStore 0.4.0 npm client against the gateway.
 
-Each test starts the gateway as a subprocess (``python -m gateway serve --port 0``), parses the one
-``listening on ws://HOST:PORT`` line it prints on stderr, and drives one or more long-running Node
-client processes (``client.mjs``: a full LiveStore store with ``@livestore/adapter-node`` and the
-``makeWsSync`` / ``makeHttpSync`` backends of ``@livestore/sync-cf``) through JSON lines on their
-stdin/stdout. Nothing here sleeps to synchronise: every wait is on an output line, with a timeout.
+Each test starts the gateway as a subprocess (``python -m gateway serve --port 0``, a
+:class:`tests.daemon.Daemon`), waits for the one ``listening on ws://HOST:PORT`` line it prints on
+stderr, and drives one or more long-running Node client processes (``client.mjs``: a full LiveStore
+store with ``@livestore/adapter-node`` and the ``makeWsSync`` / ``makeHttpSync`` backends of
+``@livestore/sync-cf``) through JSON lines on their stdin/stdout. Nothing here sleeps to
+synchronise: every wait is on an output line, with a timeout.
 
 Needs ``node`` (20+) and ``npm ci`` in tests/interop. Without them the tests are skipped, except
 under CI=true, where they fail.
@@ -21,8 +22,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
-import sys
 import time
 import uuid
 from collections import deque
@@ -33,31 +32,23 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.conftest import TIMEOUT_UNIT, in_ci
+from tests.daemon import GATEWAY, Daemon, drain_lines, stop_process
+
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 INTEROP_DIR = Path(__file__).resolve().parent
-REPO_ROOT = INTEROP_DIR.parent.parent
 CLIENT_SCRIPT = INTEROP_DIR / "client.mjs"
 
-# Every wait scales with this, so a slow CI box can stretch them (same knob as tests/conftest.py).
-UNIT = float(os.environ.get("GATEWAY_TEST_TIMEOUT_UNIT", "1"))
-
-LISTENING_RE = re.compile(r"listening on ws://(?P<host>[^\s:]+|\[[^\]]+\]):(?P<port>\d+)")
+# Every wait scales with this, so a slow CI box can stretch them (GATEWAY_TEST_TIMEOUT_UNIT).
+UNIT = TIMEOUT_UNIT
 
 # The server under test. INTEROP_GATEWAY_CMD (a shell-quoted command prefix) swaps in another build
 # or implementation; it gets the same `serve --host ... --port ... --data-dir ...` arguments.
-GATEWAY_CMD = shlex.split(os.environ.get("INTEROP_GATEWAY_CMD", "")) or [
-    sys.executable,
-    "-m",
-    "gateway",
-]
+GATEWAY_CMD = tuple(shlex.split(os.environ.get("INTEROP_GATEWAY_CMD", ""))) or GATEWAY
 
 # Lines of a child's stderr kept for failure messages.
 LOG_TAIL = 300
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def _prerequisites_problem() -> str | None:
@@ -74,83 +65,44 @@ def _interop_prerequisites() -> None:
     problem = _prerequisites_problem()
     if problem is None:
         return
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"interop prerequisites missing under CI: {problem}")
     pytest.skip(problem)
-
-
-async def _drain(stream: asyncio.StreamReader, sink: Callable[[str], None]) -> None:
-    while True:
-        line = await stream.readline()
-        if not line:
-            return
-        sink(line.decode("utf-8", "replace").rstrip("\n"))
-
-
-async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> int:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode
 
 
 # ---------------------------------------------------------------------------------------------
 # The gateway subprocess
 
-
-# Auth settings a developer's shell might carry: the server under test gets only what a test sets.
-_AUTH_ENV = (
-    "REQUIRE_AUTH",
-    "JWT_SECRET",
-    "JWT_PREVIOUS_SECRET",
-    "SERVER_BYPASS_TOKEN",
-    "AUTH_GRACE_PERIOD",
-    "CREDENTIALS_DIRECTORY",
-)
-
-
-def _gateway_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in _AUTH_ENV and not name.startswith("GATEWAY_AUTH_")
-    }
-    env.update(extra)
-    return env
+# The runner's own GATEWAY_* settings reach the server under test, except these (auth settings a
+# developer's shell might carry); the other variables the gateway reads never do (tests.daemon).
+AUTH_SETTINGS = ("GATEWAY_AUTH_",)
 
 
 class GatewayProcess:
-    """``python -m gateway serve`` on 127.0.0.1 with a data dir; restartable on the same port.
+    """``gateway serve`` on 127.0.0.1 with a data dir; restartable on the same port.
 
-    ``env`` adds environment variables (e.g. ``REQUIRE_AUTH``); auth variables inherited from
-    the test's own environment are dropped. Every stderr/stdout line is kept in ``history``
-    (across restarts) for :meth:`wait_log`; ``log`` is the tail shown in failure messages.
+    ``env`` adds environment variables (e.g. ``REQUIRE_AUTH``); the auth variables inherited from
+    the test's own environment are dropped, as are the ``GATEWAY_*`` ones under
+    ``drop_prefixes``. Every output line of every process (each a :class:`~tests.daemon.Daemon`)
+    is kept in ``history``, between start and exit markers, for :meth:`wait_log`,
+    :meth:`log_lines` and failure messages.
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        drop_prefixes: tuple[str, ...] = AUTH_SETTINGS,
+    ) -> None:
         self.data_dir = data_dir
-        self.env = _gateway_env(env or {})
-        self.proc: asyncio.subprocess.Process | None = None
+        self.env = env or {}
+        self.drop_prefixes = drop_prefixes
+        self.daemon: Daemon | None = None
         self.host = "127.0.0.1"
         self.port = 0
-        self.log: deque[str] = deque(maxlen=LOG_TAIL)
         self.history: list[str] = []
-        self._new_line = asyncio.Event()
-        self._drains: list[asyncio.Task[None]] = []
         self.generation = 0
-
-    def _record(self, line: str) -> None:
-        self.log.append(line)
-        self.history.append(line)
-        self._new_line.set()
 
     def log_lines(self, pattern: str) -> list[str]:
         regex = re.compile(pattern)
@@ -158,22 +110,8 @@ class GatewayProcess:
 
     async def wait_log(self, pattern: str, *, count: int = 1, within: float = 20.0) -> list[str]:
         """Wait until at least ``count`` logged lines match ``pattern``; return them all."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within * UNIT
-        while True:
-            hits = self.log_lines(pattern)
-            if len(hits) >= count:
-                return hits
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"gateway logged {len(hits)} line(s) matching {pattern!r} within {within} s, "
-                    f"expected {count}:\n{self.log_tail()}"
-                )
-            # No await between counting and clearing, so no line can slip through unseen.
-            self._new_line.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_line.wait(), remaining)
+        assert self.daemon is not None, "the gateway is not running"
+        return await self.daemon.wait_lines(pattern, count=count, within=within * UNIT)
 
     def ws_url(self, path: str = "/") -> str:
         return f"ws://{self.host}:{self.port}{path}"
@@ -182,77 +120,38 @@ class GatewayProcess:
         return f"http://{self.host}:{self.port}{path}"
 
     def log_tail(self, n: int = 60) -> str:
-        return "\n".join(list(self.log)[-n:])
+        return "\n".join(self.history[-n:])
 
     async def start(self, port: int = 0, within: float = 20.0) -> None:
-        assert self.proc is None, "already running"
+        assert self.daemon is None, "already running"
         self.generation += 1
-        self._record(f"--- gateway start #{self.generation} (port {port}) ---")
-        self.proc = await asyncio.create_subprocess_exec(
-            *GATEWAY_CMD,
-            "serve",
+        self.history.append(f"--- gateway start #{self.generation} (port {port}) ---")
+        self.daemon = await Daemon.start(
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
             "--data-dir",
             str(self.data_dir),
-            cwd=REPO_ROOT,
             env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            drop_prefixes=self.drop_prefixes,
+            command=GATEWAY_CMD,
+            lines=self.history,
+            within=within * UNIT,
         )
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        self._drains.append(asyncio.create_task(_drain(self.proc.stdout, self._record)))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within * UNIT
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                await self.stop()
-                pytest.fail(
-                    f"gateway did not print 'listening on ws://HOST:PORT' within {within} s:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                raw = await asyncio.wait_for(self.proc.stderr.readline(), remaining)
-            except TimeoutError:
-                continue
-            if not raw:
-                code = await self.proc.wait()
-                await self._finish()
-                pytest.fail(
-                    f"gateway exited with code {code} before it was ready:\n{self.log_tail()}"
-                )
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self._record(line)
-            match = LISTENING_RE.search(line)
-            if match:
-                self.host = match["host"]
-                self.port = int(match["port"])
-                break
+        self.host, self.port = self.daemon.host, self.daemon.port
         assert self.port > 0, f"gateway reported port {self.port}"
         if port:
             assert self.port == port, f"asked for port {port}, gateway listens on {self.port}"
-        self._drains.append(asyncio.create_task(_drain(self.proc.stderr, self._record)))
 
     async def stop(self, grace: float = 10.0) -> int:
         """SIGTERM (then SIGKILL after ``grace`` s); returns the exit code."""
-        if self.proc is None:
+        if self.daemon is None:
             return 0
-        code = await _stop_process(self.proc, grace=grace * UNIT)
-        self._record(f"--- gateway #{self.generation} exited with {code} ---")
-        await self._finish()
+        code = await self.daemon.stop(grace * UNIT)
+        self.history.append(f"--- gateway #{self.generation} exited with {code} ---")
+        self.daemon = None
         return code
-
-    async def _finish(self) -> None:
-        for task in self._drains:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 5)
-        self._drains.clear()
-        self.proc = None
 
     async def restart(self) -> None:
         """Stop, then start a new process on the SAME port and data dir."""
@@ -285,7 +184,7 @@ class NodeClient:
         assert proc.stderr is not None
         self._drains = [
             asyncio.create_task(self._read_stdout(proc.stdout)),
-            asyncio.create_task(_drain(proc.stderr, self.stderr.append)),
+            asyncio.create_task(drain_lines(proc.stderr, self.stderr.append)),
         ]
 
     @classmethod
@@ -442,7 +341,7 @@ class NodeClient:
     async def kill(self, grace: float = 5.0) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
-        await _stop_process(self.proc, grace=grace)
+        await stop_process(self.proc, grace)
         for task in self._drains:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
@@ -560,6 +459,32 @@ def assert_subsequence_in_order(all_ids: list[str], mine: list[str]) -> None:
     assert positions == sorted(positions), f"{mine} are out of order in {all_ids}"
 
 
+async def push_three_each_from_empty(a: NodeClient, b: NodeClient) -> None:
+    """A and B (connected, on an empty store) commit A-1..A-3 and B-1..B-3 and push them at once:
+    each client's first Push frame is held on the wire so both leave with parentSeqNum 0."""
+    await asyncio.gather(a.cmd("hold", on=True), b.cmd("hold", on=True))
+    await asyncio.gather(a.commit("A", 3, together=True), b.commit("B", 3, together=True))
+    await asyncio.gather(
+        a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15)
+    )
+    released = await asyncio.gather(a.cmd("release"), b.cmd("release"))
+    assert all(r["released"] >= 1 for r in released), released
+
+
+def assert_one_won_one_rebased(dump_a: dict[str, Any], dump_b: dict[str, Any]) -> None:
+    """After push_three_each_from_empty: one client's three events came first, unopposed; the
+    other got ServerAheadError and pushed its own again, rebased after them."""
+    order = event_ids(dump_a)
+    assert order in (ids("A", 1, 3) + ids("B", 1, 3), ids("B", 1, 3) + ids("A", 1, 3)), order
+    winner, loser = (dump_a, dump_b) if order[0] == "A-1" else (dump_b, dump_a)
+    assert winner["counters"]["serverAheadErrors"] == 0, winner["counters"]
+    assert loser["counters"]["serverAheadErrors"] >= 1, (
+        f"the losing client never saw ServerAheadError: {loser['counters']}"
+    )
+    # The loser pushed its events twice: once rejected, once rebased onto the winner's.
+    assert loser["counters"]["pushesSent"] >= 2, loser["counters"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Scenarios
 
@@ -596,28 +521,13 @@ async def test_concurrent_commits_rebase(clients: ClientFactory, store_id: str) 
     b = await clients("client-B", store_id=store_id)
     await asyncio.gather(a.wait_connected(15), b.wait_connected(15))
 
-    # Hold each client's first Push frame on the wire so both leave with parentSeqNum 0.
-    await asyncio.gather(a.cmd("hold", on=True), b.cmd("hold", on=True))
-    await asyncio.gather(a.commit("A", 3, together=True), b.commit("B", 3, together=True))
-    await asyncio.gather(
-        a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15)
-    )
-    released = await asyncio.gather(a.cmd("release"), b.cmd("release"))
-    assert all(r["released"] >= 1 for r in released), released
+    await push_three_each_from_empty(a, b)
 
     await asyncio.gather(a.wait_rows(6, within=30), b.wait_rows(6, within=30))
     dump_a, dump_b = await a.dump(), await b.dump()
     assert_same(dump_a, dump_b)
 
-    order = event_ids(dump_a)
-    assert order in (ids("A", 1, 3) + ids("B", 1, 3), ids("B", 1, 3) + ids("A", 1, 3)), order
-    winner, loser = (dump_a, dump_b) if order[0] == "A-1" else (dump_b, dump_a)
-    assert winner["counters"]["serverAheadErrors"] == 0, winner["counters"]
-    assert loser["counters"]["serverAheadErrors"] >= 1, (
-        f"the losing client never saw ServerAheadError: {loser['counters']}"
-    )
-    # The loser pushed its events twice: once rejected, once rebased onto the winner's.
-    assert loser["counters"]["pushesSent"] >= 2, loser["counters"]
+    assert_one_won_one_rebased(dump_a, dump_b)
 
 
 async def test_late_joiner_catches_up_1000_events(clients: ClientFactory, store_id: str) -> None:
@@ -776,6 +686,25 @@ def refused_line(code: str, store_id: str, instance_id: str) -> str:
     )
 
 
+async def expired_and_dev_clients(
+    clients: ClientFactory, store_id: str
+) -> tuple[NodeClient, NodeClient]:
+    """The clients test_auth_refused_clients_never_sync expects refused and its control,
+    test_auth_dev_mode_control, expects admitted: one with a JWT that expired 2 h ago (beyond
+    the 1 h grace window; signed correctly, so only ``exp`` is wrong), one with the dev token."""
+    expired = await clients(
+        "client-expired",
+        store_id=store_id,
+        sync_payload=jwt_payload("app-expired", "mallory", expires_in=-2 * 3600),
+    )
+    dev = await clients(
+        "client-dev",
+        store_id=store_id,
+        sync_payload={"instanceId": "app-dev", "authToken": DEV_TOKEN},
+    )
+    return expired, dev
+
+
 @pytest.fixture(name="auth_gateway")
 async def _auth_gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     """A gateway in production mode: REQUIRE_AUTH=true, HS256 secret, bypass token, 1 h grace."""
@@ -835,17 +764,7 @@ async def test_auth_refused_clients_never_sync(
     await valid.commit("V", 3)
     await valid.wait_rows(3, within=15)
 
-    # Expired 2 h ago: beyond the 1 h grace window. Signed correctly, so only `exp` is wrong.
-    expired = await auth_clients(
-        "client-expired",
-        store_id=store_id,
-        sync_payload=jwt_payload("app-expired", "mallory", expires_in=-2 * 3600),
-    )
-    dev = await auth_clients(
-        "client-dev",
-        store_id=store_id,
-        sync_payload={"instanceId": "app-dev", "authToken": DEV_TOKEN},
-    )
+    expired, dev = await expired_and_dev_clients(auth_clients, store_id)
     # (client, its instanceId, its todo prefix, the gateway's code, the HTTP status)
     refused = (
         (expired, "app-expired", "E", "TOKEN_EXPIRED", 401),
@@ -948,16 +867,7 @@ async def test_auth_dev_mode_control(tmp_path: Path, store_id: str) -> None:
         )
         await valid.commit("V", 2)
         await valid.wait_rows(2, within=15)
-        expired = await clients(
-            "client-expired",
-            store_id=store_id,
-            sync_payload=jwt_payload("app-expired", "mallory", expires_in=-2 * 3600),
-        )
-        dev = await clients(
-            "client-dev",
-            store_id=store_id,
-            sync_payload={"instanceId": "app-dev", "authToken": DEV_TOKEN},
-        )
+        expired, dev = await expired_and_dev_clients(clients, store_id)
         await expired.commit("E", 1)
         await expired.wait_rows(3, within=15)
         await dev.commit("D", 1)

@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.interop.test_interop import (
+    AUTH_SETTINGS,
     UNIT,
     ClientError,
     ClientFactory,
@@ -34,10 +35,12 @@ from tests.interop.test_interop import (
     # Fixtures used here: the autouse skip/fail on missing node or npm packages, and store_id.
     _interop_prerequisites,  # noqa: F401
     _store_id,  # noqa: F401
+    assert_one_won_one_rebased,
     assert_same,
     assert_subsequence_in_order,
     event_ids,
     ids,
+    push_three_each_from_empty,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -86,11 +89,10 @@ async def _pg_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     try:
         async with contextlib.AsyncExitStack() as stack:
             for i in (1, 2):
-                node = GatewayProcess(tmp_path / f"node{i}", env)
                 # Store settings from the runner's own shell must not change the backend.
-                for name in [n for n in node.env if n.startswith("GATEWAY_STORE_")]:
-                    if name not in env:
-                        del node.env[name]
+                node = GatewayProcess(
+                    tmp_path / f"node{i}", env, drop_prefixes=(*AUTH_SETTINGS, "GATEWAY_STORE_")
+                )
                 nodes.append(node)
                 # One after the other: the first node migrates the schema.
                 await node.start()
@@ -253,28 +255,13 @@ async def test_pg_concurrent_commits_on_two_nodes_rebase(
     )
     await asyncio.gather(a.wait_connected(15), b.wait_connected(15))
 
-    # Hold each client's first Push frame on the wire so both leave with parentSeqNum 0.
-    await asyncio.gather(a.cmd("hold", on=True), b.cmd("hold", on=True))
-    await asyncio.gather(a.commit("A", 3, together=True), b.commit("B", 3, together=True))
-    await asyncio.gather(
-        a.cmd("waitheld", count=1, timeout=15), b.cmd("waitheld", count=1, timeout=15)
-    )
-    released = await asyncio.gather(a.cmd("release"), b.cmd("release"))
-    assert all(r["released"] >= 1 for r in released), released
+    await push_three_each_from_empty(a, b)
 
     await wait_all(6, a, b, within=30)
     dump_a, dump_b = await a.dump(), await b.dump()
     assert_same(dump_a, dump_b)
 
-    order = event_ids(dump_a)
-    assert order in (ids("A", 1, 3) + ids("B", 1, 3), ids("B", 1, 3) + ids("A", 1, 3)), order
-    winner, loser = (dump_a, dump_b) if order[0] == "A-1" else (dump_b, dump_a)
-    assert winner["counters"]["serverAheadErrors"] == 0, winner["counters"]
-    assert loser["counters"]["serverAheadErrors"] >= 1, (
-        f"the losing client never saw ServerAheadError: {loser['counters']}"
-    )
-    # The loser pushed its events twice: once rejected, once rebased onto the winner's.
-    assert loser["counters"]["pushesSent"] >= 2, loser["counters"]
+    assert_one_won_one_rebased(dump_a, dump_b)
     for dump in (dump_a, dump_b):
         assert dump["counters"]["backendIdMismatchErrors"] == 0, dump["counters"]
         assert dump["counters"]["wsOpened"] == 1, f"a socket dropped: {dump['counters']}"

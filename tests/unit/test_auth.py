@@ -2,15 +2,11 @@
 
 Every cell of the decision table (README, "Authentication") is a parametrized case, run
 through the same pipeline the hook uses: extract_credentials -> verify_jwt -> decide. Keys
-and secrets are generated per test session; nothing secret is committed.
+and secrets come from tests/keys.py (generated per test session; nothing secret is committed).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,31 +14,33 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway import auth
 from gateway.handshake import MISSING
+from tests.keys import (
+    AUDIENCE,
+    BYPASS,
+    DEV_TOKEN,
+    EC384_KEY,
+    EC_KEY,
+    ED_KEY,
+    ISSUER,
+    OTHER_RSA_KEY,
+    OTHER_SECRET,
+    RSA_KEY,
+    RSA_PUBLIC_PEM,
+    SECRET,
+    b64,
+    forge,
+    forge_hs256,
+    replace_claims,
+    with_token,
+)
 
 NOW = 1_750_000_000.0
 GRACE = 86_400.0
 LEEWAY = 10.0
-SECRET = secrets.token_urlsafe(48)
-OTHER_SECRET = secrets.token_urlsafe(48)
-BYPASS = secrets.token_urlsafe(32)
-DEV_TOKEN = "insecure-token-change-me"
-AUDIENCE = "sync.example"
-ISSUER = "https://auth.example"
 MAX_TOKEN_BYTES = 8192
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-EC384_KEY = ec.generate_private_key(ec.SECP384R1())
-ED_KEY = ed25519.Ed25519PrivateKey.generate()
-RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
-    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-)
 
 HS_RULES = auth.JwtRules(
     algorithms=("HS256",),
@@ -56,10 +54,6 @@ HS_KEYS = (SECRET.encode(),)
 
 # ---------------------------------------------------------------------------------------------
 # Token helpers
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def claims_for(**changes: Any) -> dict[str, Any]:
@@ -90,22 +84,9 @@ def mint(
     return jwt.encode(claims_for(**changes), key, algorithm=algorithm, headers=headers)
 
 
-def forge(header: Mapping[str, Any], claims: Mapping[str, Any], signature: bytes = b"") -> str:
-    """A compact JWS with arbitrary header, claims and signature bytes."""
-    return ".".join((b64(orjson.dumps(header)), b64(orjson.dumps(claims)), b64(signature)))
-
-
-def forge_hs256(header: Mapping[str, Any], claims: Mapping[str, Any], secret: bytes) -> str:
-    """HS256 by hand (pyjwt refuses to use a PEM public key as an HMAC secret)."""
-    signing_input = f"{b64(orjson.dumps(header))}.{b64(orjson.dumps(claims))}"
-    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(mac)}"
-
-
 def tamper_claims(token: str, **changes: Any) -> str:
     """Replace the claims segment, keeping the original header and signature."""
-    header, _, signature = token.split(".")
-    return f"{header}.{b64(orjson.dumps(claims_for(**changes)))}.{signature}"
+    return replace_claims(token, claims_for(**changes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,10 +137,6 @@ class Deny:
 
 
 Expectation = Accept | Deny
-
-
-def with_token(token: str) -> dict[str, Any]:
-    return {"instanceId": "device-1", "authToken": token}
 
 
 # (credential id, payload factory, grace period, development expectation, production one)
