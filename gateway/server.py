@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import functools
 import hashlib
 import hmac
 import http
@@ -328,6 +329,9 @@ class Frontend:
                 )
         response.headers["Server"] = SERVER_HEADER
         connection.respond(response, lambda: self._open_session(connection))
+        # The parser's frame keeps the request for the connection's lifetime; what the
+        # session needs from its headers was copied (``Admitted``).
+        request.headers.clear()
 
     def closed(self, connection: WsConnection, session: Session | None) -> None:
         self.ws_connections.discard(connection)
@@ -462,7 +466,8 @@ class Frontend:
             store_id,
             self.engine,
             limits=self.config.limits,
-            before_push=lambda: self.push_gate(admission),
+            # A partial, not a closure: one object per idle connection instead of three.
+            before_push=functools.partial(self.push_gate, admission),
         )
         admitted.started = time.monotonic()
         logger.info(
