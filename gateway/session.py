@@ -3,8 +3,8 @@
 Request state is keyed by the request id *of this connection* (two clients may both use
 "0"). Pulls and pushes run as tasks, so the reader keeps answering Pings and taking Acks
 while a catch-up streams or a push waits for the store. Every frame is written without
-awaiting (``broadcast`` on one connection), which keeps frames in the order they were
-produced; the only awaited sends are catch-up chunks, which wait for the socket to drain
+awaiting (``Wire.send``), which keeps frames in the order they were produced; the only
+awaited sends are catch-up chunks (``Wire.send_paced``), which wait for the socket to drain
 so a large backlog never piles up in memory. A connection whose queued bytes exceed
 ``limits.send_buffer_limit`` is evicted (close 1013): its client reconnects and re-pulls.
 
