@@ -328,10 +328,20 @@ _META_PREFIX: Final = b'{"_tag":"Some","value":{"_tag":"SyncMessage.SyncMetadata
 _META_SUFFIX: Final = b'"}}'
 
 
+# The formatted second of the last timestamp: every push formats one, mostly in the same second.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00.")
+
+
 def iso_millis(created_ms: int) -> str:
     """ISO 8601 with milliseconds and ``Z``, as the reference's ``createdAt`` (spec §5.3)."""
-    moment = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created_ms % 1000:03d}Z"
+    global _last_second
+    second, millis = divmod(created_ms, 1000)
+    cached, prefix = _last_second
+    if second != cached:
+        moment = datetime.fromtimestamp(second, tz=UTC)
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, prefix)
+    return f"{prefix}{millis:03d}Z"
 
 
 def metadata(created_ms: int) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 
@@ -223,6 +225,26 @@ class TestEncoding:
             "_tag": "Some",
             "value": {"_tag": "SyncMessage.SyncMetadata", "createdAt": "2026-01-01T12:00:00.007Z"},
         }
+
+    @pytest.mark.parametrize(
+        "ms",
+        [
+            0,
+            999,
+            1000,
+            1_767_268_799_999,
+            1_767_268_800_000,
+            1_767_268_800_001,
+            4_102_444_800_000,
+        ],
+    )
+    def test_iso_millis_matches_datetime_whatever_came_before(self, ms: int) -> None:
+        """The per-second cache never leaks one second's text into another's timestamps."""
+        second, millis = divmod(ms, 1000)
+        expected = f"{datetime.fromtimestamp(second, tz=UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+        for before in (ms - 1, ms + 1000, ms, 0):
+            protocol.iso_millis(max(before, 0))
+            assert protocol.iso_millis(ms) == expected, (before, ms)
 
     def test_exits(self) -> None:
         rid = protocol.request_id_json("1")
