@@ -119,7 +119,8 @@ class Gateway:
     async def reload(self, new: Config) -> None:
         """Apply a new configuration without dropping connections.
 
-        Live: auth policy and keys, bypass token, grace window, limits, log level, metrics.
+        Live: auth policy and keys, bypass token, grace window, limits, keepalive and
+        timeouts, store unloading, log level, metrics.
         Connections whose credentials the new policy refuses are closed (4003, or 4001 when
         the token is merely expired). Raises ConfigError, changing nothing, when ``new``
         changes a restart-only setting or its keys cannot be loaded.

@@ -213,8 +213,7 @@ class Frontend:
             lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
         )
         self._sweepers.append(loop.create_task(self._sweep_expiries()))
-        if server_config.ping_interval:
-            self._sweepers.append(loop.create_task(self._sweep_keepalive()))
+        self._sweepers.append(loop.create_task(self._sweep_keepalive()))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -503,15 +502,19 @@ class Frontend:
         )
 
     async def _sweep_keepalive(self) -> None:
-        """Keepalive for every open session from one task (see ``WsConnection.keepalive``)."""
-        server_config = self.config.server
-        interval = server_config.ping_interval or 0.0
-        timeout = server_config.ping_timeout
-        tick = min(interval, timeout or interval) / 2
-        tick = min(max(tick, 0.05), 5.0)
+        """Keepalive for every open session from one task (see ``WsConnection.keepalive``).
+
+        The settings are read on every tick, so a reload changes them for all sessions.
+        """
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(tick)
+            server_config = self.config.server
+            interval = server_config.ping_interval or 0.0
+            timeout = server_config.ping_timeout or None
+            tick = min(interval, timeout or interval) / 2 if interval else 1.0
+            await asyncio.sleep(min(max(tick, 0.05), 5.0))
+            if not interval:
+                continue
             now = loop.time()
             for connection in tuple(self.ws_connections):
                 if connection.session is not None:

@@ -879,3 +879,20 @@ async def test_closed_connections_leave_no_cyclic_garbage(
     finally:
         gc.enable()
     assert alive == [], alive
+
+
+async def test_reload_turns_keepalive_on_for_open_sessions(make_gateway: MakeGateway) -> None:
+    """Keepalive settings are read live: a session opened with keepalive off gets pinged (and,
+    never answering, closed 1011) once a reload turns it on."""
+    import dataclasses
+
+    gw = await make_gateway(ping_interval=0, ping_timeout=0)
+    ws = await RawWs.connect(gw, new_store_id())
+    try:
+        server = dataclasses.replace(gw.config.server, ping_interval=0.2, ping_timeout=0.3)
+        await gw.gw.reload(dataclasses.replace(gw.config, server=server))
+        frames = await ws.frames_until_end(5 * TIMEOUT_UNIT)
+    finally:
+        await ws.aclose()
+    assert [f.opcode for f in frames if f.opcode == OP_PING], frames
+    assert [c.close_code for c in close_frames(frames)] == [1011], frames
