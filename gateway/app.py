@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from prometheus_client.core import Metric
 
 from gateway import metrics
 from gateway.authgate import AuthGate
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, StoreConfig
 from gateway.engine import SyncEngine
 from gateway.handshake import PayloadContext, Refusal, ValidatePayload
 from gateway.hub import Hub
@@ -24,8 +25,13 @@ from gateway.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
 
-# Settings that need a restart to change; a reload that changes them is refused.
-RESTART_ONLY = (("server", "host"), ("server", "port"), ("store", "backend"), ("store", "data_dir"))
+# Settings that need a restart to change; a reload that changes them is refused (rather than
+# accepted and silently not applied). Every store setting but unloading is read once, at start.
+RESTART_ONLY = (
+    ("server", "host"),
+    ("server", "port"),
+    *(("store", f.name) for f in dataclasses.fields(StoreConfig) if f.name != "unload_idle_after"),
+)
 
 
 def make_store(config: Config) -> EventStore:

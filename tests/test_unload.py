@@ -187,3 +187,24 @@ async def test_server_unloads_idle_stores_and_serves_them_again(make_gateway: Ma
         assert seqs_of(await client.pull()) == [1, 2, 3, 4, 5]
     finally:
         await client.close()
+
+
+async def test_reload_applies_unloading_and_refuses_other_store_settings(
+    make_gateway: MakeGateway,
+) -> None:
+    """store.unload_idle_after changes on reload; the other store settings are read once at
+    start, so a reload that changes one is refused (naming it) instead of being ignored."""
+    import dataclasses
+
+    from gateway.config import ConfigError
+
+    gw = await make_gateway()
+    config = gw.config
+    faster = dataclasses.replace(config.store, unload_idle_after=1.0)
+    await gw.gw.reload(dataclasses.replace(config, store=faster))
+    assert gw.gw.config.store.unload_idle_after == 1.0
+    for key, value in (("pool_max", 50), ("synchronous", "normal"), ("reconcile_interval", 1.0)):
+        changed = dataclasses.replace(faster, **{key: value})
+        with pytest.raises(ConfigError, match=f"store.{key}"):
+            await gw.gw.reload(dataclasses.replace(config, store=changed))
+    assert gw.gw.config.store == faster
