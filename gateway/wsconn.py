@@ -271,7 +271,12 @@ class WsConnection(asyncio.Protocol):
                 else:
                     self.transport.write_eof()
         assert session is not None
-        self.session = session()
+        try:
+            self.session = session()
+        except Exception:
+            logger.exception("session failed to open")
+            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+            return
         early, self._early = self._early, ()
         if early:
             self._dispatch(early)

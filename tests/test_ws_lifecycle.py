@@ -896,3 +896,36 @@ async def test_reload_turns_keepalive_on_for_open_sessions(make_gateway: MakeGat
         await ws.aclose()
     assert [f.opcode for f in frames if f.opcode == OP_PING], frames
     assert [c.close_code for c in close_frames(frames)] == [1011], frames
+
+
+async def test_a_session_that_fails_to_open_is_closed_with_1011(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: if building the session raises after the 101, the connection is closed
+    with 1011 at once (not left open without a session) and the server keeps serving."""
+    from gateway.session import Peer
+
+    original = Peer.__init__
+    broken = {"on": True}
+
+    def faulty(self: Peer, *args: Any, **kwargs: Any) -> None:
+        if broken["on"]:
+            raise RuntimeError("injected fault")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Peer, "__init__", faulty)
+    gw = await make_gateway()
+    store = new_store_id()
+    victim = await RawWs.connect(gw, store)
+    try:
+        frames = await victim.frames_until_end(5 * TIMEOUT_UNIT)
+    finally:
+        await victim.aclose()
+    assert [c.close_code for c in close_frames(frames)] == [1011], frames
+    broken["on"] = False
+    client = await RpcClient.open(gw.ws_url(store), store)
+    try:
+        await client.send({"_tag": "Ping"})
+        assert await client.recv() == {"_tag": "Pong"}
+    finally:
+        await client.close()
