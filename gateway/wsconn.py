@@ -236,12 +236,18 @@ class WsConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        # Backpressure both ways: a client that does not read stops being read, so what we
+        # answer on our own (Pongs to its Pings, close echoes) cannot pile up without bound.
+        if self.session is not None and self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self.session is not None and self.transport is not None:
+            self.transport.resume_reading()
 
     # -- handshake ------------------------------------------------------------------------
 

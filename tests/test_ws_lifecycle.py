@@ -929,3 +929,30 @@ async def test_a_session_that_fails_to_open_is_closed_with_1011(
         assert await client.recv() == {"_tag": "Pong"}
     finally:
         await client.close()
+
+
+async def test_a_client_that_pings_without_reading_cannot_grow_the_servers_buffer(
+    make_gateway: MakeGateway,
+) -> None:
+    """Pongs are written by the server on its own; a client that floods Pings and never reads
+    must meet backpressure (the server stops reading it), not make the server buffer megabytes
+    of Pongs. (White-box: reads the connection's queued bytes.)"""
+    gw = await make_gateway()
+    ws = await RawWs.connect(gw, new_store_id())
+    frontend = gw.gw.frontend
+    ping = client_frame(OP_PING, b"p" * 125)
+    chunk = ping * 512  # ~66 KB per write
+    sent = 0
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5 * TIMEOUT_UNIT):
+                while sent < 64 * 1024 * 1024:
+                    ws.writer.write(chunk)
+                    await ws.writer.drain()  # blocks once the server stops reading us
+                    sent += len(chunk)
+        (connection,) = frontend.ws_connections
+        queued = connection.buffered()
+    finally:
+        ws.writer.transport.abort()  # a graceful close would wait for the unsent pings
+    assert sent < 64 * 1024 * 1024, "the server read 64 MB of pings from a client not reading"
+    assert queued < 4 * 1024 * 1024, f"{queued} bytes of pongs queued for one client"
