@@ -31,6 +31,7 @@ from gateway.protocol import (
     Interrupt,
     PayloadError,
     PullRequest,
+    PushRequest,
     Request,
 )
 from gateway.store import StoreError
@@ -166,18 +167,23 @@ class Peer:
         if len(self._active) >= self.limits.max_requests_per_connection:
             self.write(protocol.exit_die(rid_json, "too many concurrent requests"))
             return
+        try:
+            decoded = (
+                protocol.decode_push(request.payload)
+                if tag == protocol.TAG_WS_PUSH
+                else protocol.decode_pull(request.payload)
+            )
+        except PayloadError as exc:
+            self.write(protocol.exit_die(rid_json, str(exc)))
+            return
+        if decoded.store_id != self.store_id:
+            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(decoded.store_id)))
+            return
         active = _Active()
-        if tag == protocol.TAG_WS_PUSH:
-            runner = self._push(request, rid_json, active)
+        if isinstance(decoded, PushRequest):
+            runner = self._push(decoded, rid_json)
         else:
-            try:
-                pull = protocol.decode_pull(request.payload)
-            except PayloadError as exc:
-                self.write(protocol.exit_die(rid_json, str(exc)))
-                return
-            if pull.store_id != self.store_id:
-                self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(pull.store_id)))
-                return
+            pull = decoded
             subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
             opened = self.engine.open_pull_now(pull, subscription)
             if isinstance(opened, dict):
@@ -277,15 +283,7 @@ class Peer:
         else:
             self.write(protocol.exit_success_void(rid_json))
 
-    async def _push(self, request: Request, rid_json: bytes, active: _Active) -> None:
-        try:
-            push = protocol.decode_push(request.payload)
-        except PayloadError as exc:
-            self.write(protocol.exit_die(rid_json, str(exc)))
-            return
-        if push.store_id != self.store_id:
-            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(push.store_id)))
-            return
+    async def _push(self, push: PushRequest, rid_json: bytes) -> None:
         if self._before_push is not None and push.batch:
             # Rate limiting delays a push; it never drops or fails it.
             await self._before_push()
