@@ -300,8 +300,6 @@ class Frontend:
         transport.set_protocol(conn)
         conn.data_received(initial)
 
-    # -- WebSocket ------------------------------------------------------------------------
-
     # -- WebSocket: the wsconn Owner ------------------------------------------------------
 
     def handshake(self, connection: WsConnection, request: Request) -> None:
