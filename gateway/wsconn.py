@@ -9,16 +9,18 @@ the memory and CPU per connection of the protocol alone (measured in ``bench/flo
 What a connection does, in order:
 
 1. ``CONNECTING``: bytes feed the parser until the request is complete; reading then pauses
-   while the owner's asynchronous ``handshake`` hook decides (a :class:`~websockets.http11.
-   Response` refuses, ``None`` accepts). The whole handshake must end within ``open_timeout``.
+   while the owner's ``handshake`` decides and calls :meth:`WsConnection.respond` (101 opens
+   the session; anything else refuses). The handshake must end within ``open_timeout``.
 2. ``OPEN``: each complete message (fragments joined, size capped by the parser: 1009) goes to
    the session's ``handle``. Text frames are written with a header built here, without the
-   Sans-I/O frame object: no extension is ever negotiated, so the bytes are the same.
+   Sans-I/O frame object: no extension is ever negotiated, so the bytes are the same. While
+   the transport's buffer is over its high-water mark, reading pauses too (backpressure).
 3. Keepalive is not per connection: the owner's sweeper calls :meth:`keepalive` on every open
    connection each tick (a WebSocket Ping after ``ping_interval`` of silence, close 1011 when
    its Pong is ``ping_timeout`` late).
 4. Closing: a close frame, the client's echo, then the client closes TCP; after
-   ``close_timeout`` we abort. ``connection_lost`` ends the session exactly once.
+   ``close_timeout`` we abort. ``connection_lost`` ends the session exactly once and breaks
+   the parser's reference cycles, so a closed connection never waits for the cyclic GC.
 """
 
 from __future__ import annotations
