@@ -14,7 +14,7 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -469,15 +469,9 @@ class FanoutRig:
         return await drain_tracks(self.tracks, timeout)
 
     async def paced(self, rate: float, duration: float) -> dict[str, Any]:
-        interval = 1.0 / rate
         stores = self.stores
-
-        async def run(k: int, pusher: Pusher, deadline: float) -> int:
-            start = time.monotonic() + interval * k / stores
-            return await push_paced(pusher, self.batch, start, interval, deadline)
-
         result = await self._phase(
-            lambda deadline: [run(k, p, deadline) for k, p in enumerate(self.pushers)], duration
+            lambda deadline: pace_all(self.pushers, self.batch, rate, deadline), duration
         )
         result["phase"] = "paced"
         result["offered_pushes_per_s"] = rate * stores
@@ -505,7 +499,7 @@ class FanoutRig:
         return result
 
     async def _phase(
-        self, loops: Callable[[float], list[Awaitable[int]]], duration: float
+        self, loops: Callable[[float], Sequence[Awaitable[int]]], duration: float
     ) -> dict[str, Any]:
         await self.server.quiet()
         self.phase[0] = phase = Phase()
@@ -892,13 +886,6 @@ class CrossNodeRig:
 
     async def paced(self, rate: float, duration: float) -> dict[str, Any]:
         """Every pusher pushes ``rate`` batches/s for ``duration`` seconds."""
-        interval = 1.0 / rate
-        stores = self.stores
-
-        async def run(k: int, pusher: Pusher, deadline: float) -> int:
-            start = time.monotonic() + interval * k / stores
-            return await push_paced(pusher, self.batch, start, interval, deadline)
-
         await self.group.quiet()
         self.local[0] = local = Phase()
         self.remote[0] = remote = Phase()
@@ -912,9 +899,7 @@ class CrossNodeRig:
             meter = Meter(self.group)  # type: ignore[arg-type]  # duck-typed: cpu()
             deadline = time.monotonic() + duration
             t0 = time.monotonic()
-            pushes = sum(
-                await asyncio.gather(*(run(k, p, deadline) for k, p in enumerate(self.pushers)))
-            )
+            pushes = sum(await asyncio.gather(*pace_all(self.pushers, self.batch, rate, deadline)))
             push_s = time.monotonic() - t0
             drained = await self.drain(60)
             usage = meter.read()
@@ -928,8 +913,8 @@ class CrossNodeRig:
         expected = pushes * self.batch * self.subscribers
         per_node = self.subscribers // len(self.nodes)
         return {
-            "offered_pushes_per_s": rate * stores,
-            "offered_events_per_s": rate * stores * self.batch * self.subscribers,
+            "offered_pushes_per_s": rate * self.stores,
+            "offered_events_per_s": rate * self.stores * self.batch * self.subscribers,
             "pushes": pushes,
             # One push in flight per pusher: when acks take longer than the interval, the
             # pushers fall behind and the achieved rate stays under the offered one.
@@ -986,6 +971,19 @@ async def drain_tracks(tracks: Any, timeout: float) -> bool:  # noqa: ASYNC109 -
             return False
         await asyncio.sleep(0.005)
     return True
+
+
+def pace_all(
+    pushers: Sequence[Any], batch: int, rate: float, deadline: float
+) -> list[Coroutine[Any, Any, int]]:
+    """Every pusher pushes ``rate`` batches/s until ``deadline``, their starts spread evenly
+    over one interval so the offered load is smooth."""
+    interval = 1.0 / rate
+    now = time.monotonic()
+    return [
+        push_paced(pusher, batch, now + interval * k / len(pushers), interval, deadline)
+        for k, pusher in enumerate(pushers)
+    ]
 
 
 async def push_paced(

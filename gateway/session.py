@@ -35,12 +35,11 @@ from gateway.protocol import (
     Request,
 )
 from gateway.store import StoreError
-from gateway.wsconn import WireClosed
+from gateway.wsconn import CLOSE_INTERNAL_ERROR, WireClosed
 
 logger = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER = 1013
-CLOSE_INTERNAL_ERROR = 1011
 
 
 class Wire(Protocol):

@@ -199,6 +199,16 @@ class Setup:
         self.auth: dict[str, Any] = {}
         self.log: dict[str, Any] = {"level": "info"}
 
+    @classmethod
+    def open_with_jwt(cls, tmp: Path, jwt_secret: str) -> Setup:
+        """Anonymous clients admitted (require_auth false), JWTs signed with ``jwt_secret``."""
+        setup = cls(tmp)
+        setup.auth = {
+            "require_auth": False,
+            "jwt_secret_file": setup.secret_file("jwt_secret", jwt_secret),
+        }
+        return setup
+
     def secret_file(self, name: str, value: str) -> str:
         path = self.tmp / name
         path.write_text(value + "\n")
@@ -228,11 +238,7 @@ async def test_sighup_require_auth_closes_anonymous_keeps_jwt(
     """REQUIRE_AUTH false -> true: anonymous and dev-token sessions are closed with 4003, the
     JWT session stays connected and keeps syncing; new anonymous attempts are refused."""
     jwt_secret = secret("jwt")
-    setup = Setup(tmp_path)
-    setup.auth = {
-        "require_auth": False,
-        "jwt_secret_file": setup.secret_file("jwt_secret", jwt_secret),
-    }
+    setup = Setup.open_with_jwt(tmp_path, jwt_secret)
     daemon = await setup.start(daemons)
     port = daemon.port
     alice = make_jwt(jwt_secret, "alice")
@@ -350,11 +356,7 @@ async def test_sighup_restart_only_key_is_refused_old_config_stays(
     """A reload that changes server.port is refused as a whole: even the other changes in
     the same file (require_auth) do not apply, and nothing is dropped."""
     jwt_secret = secret("jwt")
-    setup = Setup(tmp_path)
-    setup.auth = {
-        "require_auth": False,
-        "jwt_secret_file": setup.secret_file("jwt_secret", jwt_secret),
-    }
+    setup = Setup.open_with_jwt(tmp_path, jwt_secret)
     daemon = await setup.start(daemons)
     port = daemon.port
     anonymous = await Session.open(port, "keep")
