@@ -1,27 +1,42 @@
-"""Composition root: builds the store, hub, engine, auth gate and frontend from a Config,
-runs them, reloads what can change live, and shuts them down in order."""
+"""Composition root and service loop: one gateway node built from its configuration.
+
+:class:`Gateway` builds the store, hub, engine, auth gate, sessions, endpoints and listener,
+and wires them together (nothing else constructs a component). It is an async context
+manager (``async with Gateway(config) as gateway``: started, then stopped); :meth:`run` is
+the daemon's loop: signals (SIGTERM/SIGINT stop, SIGHUP reloads), systemd notifications
+(READY, RELOADING, STATUS, STOPPING, WATCHDOG) and the garbage-collector freeze.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import gc
 import logging
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import TracebackType
 
 from prometheus_client.core import Metric
 
-from gateway import metrics
-from gateway.authgate import AuthGate
-from gateway.config import Config, ConfigError, StoreConfig
+from gateway import metrics, protocol
+from gateway.admission import Admitted, PayloadContext, ValidatePayload
+from gateway.auth.gate import AuthGate
+from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig
 from gateway.engine import SyncEngine
-from gateway.handshake import PayloadContext, Refusal, ValidatePayload
+from gateway.errors import ConfigError, Refusal, StoreError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.server import Frontend
-from gateway.store import EventStore, StoreError
+from gateway.peer import http_call
+from gateway.store import EventStore
 from gateway.store.sqlite import SqliteStore
+from gateway.systemd import Notifier
+from gateway.transport.endpoints import Endpoints
+from gateway.transport.listener import Listener
+from gateway.transport.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -33,69 +48,114 @@ RESTART_ONLY = (
     *(("store", f.name) for f in dataclasses.fields(StoreConfig) if f.name != "unload_idle_after"),
 )
 
+# Seconds between STATUS= updates to systemd.
+STATUS_INTERVAL = 30.0
 
-def make_store(config: Config) -> EventStore:
-    """The backend registry (``[store] backend``)."""
-    store = config.store
-    if store.backend == "sqlite":
-        return SqliteStore(store.data_dir, synchronous=store.synchronous)
-    if store.backend == "postgres":
-        from gateway.store.postgres import PostgresStore  # asyncpg only when used
 
-        return PostgresStore(
-            store.dsn,
-            schema=store.postgres_schema,
-            pool_min=store.pool_min,
-            pool_max=store.pool_max,
-            statement_timeout=store.statement_timeout,
-            connect_timeout=store.connect_timeout,
-        )
-    raise ValueError(f"unknown store backend {store.backend!r}")  # config validated
+def _sqlite(config: StoreConfig) -> EventStore:
+    return SqliteStore(config.data_dir, synchronous=config.synchronous)
+
+
+def _postgres(config: StoreConfig) -> EventStore:
+    from gateway.store.postgres import PostgresStore  # asyncpg only when used
+
+    return PostgresStore(
+        config.dsn,
+        schema=config.postgres_schema,
+        pool_min=config.pool_min,
+        pool_max=config.pool_max,
+        statement_timeout=config.statement_timeout,
+        connect_timeout=config.connect_timeout,
+    )
+
+
+BACKENDS: Mapping[StoreBackend, Callable[[StoreConfig], EventStore]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
+"""The store registry (``[store] backend``); the config's ``StoreBackend`` names its keys."""
 
 
 class Gateway:
-    """One gateway node: ``await start()``, serve, ``await reload(...)``, ``await stop()``."""
+    """One gateway node: ``async with Gateway(config)``, or :meth:`run` as a daemon."""
 
-    def __init__(self, config: Config, *, validate_payload: ValidatePayload | None = None):
-        self.config = config
+    def __init__(
+        self,
+        config: Config,
+        *,
+        validate_payload: ValidatePayload | None = None,
+        store: EventStore | None = None,
+    ) -> None:
+        self.settings = LiveConfig(config)
         self.metrics = Metrics()
-        self.store = make_store(config)
+        self.store = store if store is not None else BACKENDS[config.store.backend](config.store)
         self.hub = Hub()
         self.engine = SyncEngine(
             self.store, self.hub, self.metrics, reconcile_interval=config.store.reconcile_interval
         )
         self.auth = AuthGate(config.auth)
-        self.frontend = Frontend(
-            config,
-            self.engine,
-            validate_payload or self.auth,
-            self.ready,
-            push_gate=self.auth.wait_push,
+        self.sessions = Sessions(self.settings, self.engine, self.auth.wait_push)
+        self.endpoints = Endpoints(
+            self.settings,
+            ready=self.ready,
+            closing=self._closing,
+            render_metrics=self.metrics.render,
+            stats=self.stats,
+        )
+        self.listener = Listener(
+            self.settings,
+            validate_payload=validate_payload or self.auth,
+            sessions=self.sessions,
+            endpoints=self.endpoints,
+            http_call=self._http_call,
         )
         self.metrics.add_source(self._collect)
         self._started = False
         self._background: list[asyncio.Task[None]] = []
+        self._stop_requested = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force (it changes on reload)."""
+        return self.settings.current
 
     async def start(self) -> None:
         await self.store.open()
         try:
-            await self.frontend.start()
+            await self.listener.start()
         except BaseException:
             await self.store.close()
             raise
+        self.sessions.start()
         loop = asyncio.get_running_loop()
         if self.engine.shared:
             self._background.append(loop.create_task(self.engine.reconcile_forever()))
         self._background.append(loop.create_task(self._unload_forever()))
         self._started = True
 
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
     @property
     def port(self) -> int:
-        return self.frontend.port
+        return int(self.listener.sockets[0].getsockname()[1])
 
     @property
     def host(self) -> str:
-        return str(self.frontend.sockets[0].getsockname()[0])
+        return str(self.listener.sockets[0].getsockname()[0])
+
+    def _closing(self) -> bool:
+        return self.listener.closing
 
     async def ready(self) -> bool:
         try:
@@ -105,11 +165,30 @@ class Gateway:
         return True
 
     def status(self) -> str:
-        counters = self.engine.counters
         return (
-            f"ready: {counters.connections['ws']} ws peers, "
+            f"ready: {self.sessions.counters.connections['ws']} ws peers, "
             f"{self.hub.subscriber_count()} live pulls, {self.engine.stores_loaded} stores"
         )
+
+    def stats(self) -> dict[str, object]:
+        """Connections per store and per subject (``GET /stats``, ``gateway stats``)."""
+        by_store, by_subject = self.sessions.by_store_and_subject()
+        return {
+            "connections": {
+                "ws": sum(by_store.values()),
+                "http": self.sessions.counters.connections["http"],
+            },
+            "stores": dict(by_store.most_common()),
+            "subjects": dict(by_subject.most_common()),
+            "live_subscribers": self.hub.subscriber_count(),
+            "stores_loaded": self.engine.stores_loaded,
+            "pushes_accepted": self.engine.counters.pushes_accepted,
+            "events_accepted": self.engine.counters.events_accepted,
+        }
+
+    async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
+        before_push = functools.partial(self.auth.wait_push, admitted.admission)
+        return await http_call(self.engine, admitted.target.store_id, request, before_push)
 
     async def _unload_forever(self) -> None:
         """Drop idle stores from memory (``store.unload_idle_after``, read live)."""
@@ -126,20 +205,20 @@ class Gateway:
         """Apply a new configuration without dropping connections.
 
         Live: auth policy and keys, bypass token, grace window, limits, keepalive and
-        timeouts, store unloading, log level, metrics.
-        Connections whose credentials the new policy refuses are closed (4003, or 4001 when
-        the token is merely expired). Raises ConfigError, changing nothing, when ``new``
-        changes a restart-only setting or its keys cannot be loaded.
+        timeouts, store unloading, log level, metrics (README, "Lifecycle", says what each
+        does to open sessions). Sessions whose credentials the new policy refuses are closed
+        (4003, or 4001 when the token is merely expired). Raises ConfigError, changing
+        nothing, when ``new`` changes a restart-only setting or its keys cannot be loaded.
         """
         for section, key in RESTART_ONLY:
             if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
                 raise ConfigError(f"{section}.{key}: changing it needs a restart")
         self.auth.apply(new.auth)  # raises ConfigError before anything changed
-        self.config = new
-        self.frontend.config = new
+        self.settings.swap(new)
         logger.info("configuration reloaded")
         logging.getLogger().setLevel(new.log.level.upper())
-        closed = await self.frontend.recheck_sessions(self._recheck)
+        self.sessions.apply_limits()
+        closed = await self.sessions.recheck(self._recheck)
         if closed:
             logger.warning("closed %d sessions the new configuration refuses", closed)
 
@@ -152,6 +231,14 @@ class Gateway:
 
     # -- shutdown -------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Ask :meth:`run` to stop (what SIGTERM does)."""
+        self._stop_requested.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the gateway has stopped."""
+        await self._closed.wait()
+
     async def stop(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - bounds the whole stop
         """Graceful stop within ``timeout`` seconds: no new connections, admitted pushes
         finish and are acked, peers are closed with 1001, then the store is closed."""
@@ -160,13 +247,14 @@ class Gateway:
         self._started = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        self.frontend.stop_accepting()
+        self.listener.stop_accepting()
+        self.sessions.stop()
         try:
             async with asyncio.timeout_at(deadline - timeout / 2):
                 await self.engine.drain()
         except TimeoutError:
             logger.error("pushes still in flight after %.1f s", timeout / 2)
-        await self.frontend.close(max(deadline - loop.time(), 0.5))
+        await self.listener.close(max(deadline - loop.time(), 0.5))
         try:
             async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
                 await self.engine.drain()
@@ -178,19 +266,100 @@ class Gateway:
                 await task
         await self.engine.close()
         await self.store.close()
+        self._closed.set()
+
+    # -- the daemon -----------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        reload_config: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
+        on_listening: Callable[[Gateway], None] | None = None,
+    ) -> None:
+        """Start, serve until SIGTERM / SIGINT (or :meth:`close`), then stop.
+
+        SIGHUP calls ``reload_config`` and applies what it returns; a failed reload keeps
+        the old configuration and never stops the daemon. Signal handlers are installed
+        before anything starts: systemd may reload or stop us the moment READY=1 is out.
+        Raises what :meth:`start` raises (OSError: cannot listen; StoreError).
+        """
+        notifier = notifier or Notifier(env={})
+        loop = asyncio.get_running_loop()
+        reloads: asyncio.Queue[None] = asyncio.Queue()
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in handled[:2]:
+            loop.add_signal_handler(sig, self.close)
+        loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+        try:
+            await self.start()
+            # Everything loaded so far (modules, configuration, keys) lives as long as the
+            # process: keep it out of every future full collection, whose pause grows with
+            # what it traverses.
+            gc.collect()
+            gc.freeze()
+            if on_listening is not None:
+                on_listening(self)
+            # The store is open and the socket listens: only now is the service ready.
+            notifier.ready(self.status())
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._reloader(reloads, reload_config, notifier)),
+                    group.create_task(notifier.watchdog()),
+                ]
+                if notifier.enabled:
+                    tasks.append(group.create_task(self._report_status(notifier)))
+                await self._stop_requested.wait()
+                logger.info("shutting down")
+                notifier.stopping()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        await self.stop()
+        notifier.close()
+        logger.info("stopped")
+
+    async def _reloader(
+        self,
+        reloads: asyncio.Queue[None],
+        reload_config: Callable[[], Config] | None,
+        notifier: Notifier,
+    ) -> None:
+        while True:
+            await reloads.get()
+            if reload_config is None:
+                continue
+            notifier.reloading()
+            try:
+                await self.reload(reload_config())
+            except Exception as exc:  # a failed reload must never take the daemon down
+                if not isinstance(exc, ConfigError):
+                    logger.exception("reload failed unexpectedly")
+                logger.error("reload refused, the old configuration stays in force: %s", exc)
+                notifier.notify("READY=1", f"STATUS=reload failed: {exc}")
+            else:
+                notifier.ready(self.status())
+
+    async def _report_status(self, notifier: Notifier) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            notifier.status(self.status())
 
     # -- metrics --------------------------------------------------------------------------
 
     def _collect(self) -> Iterator[Metric]:
         counters = self.engine.counters
+        sessions = self.sessions.counters
         yield metrics.labelled_gauge(
-            "gateway_connections", "Open client connections.", "transport", counters.connections
+            "gateway_connections", "Open client connections.", "transport", sessions.connections
         )
         yield metrics.labelled_counter(
             "gateway_connections_opened",
             "Client connections accepted since start.",
             "transport",
-            counters.connections_total,
+            sessions.connections_total,
         )
         yield metrics.labelled_counter(
             "gateway_auth_decisions",
@@ -232,7 +401,7 @@ class Gateway:
         yield metrics.counter(
             "gateway_send_queue_evictions",
             "Connections closed because their send queue overflowed (1013).",
-            counters.evictions,
+            sessions.evictions,
         )
         yield metrics.gauge("gateway_live_subscribers", "Live pulls.", self.hub.subscriber_count())
         yield metrics.gauge(

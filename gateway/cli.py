@@ -1,13 +1,14 @@
-"""Command line: ``gateway serve`` runs the server; ``gateway token`` mints and decodes JWTs."""
+"""Command line: parse arguments, call the right function, map failures to exit codes.
+
+``gateway serve`` hands over to :meth:`gateway.app.Gateway.run`; ``tail`` follows a store
+as an internal service; ``token`` mints and decodes JWTs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 import logging
-import signal
 import sys
 import time
 import urllib.request
@@ -21,26 +22,17 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake
 
-from gateway import __version__, log
+from gateway import __version__, log, protocol
 from gateway.app import Gateway
-from gateway.config import (
-    HMAC_ALGORITHMS,
-    SECRET_KEYS,
-    Config,
-    ConfigError,
-    as_dict,
-    load_config,
-    parse_duration,
-)
-from gateway.store import StoreError
+from gateway.config import HMAC_ALGORITHMS, Config
+from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
+from gateway.errors import ConfigError, StoreError
 from gateway.systemd import Notifier
 
 logger = logging.getLogger("gateway")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
-# Seconds between STATUS= updates to systemd.
-STATUS_INTERVAL = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,70 +89,30 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"server": server, "store": store}
 
 
+def _listening(gateway: Gateway) -> None:
+    host = gateway.host
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening on ws://{shown}:{gateway.port}", file=sys.stderr, flush=True)
+
+
 async def _serve(args: argparse.Namespace, config: Config) -> int:
-    notifier = Notifier()
-    # Signal handlers first: systemd may reload or stop us the moment READY=1 is out.
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: asyncio.Queue[None] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     try:
         gateway = Gateway(config)
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return EXIT_CONFIG
     try:
-        await gateway.start()
+        await gateway.run(
+            reload_config=lambda: load_config(args.config, overrides=_overrides(args)),
+            notifier=Notifier(),
+            on_listening=_listening,
+        )
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", config.server.host, config.server.port, exc)
         return EXIT_STARTUP
     except StoreError as exc:
         logger.error("cannot open the store: %s", exc)
         return EXIT_STARTUP
-    # Everything loaded so far (modules, configuration, keys) lives as long as the process:
-    # keep it out of every future full collection, whose pause grows with what it traverses.
-    gc.collect()
-    gc.freeze()
-    host = gateway.host
-    shown = f"[{host}]" if ":" in host else host
-    print(f"listening on ws://{shown}:{gateway.port}", file=sys.stderr, flush=True)
-    # The store is open and the socket listens: only now is the service ready.
-    notifier.ready(gateway.status())
-
-    async def reloader() -> None:
-        while True:
-            await reloads.get()
-            notifier.reloading()
-            try:
-                new = load_config(args.config, overrides=_overrides(args))
-                await gateway.reload(new)
-            except Exception as exc:  # a failed reload must never take the daemon down
-                if not isinstance(exc, ConfigError):
-                    logger.exception("reload failed unexpectedly")
-                logger.error("reload refused, the old configuration stays in force: %s", exc)
-                notifier.notify("READY=1", f"STATUS=reload failed: {exc}")
-            else:
-                notifier.ready(gateway.status())
-
-    async def status() -> None:
-        while True:
-            await asyncio.sleep(STATUS_INTERVAL)
-            notifier.status(gateway.status())
-
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(reloader()), group.create_task(notifier.watchdog())]
-        if notifier.enabled:
-            tasks.append(group.create_task(status()))
-        await stop.wait()
-        logger.info("shutting down")
-        notifier.stopping()
-        for task in tasks:
-            task.cancel()
-    await gateway.stop()
-    notifier.close()
-    logger.info("stopped")
     return 0
 
 
@@ -222,19 +174,17 @@ async def _tail(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
-    async def pull(rid: str, cursor: object) -> None:
-        request = {"storeId": store, "live": True, "cursor": cursor}
-        frame = {"_tag": "Request", "id": rid, "tag": "SyncWsRpc.Pull", "payload": request}
-        await ws.send(json.dumps(frame))
+    async def pull(rid: str, cursor: protocol.Cursor | None) -> None:
+        payload = protocol.pull_payload(store, cursor, live=True)
+        await ws.send(protocol.request_frame(rid, protocol.TAG_WS_PULL, payload), text=True)
 
     # A cursor needs the backendId: a deliberately wrong one makes the server name it.
-    probe = {"_tag": "Some", "value": {"backendId": "?", "eventSequenceNumber": after}}
-    await pull("0", probe if after else {"_tag": "None"})
+    await pull("0", protocol.Cursor("?", after) if after else None)
     async for raw in ws:
         frame = json.loads(raw)
         tag = frame.get("_tag")
         if tag == "Chunk":
-            await ws.send(json.dumps({"_tag": "Ack", "requestId": frame["requestId"]}))
+            await ws.send(protocol.ack_frame(frame["requestId"]), text=True)
             for item in frame["values"]:
                 for entry in item["batch"]:
                     print(json.dumps(entry["eventEncoded"], separators=(",", ":")), flush=True)
@@ -242,8 +192,7 @@ async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
             cause = frame["exit"].get("cause", {})
             error = cause.get("error", {}) if isinstance(cause, dict) else {}
             if error.get("_tag") == "BackendIdMismatchError" and frame["requestId"] == "0":
-                cursor = {"backendId": error["expected"], "eventSequenceNumber": after}
-                await pull("1", {"_tag": "Some", "value": cursor})
+                await pull("1", protocol.Cursor(error["expected"], after))
                 continue
             print(f"gateway: pull ended: {json.dumps(frame['exit'])}", file=sys.stderr)
             return 1

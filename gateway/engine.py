@@ -24,17 +24,23 @@ from typing import Any
 import orjson
 
 from gateway import protocol
+from gateway.errors import (
+    BackendIdMismatch,
+    HeadMismatch,
+    RpcFailure,
+    ServerAhead,
+    StoreError,
+    UnknownFailure,
+)
 from gateway.hub import Hub, Subscription
 from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
-from gateway.store import EventStore, HeadMismatch, SharedEventStore, StoreError
+from gateway.store import EventStore, SharedEventStore
 
 logger = logging.getLogger(__name__)
 
 # Rows fetched from the store per read during catch-up.
 READ_BATCH = 1000
-
-ErrorDict = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -78,7 +84,7 @@ class SyncEngine:
         self.counters = self.metrics.counters
         self._states: dict[str, StoreState] = {}
         self._loading: dict[str, asyncio.Future[StoreState]] = {}
-        self._admissions: set[asyncio.Task[ErrorDict | None]] = set()
+        self._admissions: set[asyncio.Task[RpcFailure | None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         # Commits announced while a store was loading (shared backends).
         self._heard: dict[str, int] = {}
@@ -237,37 +243,44 @@ class SyncEngine:
 
     # -- push -----------------------------------------------------------------------------
 
-    async def push(self, request: PushRequest) -> ErrorDict | None:
+    async def push(self, request: PushRequest) -> RpcFailure | None:
         """Admit a pushed batch; None on success, else the typed error to fail with."""
+        started = time.perf_counter()
+        try:
+            return await self._push(request)
+        finally:
+            self.metrics.push_latency.observe(time.perf_counter() - started)
+
+    async def _push(self, request: PushRequest) -> RpcFailure | None:
         batch = request.batch
         if not batch:
             return None
         problem = protocol.chain_error(batch)
         if problem is not None:
             self.counters.pushes_rejected["invalid_batch"] += 1
-            return protocol.unknown_error(problem, "invalid batch")
+            return UnknownFailure(problem, "invalid batch")
         try:
             state = await self.state(request.store_id)
         except StoreError:
             logger.exception("store %r could not be opened", request.store_id)
             self.counters.pushes_rejected["storage"] += 1
-            return protocol.unknown_error("storage unavailable", "push")
+            return UnknownFailure("storage unavailable", "push")
         if request.backend_id is not None and request.backend_id != state.backend_id:
             self.counters.pushes_rejected["backend_mismatch"] += 1
-            return protocol.backend_mismatch(state.backend_id, request.backend_id)
+            return BackendIdMismatch(state.backend_id, request.backend_id)
         task = asyncio.get_running_loop().create_task(self._admit(state, batch))
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
         return await asyncio.shield(task)
 
-    async def _admit(self, state: StoreState, batch: list[NewEvent]) -> ErrorDict | None:
+    async def _admit(self, state: StoreState, batch: list[NewEvent]) -> RpcFailure | None:
         async with state.lock:
             parent = batch[0].parent
             # The head never moves back, so an older parent is stale for sure. A newer one
             # may be right when other nodes wrote meanwhile: the log decides.
             if parent < state.head or (parent > state.head and not self.shared):
                 self.counters.pushes_rejected["server_ahead"] += 1
-                return protocol.server_ahead(state.head, parent)
+                return ServerAhead(state.head, parent)
             created = now_ms()
             try:
                 await self.store.append(state.store_id, parent, batch, created)
@@ -275,11 +288,11 @@ class SyncEngine:
                 # Another node moved the head; its events reach us through on_commit.
                 self.on_commit(state.store_id, exc.head)
                 self.counters.pushes_rejected["server_ahead"] += 1
-                return protocol.server_ahead(exc.head, parent)
+                return ServerAhead(exc.head, parent)
             except StoreError as exc:
                 logger.error("append to store %r failed: %s", state.store_id, exc)
                 self.counters.pushes_rejected["storage"] += 1
-                return protocol.unknown_error("storage unavailable", "push")
+                return UnknownFailure("storage unavailable", "push")
             if parent > state.head:
                 # Other nodes' events up to our parent go out first, in order.
                 try:
@@ -315,7 +328,7 @@ class SyncEngine:
 
     def open_pull_now(
         self, request: PullRequest, subscription: Subscription | None = None
-    ) -> Backlog | ErrorDict | None:
+    ) -> Backlog | RpcFailure | None:
         """:meth:`open_pull` without awaiting, when it can be done so; else ``None``.
 
         It can when the store is loaded and the cursor is not ahead of what this node has
@@ -332,10 +345,10 @@ class SyncEngine:
 
     def _open(
         self, state: StoreState, request: PullRequest, subscription: Subscription | None
-    ) -> Backlog | ErrorDict:
+    ) -> Backlog | RpcFailure:
         cursor = request.cursor
         if cursor is not None and cursor.backend_id != state.backend_id:
-            return protocol.backend_mismatch(state.backend_id, cursor.backend_id)
+            return BackendIdMismatch(state.backend_id, cursor.backend_id)
         # No await between reading the head and subscribing: the handoff point.
         backlog = Backlog(state, cursor.seq if cursor is not None else 0, state.head)
         if subscription is not None:
@@ -344,12 +357,12 @@ class SyncEngine:
 
     async def open_pull(
         self, request: PullRequest, subscription: Subscription | None = None
-    ) -> Backlog | ErrorDict:
+    ) -> Backlog | RpcFailure:
         """Check the cursor, fix the backlog and (for a live pull) subscribe, atomically."""
         state = await self.state(request.store_id)
         cursor = request.cursor
         if cursor is not None and cursor.backend_id != state.backend_id:
-            return protocol.backend_mismatch(state.backend_id, cursor.backend_id)
+            return BackendIdMismatch(state.backend_id, cursor.backend_id)
         if self.shared and cursor is not None and cursor.seq > state.head:
             # The client saw more than this node has published (it came from another node,
             # or our notification is late): catch up first, or the events between our head

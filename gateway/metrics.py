@@ -26,17 +26,23 @@ _LATENCY_BUCKETS = (
 
 
 @dataclass(slots=True)
-class Counters:
-    """Plain counters written by the engine, the sessions and the frontend."""
+class EngineCounters:
+    """Plain counters written by the sync engine."""
 
     pushes_accepted: int = 0
     events_accepted: int = 0
     pushes_rejected: Counter[str] = field(default_factory=Counter)
-    evictions: int = 0
     stores_unloaded: int = 0
+    frames_delivered: int = 0
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """Plain counters written by the transports' session bookkeeping and the peers."""
+
     connections: Counter[str] = field(default_factory=Counter)
     connections_total: Counter[str] = field(default_factory=Counter)
-    frames_delivered: int = 0
+    evictions: int = 0
 
 
 class Metrics:
@@ -44,7 +50,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.counters = Counters()
+        self.counters = EngineCounters()
         self.push_latency = Histogram(
             "gateway_push_duration_seconds",
             "Time from receiving a push to its answer (admission, durable append, publication).",

@@ -6,12 +6,10 @@ fan-out, catch-up) splices already-encoded events instead of re-serialising them
 encoded once when it is pushed, stored as those bytes, and copied verbatim into every
 ``PullResponse`` that carries it.
 
-Error vocabulary:
-
-- :class:`FrameError`: the frame itself is unusable (not JSON, not an object, a numeric id).
-  Answered with a connection-level ``Defect`` frame.
-- :class:`PayloadError`: a ``Request`` whose payload does not match the RPC schema.
-  Answered with ``Exit`` / ``Die`` for that request only.
+Errors (defined in :mod:`gateway.errors`): a :class:`FrameError` (the frame is unusable: not
+JSON, not an object, a numeric id) is answered with a connection-level ``Defect`` frame; a
+:class:`PayloadError` (a ``Request`` whose payload does not match the RPC schema) with
+``Exit`` / ``Die`` for that request only; a typed :class:`RpcFailure` with ``Exit`` / ``Fail``.
 """
 
 from __future__ import annotations
@@ -23,6 +21,15 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.errors import (
+    BackendIdMismatch,
+    FrameError,
+    PayloadError,
+    RpcFailure,
+    ServerAhead,
+    UnknownFailure,
+)
+
 # Limits of the 0.4.0 protocol (spec §9).
 MAX_EVENTS_PER_ITEM: Final = 100
 MAX_ITEM_BYTES: Final = 900_000
@@ -33,14 +40,6 @@ TAG_WS_PUSH: Final = "SyncWsRpc.Push"
 TAG_HTTP_PULL: Final = "SyncHttpRpc.Pull"
 TAG_HTTP_PUSH: Final = "SyncHttpRpc.Push"
 TAG_HTTP_PING: Final = "SyncHttpRpc.Ping"
-
-
-class FrameError(Exception):
-    """A frame that cannot be interpreted at all; the connection answers with a Defect."""
-
-
-class PayloadError(Exception):
-    """A request payload that fails the RPC schema; that request dies (Exit / Die)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,9 +437,31 @@ def _exit_failure(rid_json: bytes, cause: dict[str, Any]) -> bytes:
     )
 
 
-def exit_fail(rid_json: bytes, error: dict[str, Any]) -> bytes:
-    """A typed failure: the error must belong to the RPC's error union (spec §4.4)."""
-    return _exit_failure(rid_json, {"_tag": "Fail", "error": error})
+def failure_json(failure: RpcFailure) -> dict[str, Any]:
+    """The wire form of a typed failure: a member of the RPC's error union (spec §4.4)."""
+    if isinstance(failure, ServerAhead):
+        return {
+            "_tag": "ServerAheadError",
+            "minimumExpectedNum": failure.minimum_expected,
+            "providedNum": failure.provided,
+        }
+    if isinstance(failure, BackendIdMismatch):
+        return {
+            "_tag": "BackendIdMismatchError",
+            "expected": failure.expected,
+            "received": failure.received,
+        }
+    assert isinstance(failure, UnknownFailure)
+    return {
+        "_tag": "UnknownError",
+        "cause": {"name": "Error", "message": failure.message},
+        "note": failure.note,
+    }
+
+
+def exit_fail(rid_json: bytes, failure: RpcFailure) -> bytes:
+    """A typed failure of one request."""
+    return _exit_failure(rid_json, {"_tag": "Fail", "error": failure_json(failure)})
 
 
 def exit_die(rid_json: bytes, defect: str) -> bytes:
@@ -448,22 +469,23 @@ def exit_die(rid_json: bytes, defect: str) -> bytes:
     return _exit_failure(rid_json, {"_tag": "Die", "defect": defect})
 
 
+def request_frame(request_id: str, tag: str, payload: dict[str, Any]) -> bytes:
+    """A client's ``Request`` frame (what ``gateway tail`` sends)."""
+    return dumps({"_tag": "Request", "id": request_id, "tag": tag, "payload": payload})
+
+
+def pull_payload(store_id: str, cursor: Cursor | None, *, live: bool) -> dict[str, Any]:
+    """The payload of a Pull request from ``cursor`` (None: from the start)."""
+    option: dict[str, Any] = {"_tag": "None"}
+    if cursor is not None:
+        value = {"backendId": cursor.backend_id, "eventSequenceNumber": cursor.seq}
+        option = {"_tag": "Some", "value": value}
+    return {"storeId": store_id, "live": live, "cursor": option}
+
+
+def ack_frame(request_id: str) -> bytes:
+    return b'{"_tag":"Ack","requestId":' + request_id_json(request_id) + b"}"
+
+
 def defect(message: str) -> bytes:
     return orjson.dumps({"_tag": "Defect", "defect": {"name": "Error", "message": message}})
-
-
-def server_ahead(head: int, provided: int) -> dict[str, Any]:
-    return {"_tag": "ServerAheadError", "minimumExpectedNum": head, "providedNum": provided}
-
-
-def backend_mismatch(expected: str, received: str) -> dict[str, Any]:
-    return {"_tag": "BackendIdMismatchError", "expected": expected, "received": received}
-
-
-def unknown_error(message: str, note: str) -> dict[str, Any]:
-    return {"_tag": "UnknownError", "cause": {"name": "Error", "message": message}, "note": note}
-
-
-def store_mismatch(store_id: str) -> dict[str, Any]:
-    """A request naming another store than its URL (the URL's storeId is authoritative)."""
-    return unknown_error(f"storeId {store_id!r} does not match the URL's storeId", "store mismatch")

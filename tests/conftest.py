@@ -13,9 +13,10 @@ import orjson
 import pytest
 import uvloop
 
+from gateway.admission import ValidatePayload
 from gateway.app import Gateway
-from gateway.config import Config, make_config
-from gateway.handshake import ValidatePayload
+from gateway.config import Config
+from gateway.configfile import make_config
 
 if TYPE_CHECKING:
     from tests.daemon import Daemon  # which imports this module

@@ -31,10 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.exceptions import InvalidStatus
 
-from gateway import auth
-from gateway.authgate import AuthGate, JwksCache
-from gateway.config import ConfigError, build_config, load_config, make_config
-from gateway.handshake import MISSING, Admission, PayloadContext
+from gateway.admission import MISSING, Admission, PayloadContext
+from gateway.auth import policy as auth
+from gateway.auth.gate import AuthGate, JwksCache
+from gateway.configfile import build_config, load_config, make_config
+from gateway.errors import ConfigError
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness, sync_query
 from tests.daemon import Daemon, run_cli, write_toml
 from tests.keys import (
@@ -311,7 +312,7 @@ async def test_decision_table(
         assert_error_body(await ws_refused(url), status, code)
         assert_error_body(await http_ping(gw, store, payload=payload), status, code)
         assert gw.gw.auth.decisions == Counter({code: 2})
-        assert gw.gw.engine.counters.connections_total["ws"] == 0
+        assert gw.gw.sessions.counters.connections_total["ws"] == 0
 
 
 async def test_refused_client_never_gets_a_websocket(make_gateway: MakeGateway) -> None:
@@ -337,7 +338,7 @@ async def test_refused_client_never_gets_a_websocket(make_gateway: MakeGateway) 
     assert head.startswith(b"HTTP/1.1 401 "), head
     assert b"sec-websocket-accept" not in head.lower()
     assert json.loads(body)["error"]["code"] == "INVALID_TOKEN"
-    assert gw.gw.engine.counters.connections_total["ws"] == 0
+    assert gw.gw.sessions.counters.connections_total["ws"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SECRET_KEYS
+from gateway.configfile import SECRET_KEYS
 from tests.conftest import in_ci
 from tests.daemon import REPO
 

@@ -805,7 +805,7 @@ async def test_refused_connection_ends_when_the_client_hangs_up(make_gateway: Ma
     holding the socket for ``close_timeout``: a client retrying refused upgrades in a loop must
     not pile up open sockets. (White-box: it counts the frontend's WebSocket connections.)"""
     gw = await make_gateway(close_timeout=60 * TIMEOUT_UNIT)
-    frontend = gw.gw.frontend
+    frontend = gw.gw.listener
     for _ in range(5):
         with pytest.raises(InvalidStatus):
             await RpcClient.open(f"ws://{gw.base}/?storeId=x&payload=%7Bx&transport=ws", "x")
@@ -819,7 +819,7 @@ async def test_a_session_bug_closes_only_that_connection_with_1011(
 ) -> None:
     """Fault injection: if handling a message raises (a bug, never bad input), that connection
     is closed with 1011 and every other connection carries on."""
-    from gateway.session import Peer
+    from gateway.peer import Peer
 
     original = Peer.handle
 
@@ -856,8 +856,8 @@ async def test_closed_connections_leave_no_cyclic_garbage(
     (White-box: looks for the server's connection objects with the collector switched off.)"""
     from websockets.server import ServerProtocol
 
-    from gateway.session import Peer
-    from gateway.wsconn import WsConnection
+    from gateway.peer import Peer
+    from gateway.transport.ws import WsConnection
 
     gw = await make_gateway()
     store = new_store_id()
@@ -872,7 +872,7 @@ async def test_closed_connections_leave_no_cyclic_garbage(
             else:
                 client.ws.transport.abort()  # the server sees an EOF without a close frame
         async with asyncio.timeout(5 * TIMEOUT_UNIT):
-            while gw.gw.frontend.ws_connections:  # noqa: ASYNC110 - no event to wait on
+            while gw.gw.listener.ws_connections:  # noqa: ASYNC110 - no event to wait on
                 await asyncio.sleep(0.01)
         kinds = (ServerProtocol, WsConnection, Peer)
         alive = [type(o).__name__ for o in gc.get_objects() if type(o) in kinds]
@@ -903,7 +903,7 @@ async def test_a_session_that_fails_to_open_is_closed_with_1011(
 ) -> None:
     """Fault injection: if building the session raises after the 101, the connection is closed
     with 1011 at once (not left open without a session) and the server keeps serving."""
-    from gateway.session import Peer
+    from gateway.peer import Peer
 
     original = Peer.__init__
     broken = {"on": True}
@@ -939,7 +939,7 @@ async def test_a_client_that_pings_without_reading_cannot_grow_the_servers_buffe
     of Pongs. (White-box: reads the connection's queued bytes.)"""
     gw = await make_gateway()
     ws = await RawWs.connect(gw, new_store_id())
-    frontend = gw.gw.frontend
+    frontend = gw.gw.listener
     ping = client_frame(OP_PING, b"p" * 125)
     chunk = ping * 512  # ~66 KB per write
     sent = 0

@@ -13,7 +13,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.errors import HeadMismatch, StoreError
 from gateway.protocol import NewEvent
+
+__all__ = [
+    "EventStore",
+    "HeadMismatch",
+    "SharedEventStore",
+    "StoreError",
+    "StoreMeta",
+    "StoredEvent",
+    "new_backend_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +39,6 @@ class StoredEvent:
 class StoreMeta:
     backend_id: str
     head: int
-
-
-class StoreError(Exception):
-    """The backend failed; nothing of the failed operation was written."""
-
-
-class HeadMismatch(StoreError):
-    """An append expected a head that is no longer current; ``head`` is the real one."""
-
-    def __init__(self, head: int) -> None:
-        super().__init__(f"head is {head}")
-        self.head = head
 
 
 class EventStore(Protocol):

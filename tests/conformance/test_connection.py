@@ -12,7 +12,8 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from gateway.handshake import Admission, PayloadContext, Refusal
+from gateway.admission import Admission, PayloadContext
+from gateway.errors import Refusal, RefusalCode
 from tests.conformance.conftest import Connect, ValidatorGateway
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness
 from tests.support import (
@@ -225,7 +226,7 @@ class _Recorder:
         payload = context.payload
         if isinstance(payload, dict) and payload.get("authToken") == "good":
             return Admission()
-        return Refusal(status=401, code="BAD_TOKEN", message="invalid auth token")
+        return Refusal(code=RefusalCode.INVALID_TOKEN, message="invalid auth token")
 
 
 async def test_case_02_validator_sees_decoded_payload_and_store_id(
@@ -271,7 +272,7 @@ async def test_case_03_refused_payload_opens_no_websocket(
     store = new_store_id()
     for payload in ({"authToken": "bad"}, None, "good"):
         result = await _open_refused(gw.ws_url(store, payload=payload))
-        assert_error_body(result, 401, "BAD_TOKEN")
+        assert_error_body(result, 401, "INVALID_TOKEN")
     assert len(hook.seen) == 3
     assert not hook.seen[1].has_payload
     good = await connect(gw, store, payload={"authToken": "good"})

@@ -8,7 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.handshake import Admission, PayloadContext, Refusal
+from gateway.admission import Admission, PayloadContext
+from gateway.errors import Refusal, RefusalCode
 from tests.conformance.conftest import Connect, ValidatorGateway
 from tests.conftest import TIMEOUT_UNIT, GatewayHarness
 from tests.support import (
@@ -298,7 +299,7 @@ async def test_case_39_validator_runs_on_every_http_request(
         seen.append(context)
         if context.payload == {"authToken": "good"}:
             return Admission()
-        return Refusal(status=403, code="FORBIDDEN_TOKEN", message="invalid auth token")
+        return Refusal(code=RefusalCode.FORBIDDEN, message="invalid auth token")
 
     gw = await gateway_with_validator(hook)
     store = new_store_id()
@@ -318,9 +319,9 @@ async def test_case_39_validator_runs_on_every_http_request(
         result = await http_post_json(good, request_frame(str(i), tag, payload), headers=headers)
         assert result.status == 200, result
         refused = await http_post_json(bad, request_frame(str(i), tag, payload), headers=headers)
-        assert_error_body(refused, 403, "FORBIDDEN_TOKEN")
+        assert_error_body(refused, 403, "FORBIDDEN")
     refused = await http_post_json(bad, request_frame("9", HTTP_PUSH, push), headers=headers)
-    assert_error_body(refused, 403, "FORBIDDEN_TOKEN")
+    assert_error_body(refused, 403, "FORBIDDEN")
 
     assert len(seen) == 5
     assert all(context.transport == "http" for context in seen)

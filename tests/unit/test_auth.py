@@ -15,8 +15,9 @@ import jwt
 import orjson
 import pytest
 
-from gateway import auth
-from gateway.handshake import MISSING
+from gateway.admission import MISSING
+from gateway.auth import policy as auth
+from gateway.errors import Refusal
 from tests.keys import (
     AUDIENCE,
     BYPASS,
@@ -419,7 +420,7 @@ def extract(
     cookie_name: str = "sess",
     production: bool = False,
     max_token_bytes: int = MAX_TOKEN_BYTES,
-) -> auth.Credentials | auth.Denied:
+) -> auth.Credentials | Refusal:
     return auth.extract_credentials(
         payload,
         query_token=query_token,
@@ -430,13 +431,13 @@ def extract(
     )
 
 
-def creds(result: auth.Credentials | auth.Denied) -> auth.Credentials:
+def creds(result: auth.Credentials | Refusal) -> auth.Credentials:
     assert isinstance(result, auth.Credentials), result
     return result
 
 
-def denied(result: auth.Credentials | auth.Denied, code: str) -> auth.Denied:
-    assert isinstance(result, auth.Denied), result
+def denied(result: auth.Credentials | Refusal, code: str) -> Refusal:
+    assert isinstance(result, Refusal), result
     assert result.code == code, result
     assert 400 <= result.status < 500
     assert result.message
@@ -571,7 +572,7 @@ class TestExtractCredentials:
         """Credentials are capped in bytes, from every source."""
         limit = 300
 
-        def run(secret: str) -> auth.Credentials | auth.Denied:
+        def run(secret: str) -> auth.Credentials | Refusal:
             payload: dict[str, Any] = {"instanceId": "i"}
             headers: dict[str, str] = {}
             query = None

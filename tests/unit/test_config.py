@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, make_config
+from gateway.configfile import load_config, make_config
+from gateway.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.handshake import MISSING, NotSync, Refusal, SyncTarget, parse_target, redact_target
+from gateway.admission import MISSING, NotSync, SyncTarget, parse_target, redact_target
+from gateway.errors import Refusal
 
 LIMITS = {"max_store_id_length": 64, "max_payload_bytes": 1024}
 

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from gateway import protocol
+from gateway.errors import BackendIdMismatch, ServerAhead, UnknownFailure
 from gateway.protocol import (
     PING,
     Ack,
@@ -253,10 +254,22 @@ class TestEncoding:
             "requestId": "1",
             "exit": {"_tag": "Success", "value": {}},
         }
-        failure = orjson.loads(protocol.exit_fail(rid, protocol.server_ahead(2, 1)))
+        failure = orjson.loads(protocol.exit_fail(rid, ServerAhead(2, 1)))
         assert failure["exit"]["cause"] == {
             "_tag": "Fail",
             "error": {"_tag": "ServerAheadError", "minimumExpectedNum": 2, "providedNum": 1},
+        }
+        mismatch = orjson.loads(protocol.exit_fail(rid, BackendIdMismatch("a", "b")))
+        assert mismatch["exit"]["cause"]["error"] == {
+            "_tag": "BackendIdMismatchError",
+            "expected": "a",
+            "received": "b",
+        }
+        unknown = orjson.loads(protocol.exit_fail(rid, UnknownFailure("broken", "push")))
+        assert unknown["exit"]["cause"]["error"] == {
+            "_tag": "UnknownError",
+            "cause": {"name": "Error", "message": "broken"},
+            "note": "push",
         }
         die = orjson.loads(protocol.exit_die(rid, "bad"))
         assert die["exit"]["cause"] == {"_tag": "Die", "defect": "bad"}

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from gateway.ratelimit import FailureTracker, PushLimiter
+from gateway.auth.limits import FailureTracker, PushLimiter
 
 T0 = 1_000_000.0
 

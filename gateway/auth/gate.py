@@ -1,6 +1,6 @@
 """The ``validate_payload`` hook with the auth policy: keys, JWKS, lockout, logs.
 
-:class:`AuthGate` is what the frontend calls before every WebSocket upgrade and every
+:class:`AuthGate` is what admission calls before every WebSocket upgrade and every
 HTTP-transport request. It reads the clock, loads keys, fetches JWKS documents (off the
 event loop), counts failed attempts per client IP and writes the security log; the decision
 itself is :func:`gateway.auth.decide`, which is pure.
@@ -24,10 +24,11 @@ import orjson
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
-from gateway import auth
-from gateway.config import HMAC_ALGORITHMS, AuthConfig, ConfigError
-from gateway.handshake import Admission, PayloadContext, Refusal
-from gateway.ratelimit import FailureTracker, PushLimiter
+from gateway.admission import Admission, PayloadContext
+from gateway.auth import policy as auth
+from gateway.auth.limits import FailureTracker, PushLimiter
+from gateway.config import HMAC_ALGORITHMS, AuthConfig
+from gateway.errors import ConfigError, Refusal, RefusalCode
 
 logger = logging.getLogger("gateway.auth")
 security = logging.getLogger("gateway.security")
@@ -266,10 +267,9 @@ class AuthGate:
         now = self._clock()
         retry_after = self.failures.retry_after(ip, now) if record else None
         if retry_after is not None:
-            self.decisions["RATE_LIMITED"] += 1
+            self.decisions[RefusalCode.RATE_LIMITED] += 1
             return Refusal(
-                status=429,
-                code="RATE_LIMITED",
+                code=RefusalCode.RATE_LIMITED,
                 message="too many failed attempts; try again later",
                 headers=(("Retry-After", str(max(1, round(retry_after)))),),
             )
@@ -281,7 +281,7 @@ class AuthGate:
             max_token_bytes=config.max_token_bytes,
             production=config.require_auth,
         )
-        if isinstance(credentials, auth.Denied):
+        if isinstance(credentials, Refusal):
             return self._refuse(context, ip, None, credentials, None, record=record)
         verification = None
         token = credentials.token
@@ -302,9 +302,7 @@ class AuthGate:
                 context, ip, credentials, decision.denied, verification, record=record
             )
         if not auth.store_allowed(decision, context.store_id, self.policy):
-            denied = auth.Denied(
-                status=403, code="STORE_FORBIDDEN", message="this store is not allowed"
-            )
+            denied = Refusal(code=RefusalCode.STORE_FORBIDDEN, message="this store is not allowed")
             return self._refuse(context, ip, credentials, denied, verification, record=record)
         if record:
             self.decisions[decision.reason] += 1
@@ -335,14 +333,13 @@ class AuthGate:
         context: PayloadContext,
         ip: str,
         credentials: auth.Credentials | None,
-        denied: auth.Denied,
+        denied: Refusal,
         verification: auth.Verification | None,
         *,
         record: bool = True,
     ) -> Refusal:
-        refusal = Refusal(status=denied.status, code=denied.code, message=denied.message)
         if not record:
-            return refusal
+            return denied
         self.decisions[denied.code] += 1
         now = self._clock()
         secret = None
@@ -369,4 +366,4 @@ class AuthGate:
                 self.failures.max_failures,
                 self.failures.window,
             )
-        return refusal
+        return denied

@@ -1,4 +1,4 @@
-"""One WebSocket peer: reads RPC frames, runs its requests, writes their answers.
+"""One peer's sync requests: a WebSocket session (:class:`Peer`) or one HTTP-transport call.
 
 Request state is keyed by the request id *of this connection* (two clients may both use
 "0"). Pulls and pushes run as tasks, so the reader keeps answering Pings and taking Acks
@@ -10,40 +10,45 @@ so a large backlog never piles up in memory. A connection whose queued bytes exc
 
 A pull whose store is loaded and whose backlog is empty (a client reconnecting with an
 up-to-date cursor, or a new store) is answered on the spot, without a task.
+
+Limits are read from the live configuration when they apply (a reload changes them for
+open sessions too): ``send_buffer_limit`` at the next frame, ``catchup_window`` at the next
+catch-up chunk, ``max_requests_per_connection`` at the next request.
+
+:func:`http_call` runs one HTTP-transport request with the same decoding and checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway import protocol
-from gateway.config import LimitsConfig
-from gateway.engine import Backlog, ErrorDict, SyncEngine
-from gateway.hub import Subscription
-from gateway.protocol import (
-    PING,
-    Ack,
+from gateway.config import LiveConfig
+from gateway.engine import Backlog, SyncEngine
+from gateway.errors import (
+    CloseCode,
     FrameError,
-    Interrupt,
     PayloadError,
-    PullRequest,
-    PushRequest,
-    Request,
+    RpcFailure,
+    StoreError,
+    UnknownFailure,
+    WireClosed,
+    store_mismatch,
 )
-from gateway.store import StoreError
-from gateway.wsconn import CLOSE_INTERNAL_ERROR, WireClosed
+from gateway.hub import Subscription
+from gateway.metrics import SessionCounters
+from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request
 
 logger = logging.getLogger(__name__)
 
-CLOSE_SLOW_CONSUMER = 1013
+BeforePush = Callable[[], Awaitable[None]]
 
 
 class Wire(Protocol):
-    """The connection under a peer (``gateway.wsconn.WsConnection``)."""
+    """The connection under a peer (``gateway.transport.ws.WsConnection``)."""
 
     @property
     def open(self) -> bool: ...
@@ -83,10 +88,11 @@ class Peer:
         "_before_push",
         "_evicted",
         "connection",
+        "counters",
         "engine",
         "events_in",
         "frames_out",
-        "limits",
+        "settings",
         "store_id",
     )
 
@@ -96,13 +102,15 @@ class Peer:
         store_id: str,
         engine: SyncEngine,
         *,
-        limits: LimitsConfig,
-        before_push: Callable[[], Awaitable[None]] | None = None,
+        settings: LiveConfig,
+        counters: SessionCounters,
+        before_push: BeforePush | None = None,
     ) -> None:
         self.connection = connection
         self.store_id = store_id
         self.engine = engine
-        self.limits = limits
+        self.settings = settings
+        self.counters = counters
         self._before_push = before_push
         self._active: dict[str, _Active] = {}
         self._evicted = False
@@ -113,13 +121,13 @@ class Peer:
 
     @property
     def send_limit(self) -> int:
-        return self.limits.send_buffer_limit
+        return self.settings.current.limits.send_buffer_limit
 
     def write(self, frame: bytes) -> None:
         connection = self.connection
         if self._evicted or not connection.open:
             return
-        if connection.buffered() > self.limits.send_buffer_limit:
+        if connection.buffered() > self.settings.current.limits.send_buffer_limit:
             self.evict("slow consumer")
             return
         connection.send(frame)
@@ -129,10 +137,10 @@ class Peer:
         if self._evicted:
             return
         self._evicted = True
-        self.engine.counters.evictions += 1
+        self.counters.evictions += 1
         logger.warning("evicting store=%s: %s", self.store_id, reason)
         self._drop_requests()
-        self.connection.close(CLOSE_SLOW_CONSUMER, reason)
+        self.connection.close(CloseCode.TRY_AGAIN_LATER, reason)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -163,20 +171,12 @@ class Peer:
         if tag != protocol.TAG_WS_PULL and tag != protocol.TAG_WS_PUSH:
             self.write(protocol.exit_die(rid_json, f"Unknown request tag: {tag}"))
             return
-        if len(self._active) >= self.limits.max_requests_per_connection:
+        if len(self._active) >= self.settings.current.limits.max_requests_per_connection:
             self.write(protocol.exit_die(rid_json, "too many concurrent requests"))
             return
-        try:
-            decoded = (
-                protocol.decode_push(request.payload)
-                if tag == protocol.TAG_WS_PUSH
-                else protocol.decode_pull(request.payload)
-            )
-        except PayloadError as exc:
-            self.write(protocol.exit_die(rid_json, str(exc)))
-            return
-        if decoded.store_id != self.store_id:
-            self.write(protocol.exit_fail(rid_json, protocol.store_mismatch(decoded.store_id)))
+        decoded = decode(request, self.store_id, rid_json, push=tag == protocol.TAG_WS_PUSH)
+        if isinstance(decoded, bytes):
+            self.write(decoded)
             return
         active = _Active()
         if isinstance(decoded, PushRequest):
@@ -185,7 +185,7 @@ class Peer:
             pull = decoded
             subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
             opened = self.engine.open_pull_now(pull, subscription)
-            if isinstance(opened, dict):
+            if isinstance(opened, RpcFailure):
                 self.write(protocol.exit_fail(rid_json, opened))
                 return
             if opened is not None and opened.after >= opened.upto:
@@ -240,20 +240,21 @@ class Peer:
         subscription = active.subscription
         try:
             if opened is None:
-                answer: Backlog | ErrorDict = await self.engine.open_pull(pull, subscription)
-                if isinstance(answer, dict):
+                answer = await self.engine.open_pull(pull, subscription)
+                if isinstance(answer, RpcFailure):
                     active.subscription = None
                     self.write(protocol.exit_fail(rid_json, answer))
                     return
                 opened = answer
             prefix = protocol.chunk_prefix(rid_json)
-            window = self.limits.catchup_window
+            limits = self.settings.current.limits
             async for item in self.engine.backlog_items(opened):
-                while active.unacked >= window:
+                while active.unacked >= limits.catchup_window:
                     if active.acked is None:
                         active.acked = asyncio.Event()
                     active.acked.clear()
                     await active.acked.wait()
+                    limits = self.settings.current.limits
                 active.unacked += 1
                 if self._evicted:
                     return
@@ -270,7 +271,7 @@ class Peer:
             logger.error("pull failed store=%s: %s", self.store_id, exc)
             if subscription is not None:
                 self.engine.hub.unsubscribe(subscription)
-            self.connection.close(CLOSE_INTERNAL_ERROR, "storage unavailable")
+            self.connection.close(CloseCode.INTERNAL_ERROR, "storage unavailable")
             return
         except BaseException:
             if subscription is not None:
@@ -286,11 +287,61 @@ class Peer:
         if self._before_push is not None and push.batch:
             # Rate limiting delays a push; it never drops or fails it.
             await self._before_push()
-        started = time.perf_counter()
         error = await self.engine.push(push)
-        self.engine.metrics.push_latency.observe(time.perf_counter() - started)
         if error is None:
             self.events_in += len(push.batch)
             self.write(protocol.exit_success(rid_json, protocol.PUSH_ACK))
         else:
             self.write(protocol.exit_fail(rid_json, error))
+
+
+def decode(
+    request: Request, store_id: str, rid_json: bytes, *, push: bool
+) -> PushRequest | PullRequest | bytes:
+    """A Push or Pull request's payload, checked against the connection's store; or the
+    frame that answers it when it is malformed (Die) or names another store (Fail)."""
+    try:
+        decoded = (
+            protocol.decode_push(request.payload)
+            if push
+            else protocol.decode_pull(request.payload, http=request.tag == protocol.TAG_HTTP_PULL)
+        )
+    except PayloadError as exc:
+        return protocol.exit_die(rid_json, str(exc))
+    if decoded.store_id != store_id:
+        return protocol.exit_fail(rid_json, store_mismatch(decoded.store_id))
+    return decoded
+
+
+async def http_call(
+    engine: SyncEngine, store_id: str, request: Request, before_push: BeforePush
+) -> list[bytes]:
+    """Run one HTTP-transport request; the frames the WebSocket would have sent for it, the
+    last being its ``Exit`` (spec §10)."""
+    rid = protocol.request_id_json(request.id)
+    tag = request.tag
+    if tag == protocol.TAG_HTTP_PING:
+        return [protocol.exit_success(rid, protocol.HTTP_PONG)]
+    if tag != protocol.TAG_HTTP_PUSH and tag != protocol.TAG_HTTP_PULL:
+        return [protocol.exit_die(rid, f"Unknown request tag: {tag}")]
+    decoded = decode(request, store_id, rid, push=tag == protocol.TAG_HTTP_PUSH)
+    if isinstance(decoded, bytes):
+        return [decoded]
+    try:
+        if isinstance(decoded, PushRequest):
+            if decoded.batch:
+                await before_push()
+            error = await engine.push(decoded)
+            if error is None:
+                return [protocol.exit_success(rid, protocol.PUSH_ACK)]
+            return [protocol.exit_fail(rid, error)]
+        opened = await engine.open_pull(decoded)
+        if isinstance(opened, RpcFailure):
+            return [protocol.exit_fail(rid, opened)]
+        prefix = protocol.chunk_prefix(rid)
+        frames = [prefix + protocol.chunk_tail(item) async for item in engine.backlog_items(opened)]
+    except StoreError as exc:
+        logger.error("http request failed store=%s: %s", store_id, exc)
+        return [protocol.exit_fail(rid, UnknownFailure("storage unavailable", "http"))]
+    frames.append(protocol.exit_success_void(rid))
+    return frames

@@ -37,6 +37,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from gateway.errors import CloseCode, WireClosed
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -54,13 +56,6 @@ _CLOSE = Opcode.CLOSE
 _SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
-
-CLOSE_KEEPALIVE_TIMEOUT = 1011
-CLOSE_INTERNAL_ERROR = 1011
-
-
-class WireClosed(Exception):
-    """The connection closed while a send was waiting for the socket to drain."""
 
 
 def text_frame(data: bytes) -> bytes:
@@ -82,7 +77,7 @@ class Session(Protocol):
 
 
 class Owner(Protocol):
-    """The server side a connection reports to (``gateway.server.Frontend``)."""
+    """The server side a connection reports to (``gateway.transport.listener.Listener``)."""
 
     def handshake(self, connection: WsConnection, request: Request) -> None:
         """Start deciding the upgrade; the decision ends with :meth:`WsConnection.respond`."""
@@ -122,12 +117,13 @@ class WsConnection(asyncio.Protocol):
         *,
         max_size: int,
         open_timeout: float,
-        close_timeout: float,
+        close_timeout: Callable[[], float],
         logger: logging.Logger,
     ) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = transport
         self.proto = ServerProtocol(max_size=max_size, logger=logger)
+        # Read when a closing handshake starts, so a reload changes it for open sessions.
         self.close_timeout = close_timeout
         # Set by the owner: what the handshake admitted, and the session once open.
         self.admitted: object = None
@@ -169,6 +165,10 @@ class WsConnection(asyncio.Protocol):
     def remote_address(self) -> object:
         transport = self.transport
         return None if transport is None else transport.get_extra_info("peername")
+
+    def set_max_size(self, max_size: int) -> None:
+        """Change the largest message accepted from now on (a reload of the limit)."""
+        self.proto.max_message_size = max_size
 
     def buffered(self) -> int:
         transport = self.transport
@@ -283,7 +283,7 @@ class WsConnection(asyncio.Protocol):
             self.session = session()
         except Exception:
             logger.exception("session failed to open")
-            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
             return
         early, self._early = self._early, ()
         if early:
@@ -300,7 +300,7 @@ class WsConnection(asyncio.Protocol):
             # A bug, not bad input (the session answers that itself): this connection ends
             # with 1011 and the others carry on.
             logger.exception("session failed")
-            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _handle_frames(self, events: Sequence[object]) -> None:
         for event in events:
@@ -363,7 +363,7 @@ class WsConnection(asyncio.Protocol):
             else:
                 transport.close()
         if proto.close_expected() and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.close_timeout, self._abort)
+            self._timer = asyncio.get_running_loop().call_later(self.close_timeout(), self._abort)
 
     # -- closing --------------------------------------------------------------------------
 
@@ -402,7 +402,7 @@ class WsConnection(asyncio.Protocol):
         if self.ping_deadline:
             if now >= self.ping_deadline:
                 logger.info("closing: keepalive ping timeout")
-                self.fail(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
+                self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             return
         if now - self.quiet_since >= interval and self.open:
             self.proto.send_ping(b"")

@@ -21,7 +21,8 @@ from typing import Any, Final
 
 import jwt
 
-from gateway.handshake import MISSING
+from gateway.admission import MISSING
+from gateway.errors import Refusal, RefusalCode
 
 # Accepted-request reasons (stable: logs and metrics use them).
 R_JWT: Final = "jwt"
@@ -38,15 +39,6 @@ SUBJECT_DEV: Final = "dev"
 SUBJECT_ANONYMOUS: Final = "anonymous"
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Denied:
-    """A refusal: HTTP status, stable code, message (never containing the credential)."""
-
-    status: int
-    code: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,7 +79,7 @@ def extract_credentials(
     cookie_name: str,
     max_token_bytes: int,
     production: bool,
-) -> Credentials | Denied:
+) -> Credentials | Refusal:
     """Read the credential of a sync request.
 
     Token sources, first present wins: payload ``authToken``, query ``token``,
@@ -100,22 +92,21 @@ def extract_credentials(
     if payload is not MISSING and payload is not None and not isinstance(payload, dict):
         # The protocol allows any JSON value; only production insists on our object shape.
         if production:
-            return Denied(status=400, code="BAD_PAYLOAD", message="payload must be a JSON object")
+            return Refusal(code=RefusalCode.BAD_PAYLOAD, message="payload must be a JSON object")
         payload = None
     if isinstance(payload, dict):
         raw_instance = payload.get("instanceId")
         if raw_instance is not None:
             if not isinstance(raw_instance, str) or not _INSTANCE_ID.fullmatch(raw_instance):
-                return Denied(
-                    status=400,
-                    code="BAD_PAYLOAD",
+                return Refusal(
+                    code=RefusalCode.BAD_PAYLOAD,
                     message="instanceId must be 1-128 characters of [A-Za-z0-9._:@+=-]",
                 )
             instance_id = raw_instance
         for key in ("authToken", "serverBypass"):
             value = payload.get(key)
             if value is not None and not isinstance(value, str):
-                return Denied(status=400, code="BAD_PAYLOAD", message=f"{key} must be a string")
+                return Refusal(code=RefusalCode.BAD_PAYLOAD, message=f"{key} must be a string")
         if payload.get("authToken"):
             token, source = payload["authToken"], "payload"
         if payload.get("serverBypass"):
@@ -132,14 +123,13 @@ def extract_credentials(
             token, source = value, "cookie"
     for secret in (token, bypass):
         if secret is not None and len(secret.encode()) > max_token_bytes:
-            return Denied(
-                status=400,
-                code="TOKEN_TOO_LARGE",
+            return Refusal(
+                code=RefusalCode.TOKEN_TOO_LARGE,
                 message=f"credentials are limited to {max_token_bytes} bytes",
             )
     if production and instance_id is None and (token is not None or bypass is not None):
         # Without any credential the answer is MISSING_TOKEN (the decision table's row).
-        return Denied(status=400, code="BAD_PAYLOAD", message="instanceId is required")
+        return Refusal(code=RefusalCode.BAD_PAYLOAD, message="instanceId is required")
     return Credentials(instance_id=instance_id, token=token, token_source=source, bypass=bypass)
 
 
@@ -300,7 +290,7 @@ class Decision:
     allowed: bool
     reason: str
     subject: str | None = None
-    denied: Denied | None = None
+    denied: Refusal | None = None
     warn: bool = False
     expires_at: float | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
@@ -323,12 +313,9 @@ def _accept(reason: str, subject: str, *, warn: bool = False, **kw: Any) -> Deci
     return Decision(allowed=True, reason=reason, subject=subject, warn=warn, **kw)
 
 
-def _deny(status: int, code: str, message: str) -> Decision:
+def _deny(code: RefusalCode, message: str) -> Decision:
     return Decision(
-        allowed=False,
-        reason=code,
-        denied=Denied(status=status, code=code, message=message),
-        warn=True,
+        allowed=False, reason=code, denied=Refusal(code=code, message=message), warn=True
     )
 
 
@@ -346,16 +333,16 @@ def decide(
         if policy.bypass_token and _matches(credentials.bypass, (policy._bypass_digest,)):
             return _accept(R_BYPASS, SUBJECT_SERVER)
         if production:
-            return _deny(403, "BYPASS_REJECTED", "the server bypass token is not valid")
+            return _deny(RefusalCode.BYPASS_REJECTED, "the server bypass token is not valid")
         return _accept(R_BYPASS_ANON, SUBJECT_ANONYMOUS, warn=True)
     token = credentials.token
     if token is None:
         if production:
-            return _deny(401, "MISSING_TOKEN", "an auth token is required")
+            return _deny(RefusalCode.MISSING_TOKEN, "an auth token is required")
         return _accept(R_ANONYMOUS, SUBJECT_ANONYMOUS)
     if is_dev_token(token, policy):
         if production:
-            return _deny(403, "DEV_TOKEN_REJECTED", "development tokens are not accepted")
+            return _deny(RefusalCode.DEV_TOKEN_REJECTED, "development tokens are not accepted")
         return _accept(R_DEV, SUBJECT_DEV)
     if isinstance(verification, Verified):
         return _accept(
@@ -374,10 +361,10 @@ def decide(
                 claims=verification.claims,
             )
         if production:
-            return _deny(401, "TOKEN_EXPIRED", "the auth token has expired")
+            return _deny(RefusalCode.TOKEN_EXPIRED, "the auth token has expired")
         return _accept(R_EXPIRED_ANON, SUBJECT_ANONYMOUS, warn=True)
     if production:
-        return _deny(401, "INVALID_TOKEN", "the auth token is not valid")
+        return _deny(RefusalCode.INVALID_TOKEN, "the auth token is not valid")
     return _accept(R_INVALID_ANON, SUBJECT_ANONYMOUS, warn=True)
 
 

@@ -1,0 +1,27 @@
+"""An HTTP answer as the endpoints and transports build it, before either writes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import __version__
+from gateway.errors import Refusal
+
+SERVER_HEADER = f"gateway/{__version__}"
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Status, body, content type and extra headers of one HTTP response."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def refusal(cls, refusal: Refusal) -> Answer:
+        """The documented JSON error body, with the refusal's status and headers."""
+        return cls(refusal.status, refusal.body(), JSON, refusal.headers)

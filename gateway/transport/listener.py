@@ -1,0 +1,333 @@
+"""The listening socket: accept, route, answer handshakes, shut down.
+
+Each accepted TCP connection starts with a tiny sniffer that reads the request method:
+``GET`` connections become a :class:`~gateway.transport.ws.WsConnection` (websockets'
+Sans-I/O ``ServerProtocol`` under our own ``asyncio.Protocol``); anything else goes to
+:class:`~gateway.transport.http.HttpConnection`. Both ask :func:`gateway.admission.admit`
+whether a sync request is admitted. A WebSocket request without sync parameters is one of
+the plain :mod:`~gateway.transport.endpoints`; an admitted one becomes a session, kept by
+:class:`~gateway.transport.sessions.Sessions`.
+
+One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
+``Listener.handshake`` -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
+``WsConnection.respond`` (101) -> ``Sessions.open`` -> ``Peer`` (RPC frames) ->
+``SyncEngine`` -> store and hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from gateway import protocol
+from gateway.admission import (
+    Admitted,
+    Incoming,
+    NotSync,
+    Transport,
+    ValidatePayload,
+    admit,
+)
+from gateway.config import LiveConfig
+from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.transport.answer import SERVER_HEADER, Answer
+from gateway.transport.endpoints import Endpoints
+from gateway.transport.http import HttpConnection
+from gateway.transport.sessions import Sessions
+from gateway.transport.ws import Session, WsConnection, cast_transport
+
+if TYPE_CHECKING:
+    import socket
+
+logger = logging.getLogger("gateway.server")
+
+# Longest request method we wait for before deciding how to route a connection.
+_MAX_METHOD = 16
+
+HttpCall = Callable[[Admitted, protocol.Request], Awaitable[list[bytes]]]
+
+_WS_LOGGER = logging.getLogger("gateway.websockets")
+
+
+def _quiet_filter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _response(answer: Answer) -> Response:
+    """``answer`` as websockets' Response; the connection closes after it."""
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(answer.body))),
+            ("Content-Type", answer.content_type),
+            *answer.headers,
+        ]
+    )
+    return Response(answer.status, http.HTTPStatus(answer.status).phrase, headers, answer.body)
+
+
+def _header_dict(headers: Headers) -> dict[str, str]:
+    """Lower-case names; a repeated header's values joined with ", " (as HTTP/1.1 reads)."""
+    merged: dict[str, str] = {}
+    for name, value in headers.raw_items():
+        key = name.lower()
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged
+
+
+def remote_text(address: object) -> str | None:
+    """``host:port`` of a socket's peer address, for logs and the auth gate."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None
+
+
+class _Sniffer(asyncio.Protocol):
+    """Reads the first bytes of a connection and hands it to the right protocol."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast_transport(transport)
+        self._listener.sniffing.add(self._transport)
+        loop = asyncio.get_running_loop()
+        timeout = self._listener.settings.current.server.open_timeout
+        self._timer = loop.call_later(timeout, self._transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        space = self._buffer.find(b" ", 0, _MAX_METHOD)
+        if space < 0 and len(self._buffer) < _MAX_METHOD and b"\n" not in self._buffer:
+            return
+        assert self._transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._listener.sniffing.discard(self._transport)
+        method = bytes(self._buffer[:space]) if space > 0 else b""
+        initial = bytes(self._buffer)
+        self._buffer.clear()
+        if method == b"GET" or space < 0:
+            # Malformed request lines get their 400 from the WebSocket path.
+            self._listener.open_websocket(self._transport, initial)
+        else:
+            self._listener.open_http(self._transport, initial)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._listener.sniffing.discard(self._transport)
+
+
+class Listener:
+    """The listening socket and every connection on it, up to the session.
+
+    It is the ``Owner`` both connection kinds report to (:mod:`.ws`, :mod:`.http`).
+    """
+
+    def __init__(
+        self,
+        settings: LiveConfig,
+        *,
+        validate_payload: ValidatePayload,
+        sessions: Sessions,
+        endpoints: Endpoints,
+        http_call: HttpCall,
+    ) -> None:
+        self.settings = settings
+        self._validate_payload = validate_payload
+        self._sessions = sessions
+        self._endpoints = endpoints
+        self._http_call = http_call
+        # websockets logs request lines and headers (tokens!) below WARNING: never let it,
+        # whatever level the embedding application configures.
+        # The level also spares building records the filter would drop.
+        if _WS_LOGGER.getEffectiveLevel() < logging.WARNING:
+            _WS_LOGGER.setLevel(logging.WARNING)
+        if _quiet_filter not in _WS_LOGGER.filters:
+            _WS_LOGGER.addFilter(_quiet_filter)
+        self.server: asyncio.Server | None = None
+        # Every WebSocket connection from the sniffer's handoff to connection_lost.
+        self.ws_connections: set[WsConnection] = set()
+        self._ws_gone: asyncio.Event | None = None
+        self.http_connections: set[HttpConnection] = set()
+        # Connections that have not sent their request method yet.
+        self.sniffing: set[asyncio.Transport] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        # One callable for every connection (read when a closing handshake starts).
+        self._close_timeout = lambda: self.settings.current.server.close_timeout
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        server_config = self.settings.current.server
+        self.server = await loop.create_server(
+            lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
+        )
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        assert self.server is not None
+        return tuple(self.server.sockets)
+
+    @property
+    def closing(self) -> bool:
+        """The server is stopping: new sync requests get 503 ``SHUTTING_DOWN``."""
+        return self._closing
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; established connections carry on."""
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self, timeout: float) -> None:  # noqa: ASYNC109 - bounds several waits
+        """Close sessions with 1001 (going away), end HTTP connections, wait for handlers;
+        all within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.stop_accepting()
+        for transport in tuple(self.sniffing):
+            transport.abort()
+        for conn in tuple(self.http_connections):
+            conn.shutdown()
+        gone = self._ws_gone = asyncio.Event()
+        for connection in tuple(self.ws_connections):
+            if connection.session is not None:
+                connection.close(CloseCode.GOING_AWAY, "server shutting down")
+            elif not connection.deciding:
+                # An incomplete request, or a refusal already sent (only the client's FIN is
+                # awaited). Handshakes being decided get 503 (``closing``) and close too.
+                connection.abort()
+        if self.ws_connections:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await gone.wait()
+            except TimeoutError:
+                logger.warning("connections still open after %.1f s; aborting them", timeout)
+                for connection in tuple(self.ws_connections):
+                    connection.abort()
+        for conn in tuple(self.http_connections):
+            conn.abort()
+        if self._tasks:
+            await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
+        if self.server is not None:
+            try:
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.1)):
+                    await self.server.wait_closed()
+            except TimeoutError:
+                logger.warning("listening socket still has connections after %.1f s", timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def open_websocket(self, transport: asyncio.Transport, initial: bytes) -> None:
+        current = self.settings.current
+        connection = WsConnection(
+            self,
+            transport,
+            max_size=current.limits.max_message_bytes,
+            open_timeout=current.server.open_timeout,
+            close_timeout=self._close_timeout,
+            logger=_WS_LOGGER,
+        )
+        self.ws_connections.add(connection)
+        transport.set_protocol(connection)
+        connection.data_received(initial)
+
+    def open_http(self, transport: asyncio.Transport, initial: bytes) -> None:
+        conn = HttpConnection(self, transport, self.settings)
+        self.http_connections.add(conn)
+        self._sessions.http_opened()
+        transport.set_protocol(conn)
+        conn.data_received(initial)
+
+    # -- admission, for both transports ---------------------------------------------------
+
+    async def admit(self, request: Incoming, via: Transport) -> Admitted | Refusal | NotSync:
+        limits = self.settings.current.limits
+        return await admit(
+            request,
+            via=via,
+            max_store_id_length=limits.max_store_id_length,
+            max_payload_bytes=limits.max_payload_bytes,
+            closing=self.is_closing,
+            validate_payload=self._validate_payload,
+        )
+
+    # -- WebSocket: the ws Owner ----------------------------------------------------------
+
+    def handshake(self, connection: WsConnection, request: Request) -> None:
+        self.spawn(self._handshake(connection, request))
+
+    def malformed(self) -> bytes:
+        refusal = Refusal(code=RefusalCode.BAD_REQUEST, message="malformed HTTP request")
+        return _response(Answer.refusal(refusal)).serialize()
+
+    async def _handshake(self, connection: WsConnection, request: Request) -> None:
+        try:
+            answer = await self._decide(connection, request)
+        except Exception:
+            logger.exception("handshake failed")
+            refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
+            answer = Answer.refusal(refusal)
+        # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
+        response = connection.proto.accept(request) if answer is None else _response(answer)
+        response.headers["Server"] = SERVER_HEADER
+        connection.respond(response, lambda: self._sessions.open(connection))
+        # The parser's frame keeps the request for the connection's lifetime; what the
+        # session needs from its headers was copied (``Sessions.admitted``).
+        request.headers.clear()
+
+    async def _decide(self, connection: WsConnection, request: Request) -> Answer | None:
+        """The handshake hook: None to accept, else the answer (an endpoint or a refusal)."""
+        headers = _header_dict(request.headers)
+        remote = remote_text(connection.remote_address)
+        incoming = Incoming(method="GET", target=request.path, headers=headers, remote_addr=remote)
+        outcome = await self.admit(incoming, "ws")
+        if isinstance(outcome, NotSync):
+            return await self._endpoints.answer(outcome.path, headers, remote)
+        if isinstance(outcome, Refusal):
+            return Answer.refusal(outcome)
+        self._sessions.admitted(connection, outcome)
+        return None
+
+    def closed(self, connection: WsConnection, session: Session | None) -> None:
+        self.ws_connections.discard(connection)
+        self._sessions.closed(connection, session)
+        if self._ws_gone is not None and not self.ws_connections:
+            self._ws_gone.set()
+
+    # -- HTTP: the http Owner -------------------------------------------------------------
+
+    async def call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
+        return await self._http_call(admitted, request)
+
+    def http_closed(self, conn: HttpConnection) -> None:
+        if conn in self.http_connections:
+            self.http_connections.discard(conn)
+            self._sessions.http_closed()
