@@ -48,7 +48,7 @@ types: $(STAMP)
 check: lint types test
 
 # Load benchmark: gateway against a bare websockets broadcast server, same run, same
-# machine (< 5 minutes). Prints a table, writes bench/results.json. See bench/run.py.
+# machine (< 5 minutes). Prints a table, writes bench/results.json. See bench/cli.py.
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -2,5 +2,5 @@
 
 ``python -m bench`` runs every measurement against the gateway and against a minimal
 ``websockets`` broadcast server (``bench.baseline``) in the same run, and writes
-``bench/results.json``. See ``bench/run.py`` for the options.
+``bench/results.json``. See ``bench/cli.py`` for the options.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -96,18 +97,33 @@ async def main_async(args: argparse.Namespace) -> None:
         await server.serve_forever()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="bench.baseline")
+def serve_main(
+    prog: str,
+    serve_async: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+    more_options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """A server's command line: ``--host``, ``--port`` (and ``more_options``), then
+    ``serve_async(args)`` on uvloop until interrupted."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--history", type=int, default=0, help="events served to catchup-*")
-    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    if more_options is not None:
+        more_options(parser)
     args = parser.parse_args()
     try:
-        uvloop.run(main_async(args))
+        uvloop.run(serve_async(args))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--history", type=int, default=0, help="events served to catchup-*")
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+
+
+def main() -> int:
+    return serve_main("bench.baseline", main_async, _options)
 
 
 if __name__ == "__main__":

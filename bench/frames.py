@@ -108,10 +108,16 @@ def request(rid: str, tag: str, payload: dict[str, Any]) -> bytes:
     )
 
 
-def pull_frame(store_id: str, sync_payload: object | None, *, live: bool = True) -> bytes:
+def _body(store_id: str, sync_payload: object | None) -> dict[str, Any]:
+    """A request payload's first keys: ``storeId``, then the sync payload if any."""
     body: dict[str, Any] = {"storeId": store_id}
     if sync_payload is not None:
         body["payload"] = sync_payload
+    return body
+
+
+def pull_frame(store_id: str, sync_payload: object | None, *, live: bool = True) -> bytes:
+    body = _body(store_id, sync_payload)
     body["live"] = live
     body["cursor"] = NONE
     return request(PULL_ID, "SyncWsRpc.Pull", body)
@@ -135,9 +141,7 @@ def make_events(first_seq: int, n: int, t_ns: int, client_id: str) -> list[dict[
 def push_frame(
     rid: str, store_id: str, sync_payload: object | None, events: list[dict[str, Any]]
 ) -> bytes:
-    body: dict[str, Any] = {"storeId": store_id}
-    if sync_payload is not None:
-        body["payload"] = sync_payload
+    body = _body(store_id, sync_payload)
     body["batch"] = events
     body["backendId"] = NONE
     return request(rid, "SyncWsRpc.Push", body)

@@ -231,10 +231,3 @@ def baseline_server(
         argv.append("--deflate")
     name = "baseline+deflate" if compression else "baseline"
     return Server(name, argv, env, cpus, log_path)
-
-
-def floor_server(log_path: Path, cpus: set[int]) -> Server:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, "-m", "bench.floor", "--port", "0"]
-    return Server("floor", argv, env, cpus, log_path)

@@ -3,29 +3,32 @@
 Same behaviour as :mod:`bench.baseline` (Pong, canned first Chunk, Push relayed verbatim to
 the store's subscribers, then acked), but each connection is one ``asyncio.Protocol``
 driving ``ServerProtocol`` directly: no handler task, no ``Assembler``, no ``recv()``
-future per message. ``python -m bench --floor`` measures it next to the baseline for the
-handshake, fan-out and idle measurements, to show what the stack allows when gateway owns
-its connections (gateway already builds a ``ServerProtocol`` itself in
-``Frontend.open_websocket``).
+future per message. ``python -m bench`` measures it next to the baseline for the handshake,
+fan-out and idle measurements (unless ``--no-floor``), to show what the stack allows when
+gateway owns its connections (gateway already builds a ``ServerProtocol`` itself in
+``Frontend.open_websocket``). A finished study: its figures are in the README.
 
-Run as ``python -m bench.floor --port 0``; prints ``listening on ws://HOST:PORT``.
+Run as ``python -m bench.studies.floor --port 0``; prints ``listening on ws://HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import uvloop
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from bench.baseline import EMPTY_TAIL, PONG, PULL, PUSH, request_id
+from bench.baseline import EMPTY_TAIL, PONG, PULL, PUSH, request_id, serve_main
 from bench.frames import PING, chunk_prefix
+from bench.procs import Server
+from bench.results import dig, fmt
 
 OP_TEXT = Opcode.TEXT
 stores: dict[str, set[FloorConnection]] = {}
@@ -105,15 +108,42 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="bench.floor")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        uvloop.run(main_async(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_main("bench.studies.floor", main_async)
+
+
+def floor_server(log_path: Path, cpus: set[int]) -> Server:
+    """The floor as a server under test (``python -m bench.studies.floor``)."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "bench.studies.floor", "--port", "0"]
+    return Server("floor", argv, env, cpus, log_path)
+
+
+# name, scenario, path to the value, unit: the floor's lines of the printed table
+_TABLE = (
+    ("server CPU per handshake", "handshake", ("server_cpu_us_per_handshake",), "us"),
+    ("fan-out server CPU per event", "fanout", ("paced", "server_cpu_us_per_event"), "us"),
+    ("fan-out p99", "fanout", ("paced", "latency", "p99_ms"), "ms"),
+    ("RSS per idle connection", "idle", ("rss_per_connection_kib",), "KiB"),
+)
+
+
+def table_lines(res: dict[str, Any]) -> list[str]:
+    """The floor's lines of the printed table, from results.json's ``results``."""
+    lines = []
+    for label, scenario, path, unit in _TABLE:
+        value = dig(res.get(scenario, {}).get("floor"), path)
+        base = dig(res.get(scenario, {}).get("baseline"), path)
+        if value is not None:
+            ratio = f" ({value / base:.2f}x baseline)" if base else ""
+            lines.append(f"  {label}: {fmt(value, 2)} {unit}{ratio}")
+    if not lines:
+        return []
+    return [
+        "",
+        "floor (bench.floor: the baseline's job on Sans-I/O ServerProtocol, no asyncio API):",
+        *lines,
+    ]
 
 
 if __name__ == "__main__":

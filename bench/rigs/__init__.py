@@ -1,0 +1,7 @@
+"""The measurement rigs, each run the same way against the gateway and the baseline (the
+two-node fan-out runs on gateways only). Every rig takes a running
+:class:`bench.procs.Server` and returns a frozen result dataclass (``bench.results``).
+
+1. ``handshake``, 2. ``fanout``, 3. ``durable``, 4. ``idle``, 5. ``catchup``,
+6. ``multinode``; ``common`` and ``streams`` hold what they share.
+"""

@@ -1,0 +1,94 @@
+"""The sizes of every measurement: the full run's, and the smoke run's toy ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sizes:
+    # fan-out measurements; medians are reported.
+    rounds: int = 3
+    # 1. handshakes
+    hs_duration: float = 2.0
+    hs_max: int = 6000
+    hs_concurrency: int = 32
+    hs_stores: int = 10
+    # 2. fan-out
+    fan_stores: int = 10
+    fan_subscribers: int = 100
+    fan_batch: int = 1
+    fan_rate: float = 10.0  # pushes/s per store in the paced phase (10,000 events/s)
+    # The paced phase runs in short slices alternating between the servers; each server
+    # keeps the share ``fan_keep`` of its slices with the least foreign CPU load.
+    fan_slices: int = 8
+    fan_slice_s: float = 1.5
+    fan_keep: float = 0.5
+    fan_saturated_s: float = 4.0
+    fan_saturated_rounds: int = 2
+    fan_window: int = 16
+    # 3. durable pushes
+    dur_pushers: int = 32
+    dur_batch: int = 10
+    dur_s: float = 5.0
+    dur_single_batch: int = 1  # a second run with single-event pushes (0 skips it)
+    # 4. idle
+    idle_connections: int = 10_000
+    idle_stores: int = 10
+    idle_warmup: int = 200
+    # 5. catch-up
+    catchup_events: int = 100_000
+    catchup_runs: int = 3
+    # compression study (baseline with and without permessage-deflate)
+    comp_connections: int = 2000
+    comp_stores: int = 2
+    comp_subscribers: int = 100
+    comp_rate: float = 20.0  # pushes/s per store, 10 events each
+    comp_paced_s: float = 3.0
+    # 6. two-node fan-out (two gateways on one fresh PostgreSQL schema; skipped without one)
+    mn_stores: int = 4
+    mn_subscribers: int = 50  # per store, split evenly across the two nodes
+    # Single-event pushes/s per store, all through node 1: 200 pushes/s, 10,000 delivered
+    # events/s (the single-node fan-out's load). One push is in flight per pusher and acks
+    # take ~10 ms (a PostgreSQL commit), so far above ~70/s per store the pushers fall behind.
+    mn_rate: float = 50.0
+    mn_s: float = 4.0
+    concurrency: int = 64
+    settle_s: float = 1.0  # wait before reading RSS
+
+
+SMOKE = Sizes(
+    hs_duration=0.3,
+    hs_max=40,
+    hs_concurrency=4,
+    hs_stores=2,
+    fan_stores=2,
+    fan_subscribers=5,
+    fan_batch=2,
+    fan_rate=20.0,
+    fan_slices=2,
+    fan_slice_s=0.3,
+    fan_saturated_s=0.3,
+    dur_pushers=2,
+    dur_batch=5,
+    dur_s=0.3,
+    dur_single_batch=0,
+    idle_connections=50,
+    idle_stores=2,
+    idle_warmup=5,
+    catchup_events=1000,
+    catchup_runs=1,
+    comp_connections=20,
+    comp_stores=1,
+    comp_subscribers=5,
+    comp_rate=10.0,
+    comp_paced_s=0.3,
+    mn_stores=2,
+    mn_subscribers=4,
+    mn_rate=20.0,
+    mn_s=0.3,
+    rounds=1,
+    fan_saturated_rounds=1,
+    concurrency=8,
+    settle_s=0.2,
+)
