@@ -347,70 +347,16 @@ class Gateway:
             await asyncio.sleep(STATUS_INTERVAL)
             notifier.status(self.status())
 
-    # -- metrics --------------------------------------------------------------------------
+    # -- metrics ---------------------------------------------------------------------------
 
     def _collect(self) -> Iterator[Metric]:
-        counters = self.engine.counters
-        sessions = self.sessions.counters
-        yield metrics.labelled_gauge(
-            "gateway_connections", "Open client connections.", "transport", sessions.connections
-        )
-        yield metrics.labelled_counter(
-            "gateway_connections_opened",
-            "Client connections accepted since start.",
-            "transport",
-            sessions.connections_total,
-        )
-        yield metrics.labelled_counter(
-            "gateway_auth_decisions",
-            "Sync requests by auth decision (accepted reasons and refusal codes).",
-            "reason",
-            self.auth.decisions,
-        )
-        yield metrics.counter(
-            "gateway_auth_lockouts",
-            "Client IPs locked out after failed attempts.",
-            self.auth.lockouts,
-        )
-        yield metrics.counter(
-            "gateway_pushes_accepted",
-            "Pushes accepted (durably appended).",
-            counters.pushes_accepted,
-        )
-        yield metrics.counter(
-            "gateway_events_accepted",
-            "Events accepted (durably appended).",
-            counters.events_accepted,
-        )
-        yield metrics.labelled_counter(
-            "gateway_pushes_rejected",
-            "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage).",
-            "reason",
-            counters.pushes_rejected,
-        )
-        yield metrics.counter(
-            "gateway_server_ahead",
-            "Pushes answered with ServerAheadError.",
-            counters.pushes_rejected["server_ahead"],
-        )
-        yield metrics.counter(
-            "gateway_frames_delivered",
-            "Live Chunk frames handed to subscribers.",
-            counters.frames_delivered,
-        )
-        yield metrics.counter(
-            "gateway_send_queue_evictions",
-            "Connections closed because their send queue overflowed (1013).",
-            sessions.evictions,
-        )
-        yield metrics.gauge("gateway_live_subscribers", "Live pulls.", self.hub.subscriber_count())
-        yield metrics.gauge(
-            "gateway_stores_loaded", "Stores held in memory.", self.engine.stores_loaded
-        )
-        yield metrics.counter(
-            "gateway_stores_unloaded",
-            "Stores dropped from memory after store.unload_idle_after without use.",
-            counters.stores_unloaded,
+        yield from metrics.families(
+            engine=self.engine.counters,
+            sessions=self.sessions.counters,
+            decisions=self.auth.decisions,
+            lockouts=self.auth.lockouts,
+            live_subscribers=self.hub.subscriber_count(),
+            stores_loaded=self.engine.stores_loaded,
         )
         if isinstance(self.store, SqliteStore):
             path = self.store.path

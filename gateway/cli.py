@@ -22,7 +22,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake
 
-from gateway import __version__, log, protocol
+from gateway import __version__, frames, log, protocol
 from gateway.app import Gateway
 from gateway.config import HMAC_ALGORITHMS, Config
 from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
@@ -175,8 +175,8 @@ async def _tail(args: argparse.Namespace, config: Config) -> int:
 
 async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
     async def pull(rid: str, cursor: protocol.Cursor | None) -> None:
-        payload = protocol.pull_payload(store, cursor, live=True)
-        await ws.send(protocol.request_frame(rid, protocol.TAG_WS_PULL, payload), text=True)
+        payload = frames.pull_payload(store, cursor, live=True)
+        await ws.send(frames.request_frame(rid, protocol.TAG_WS_PULL, payload), text=True)
 
     # A cursor needs the backendId: a deliberately wrong one makes the server name it.
     await pull("0", protocol.Cursor("?", after) if after else None)
@@ -184,7 +184,7 @@ async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
         frame = json.loads(raw)
         tag = frame.get("_tag")
         if tag == "Chunk":
-            await ws.send(protocol.ack_frame(frame["requestId"]), text=True)
+            await ws.send(frames.ack_frame(frame["requestId"]), text=True)
             for item in frame["values"]:
                 for entry in item["batch"]:
                     print(json.dumps(entry["eventEncoded"], separators=(",", ":")), flush=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from gateway import protocol
+from gateway import frames, protocol
 from gateway.errors import (
     BackendIdMismatch,
     HeadMismatch,
@@ -165,8 +165,8 @@ class SyncEngine:
             for row in rows:
                 meta = meta_cache.get(row.created_ms)
                 if meta is None:
-                    meta = meta_cache[row.created_ms] = protocol.metadata(row.created_ms)
-                entries.append(protocol.event_entry(row.data, meta))
+                    meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
+                entries.append(frames.event_entry(row.data, meta))
             self.counters.frames_delivered += self.hub.publish(
                 state.store_id, entries, state.backend_id_json
             )
@@ -228,8 +228,8 @@ class SyncEngine:
                 head=meta.head,
                 lock=asyncio.Lock(),
             )
-            state.empty_tail = protocol.chunk_tail(
-                protocol.pull_item([], protocol.NO_MORE, state.backend_id_json)
+            state.empty_tail = frames.chunk_tail(
+                frames.pull_item([], frames.NO_MORE, state.backend_id_json)
             )
             state.used = time.monotonic()
             self._states[store_id] = state
@@ -303,8 +303,8 @@ class SyncEngine:
                     )
             state.head = batch[-1].seq
             started = time.perf_counter()
-            meta = protocol.metadata(created)
-            entries = [protocol.event_entry(event.data, meta) for event in batch]
+            meta = frames.metadata(created)
+            entries = [frames.event_entry(event.data, meta) for event in batch]
             sent = self.hub.publish(state.store_id, entries, state.backend_id_json)
             self.metrics.fanout_latency.observe(time.perf_counter() - started)
             counters = self.counters
@@ -377,7 +377,7 @@ class SyncEngine:
         after, upto = backlog.after, backlog.upto
         total = await self.store.count(state.store_id, after, upto) if after < upto else 0
         if total == 0:
-            yield protocol.pull_item([], protocol.NO_MORE, bid)
+            yield frames.pull_item([], frames.NO_MORE, bid)
             return
         sent = 0
         meta_cache: dict[int, bytes] = {}
@@ -392,14 +392,14 @@ class SyncEngine:
                 if meta is None:
                     if len(meta_cache) > 64:
                         meta_cache.clear()
-                    meta = meta_cache[row.created_ms] = protocol.metadata(row.created_ms)
-                entries.append(protocol.event_entry(row.data, meta))
-            for page in protocol.split_pages(entries, bid):
+                    meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
+                entries.append(frames.event_entry(row.data, meta))
+            for page in frames.split_pages(entries, bid):
                 sent += len(page)
                 remaining = total - sent
-                info = protocol.more_known(remaining) if remaining > 0 else protocol.NO_MORE
-                yield protocol.pull_item(page, info, bid)
+                info = frames.more_known(remaining) if remaining > 0 else frames.NO_MORE
+                yield frames.pull_item(page, info, bid)
         if sent < total:
             # The log held fewer rows than counted; never leave the client without NoMore.
             logger.error("store %r: backlog shorter than counted", state.store_id)
-            yield protocol.pull_item([], protocol.NO_MORE, bid)
+            yield frames.pull_item([], frames.NO_MORE, bid)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway import protocol
+from gateway import frames
 
 
 class Outbox(Protocol):
@@ -39,7 +39,7 @@ class Subscription:
     def __init__(self, outbox: Outbox, store_id: str, rid_json: bytes) -> None:
         self.outbox = outbox
         self.store_id = store_id
-        self.prefix = protocol.chunk_prefix(rid_json)
+        self.prefix = frames.chunk_prefix(rid_json)
         self._pending: list[bytes] | None = []
         self._pending_bytes = 0
         self.closed = False
@@ -99,8 +99,8 @@ class Hub:
         if not subs or not entries:
             return 0
         tails = [
-            protocol.chunk_tail(protocol.pull_item(page, protocol.NO_MORE, backend_id_json))
-            for page in protocol.split_pages(entries, backend_id_json)
+            frames.chunk_tail(frames.pull_item(page, frames.NO_MORE, backend_id_json))
+            for page in frames.split_pages(entries, backend_id_json)
         ]
         sent = 0
         # Copy: delivering may evict a subscriber, which unsubscribes it.

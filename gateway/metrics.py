@@ -83,6 +83,76 @@ class _Collector(Collector):
             yield from source()
 
 
+def families(
+    *,
+    engine: EngineCounters,
+    sessions: SessionCounters,
+    decisions: Counter[str],
+    lockouts: int,
+    live_subscribers: int,
+    stores_loaded: int,
+) -> Iterator[Metric]:
+    """The metric families of one gateway, from its components' plain counters."""
+    yield labelled_gauge(
+        "gateway_connections", "Open client connections.", "transport", sessions.connections
+    )
+    yield labelled_counter(
+        "gateway_connections_opened",
+        "Client connections accepted since start.",
+        "transport",
+        sessions.connections_total,
+    )
+    yield labelled_counter(
+        "gateway_auth_decisions",
+        "Sync requests by auth decision (accepted reasons and refusal codes).",
+        "reason",
+        decisions,
+    )
+    yield counter(
+        "gateway_auth_lockouts",
+        "Client IPs locked out after failed attempts.",
+        lockouts,
+    )
+    yield counter(
+        "gateway_pushes_accepted",
+        "Pushes accepted (durably appended).",
+        engine.pushes_accepted,
+    )
+    yield counter(
+        "gateway_events_accepted",
+        "Events accepted (durably appended).",
+        engine.events_accepted,
+    )
+    yield labelled_counter(
+        "gateway_pushes_rejected",
+        "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage).",
+        "reason",
+        engine.pushes_rejected,
+    )
+    yield counter(
+        "gateway_server_ahead",
+        "Pushes answered with ServerAheadError.",
+        engine.pushes_rejected["server_ahead"],
+    )
+    yield counter(
+        "gateway_frames_delivered",
+        "Live Chunk frames handed to subscribers.",
+        engine.frames_delivered,
+    )
+    yield counter(
+        "gateway_send_queue_evictions",
+        "Connections closed because their send queue overflowed (1013).",
+        sessions.evictions,
+    )
+    yield gauge("gateway_live_subscribers", "Live pulls.", live_subscribers)
+    yield gauge("gateway_stores_loaded", "Stores held in memory.", stores_loaded)
+    yield counter(
+        "gateway_stores_unloaded",
+        "Stores dropped from memory after store.unload_idle_after without use.",
+        engine.stores_unloaded,
+    )
+
+
 def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway import protocol
+from gateway import frames, protocol
 from gateway.config import LiveConfig
 from gateway.engine import Backlog, SyncEngine
 from gateway.errors import (
@@ -148,10 +148,10 @@ class Peer:
         try:
             message = protocol.decode_frame(data)
         except FrameError as exc:
-            self.write(protocol.defect(str(exc)))
+            self.write(frames.defect(str(exc)))
             return
         if message is PING:
-            self.write(protocol.PONG)
+            self.write(frames.PONG)
         elif isinstance(message, Request):
             self._start(message)
         elif isinstance(message, Ack):
@@ -163,16 +163,16 @@ class Peer:
         # Anything else (Eof, Pong, unknown tags) is tolerated silently (spec §4.5).
 
     def _start(self, request: Request) -> None:
-        rid_json = protocol.request_id_json(request.id)
+        rid_json = frames.request_id_json(request.id)
         if request.id in self._active:
-            self.write(protocol.exit_die(rid_json, f"request id {request.id} is already in use"))
+            self.write(frames.exit_die(rid_json, f"request id {request.id} is already in use"))
             return
         tag = request.tag
         if tag != protocol.TAG_WS_PULL and tag != protocol.TAG_WS_PUSH:
-            self.write(protocol.exit_die(rid_json, f"Unknown request tag: {tag}"))
+            self.write(frames.exit_die(rid_json, f"Unknown request tag: {tag}"))
             return
         if len(self._active) >= self.settings.current.limits.max_requests_per_connection:
-            self.write(protocol.exit_die(rid_json, "too many concurrent requests"))
+            self.write(frames.exit_die(rid_json, "too many concurrent requests"))
             return
         decoded = decode(request, self.store_id, rid_json, push=tag == protocol.TAG_WS_PUSH)
         if isinstance(decoded, bytes):
@@ -186,13 +186,13 @@ class Peer:
             subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
             opened = self.engine.open_pull_now(pull, subscription)
             if isinstance(opened, RpcFailure):
-                self.write(protocol.exit_fail(rid_json, opened))
+                self.write(frames.exit_fail(rid_json, opened))
                 return
             if opened is not None and opened.after >= opened.upto:
                 # Nothing to catch up: answer now, no task.
-                self.write(protocol.chunk_prefix(rid_json) + opened.state.empty_tail)
+                self.write(frames.chunk_prefix(rid_json) + opened.state.empty_tail)
                 if subscription is None:
-                    self.write(protocol.exit_success_void(rid_json))
+                    self.write(frames.exit_success_void(rid_json))
                     return
                 active.subscription = subscription
                 self._active[request.id] = active
@@ -243,10 +243,10 @@ class Peer:
                 answer = await self.engine.open_pull(pull, subscription)
                 if isinstance(answer, RpcFailure):
                     active.subscription = None
-                    self.write(protocol.exit_fail(rid_json, answer))
+                    self.write(frames.exit_fail(rid_json, answer))
                     return
                 opened = answer
-            prefix = protocol.chunk_prefix(rid_json)
+            prefix = frames.chunk_prefix(rid_json)
             limits = self.settings.current.limits
             async for item in self.engine.backlog_items(opened):
                 while active.unacked >= limits.catchup_window:
@@ -259,7 +259,7 @@ class Peer:
                 if self._evicted:
                     return
                 # Awaiting the drain paces the backlog to what the socket takes.
-                await self.connection.send_paced(prefix + protocol.chunk_tail(item))
+                await self.connection.send_paced(prefix + frames.chunk_tail(item))
                 self.frames_out += 1
         except WireClosed:
             if subscription is not None:
@@ -281,7 +281,7 @@ class Peer:
             active.acked = None
             subscription.go_live()
         else:
-            self.write(protocol.exit_success_void(rid_json))
+            self.write(frames.exit_success_void(rid_json))
 
     async def _push(self, push: PushRequest, rid_json: bytes) -> None:
         if self._before_push is not None and push.batch:
@@ -290,9 +290,9 @@ class Peer:
         error = await self.engine.push(push)
         if error is None:
             self.events_in += len(push.batch)
-            self.write(protocol.exit_success(rid_json, protocol.PUSH_ACK))
+            self.write(frames.exit_success(rid_json, frames.PUSH_ACK))
         else:
-            self.write(protocol.exit_fail(rid_json, error))
+            self.write(frames.exit_fail(rid_json, error))
 
 
 def decode(
@@ -307,9 +307,9 @@ def decode(
             else protocol.decode_pull(request.payload, http=request.tag == protocol.TAG_HTTP_PULL)
         )
     except PayloadError as exc:
-        return protocol.exit_die(rid_json, str(exc))
+        return frames.exit_die(rid_json, str(exc))
     if decoded.store_id != store_id:
-        return protocol.exit_fail(rid_json, store_mismatch(decoded.store_id))
+        return frames.exit_fail(rid_json, store_mismatch(decoded.store_id))
     return decoded
 
 
@@ -318,12 +318,12 @@ async def http_call(
 ) -> list[bytes]:
     """Run one HTTP-transport request; the frames the WebSocket would have sent for it, the
     last being its ``Exit`` (spec §10)."""
-    rid = protocol.request_id_json(request.id)
+    rid = frames.request_id_json(request.id)
     tag = request.tag
     if tag == protocol.TAG_HTTP_PING:
-        return [protocol.exit_success(rid, protocol.HTTP_PONG)]
+        return [frames.exit_success(rid, frames.HTTP_PONG)]
     if tag != protocol.TAG_HTTP_PUSH and tag != protocol.TAG_HTTP_PULL:
-        return [protocol.exit_die(rid, f"Unknown request tag: {tag}")]
+        return [frames.exit_die(rid, f"Unknown request tag: {tag}")]
     decoded = decode(request, store_id, rid, push=tag == protocol.TAG_HTTP_PUSH)
     if isinstance(decoded, bytes):
         return [decoded]
@@ -333,15 +333,15 @@ async def http_call(
                 await before_push()
             error = await engine.push(decoded)
             if error is None:
-                return [protocol.exit_success(rid, protocol.PUSH_ACK)]
-            return [protocol.exit_fail(rid, error)]
+                return [frames.exit_success(rid, frames.PUSH_ACK)]
+            return [frames.exit_fail(rid, error)]
         opened = await engine.open_pull(decoded)
         if isinstance(opened, RpcFailure):
-            return [protocol.exit_fail(rid, opened)]
-        prefix = protocol.chunk_prefix(rid)
-        frames = [prefix + protocol.chunk_tail(item) async for item in engine.backlog_items(opened)]
+            return [frames.exit_fail(rid, opened)]
+        prefix = frames.chunk_prefix(rid)
+        answer = [prefix + frames.chunk_tail(item) async for item in engine.backlog_items(opened)]
     except StoreError as exc:
         logger.error("http request failed store=%s: %s", store_id, exc)
-        return [protocol.exit_fail(rid, UnknownFailure("storage unavailable", "http"))]
-    frames.append(protocol.exit_success_void(rid))
-    return frames
+        return [frames.exit_fail(rid, UnknownFailure("storage unavailable", "http"))]
+    answer.append(frames.exit_success_void(rid))
+    return answer

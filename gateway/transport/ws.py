@@ -4,7 +4,7 @@ websockets' ``ServerProtocol`` parses the upgrade request and the frames, answer
 runs the closing handshake; this module moves bytes between it and the transport, and owns
 the timers around it. It replaces the asyncio ``ServerConnection``, which costs a handler
 task, an ``Assembler``, a keepalive task and a receive future per connection: about twice
-the memory and CPU per connection of the protocol alone (measured in ``bench/floor.py``).
+the memory and CPU per connection of the protocol alone (measured in ``bench/studies/floor.py``).
 
 What a connection does, in order:
 

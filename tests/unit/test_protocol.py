@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from gateway import protocol
+from gateway import frames, protocol
 from gateway.errors import BackendIdMismatch, ServerAhead, UnknownFailure
 from gateway.protocol import (
     PING,
@@ -195,24 +195,24 @@ class TestPush:
 class TestEncoding:
     def test_split_pages_by_count(self) -> None:
         """At most 100 events per PullResponse."""
-        pages = protocol.split_pages([b"{}"] * 250, b'"b"')
+        pages = frames.split_pages([b"{}"] * 250, b'"b"')
         assert [len(p) for p in pages] == [100, 100, 50]
 
     def test_split_pages_by_bytes(self) -> None:
         """Every serialised item stays within 900,000 bytes, an oversized entry alone."""
         entries = [b'"' + b"x" * 120_000 + b'"'] * 20 + [b'"' + b"y" * 1_000_000 + b'"']
-        pages = protocol.split_pages(entries, b'"backend"')
+        pages = frames.split_pages(entries, b'"backend"')
         for page in pages[:-1]:
-            item = protocol.pull_item(page, protocol.more_known(2**53 - 1), b'"backend"')
+            item = frames.pull_item(page, frames.more_known(2**53 - 1), b'"backend"')
             assert len(item) <= protocol.MAX_ITEM_BYTES
         assert len(pages[-1]) == 1
         assert sum(len(p) for p in pages) == 21
 
     def test_chunk_frame_is_valid_json(self) -> None:
         """Prefix + shared tail make one Chunk with the request id echoed exactly."""
-        rid = protocol.request_id_json("18446744073709551616")
-        item = protocol.pull_item([], protocol.NO_MORE, b'"b"')
-        frame = orjson.loads(protocol.chunk_prefix(rid) + protocol.chunk_tail(item))
+        rid = frames.request_id_json("18446744073709551616")
+        item = frames.pull_item([], frames.NO_MORE, b'"b"')
+        frame = orjson.loads(frames.chunk_prefix(rid) + frames.chunk_tail(item))
         assert frame == {
             "_tag": "Chunk",
             "requestId": "18446744073709551616",
@@ -221,7 +221,7 @@ class TestEncoding:
 
     def test_metadata_format(self) -> None:
         """createdAt is ISO 8601 with milliseconds and Z."""
-        meta = orjson.loads(protocol.metadata(1_767_268_800_007))
+        meta = orjson.loads(frames.metadata(1_767_268_800_007))
         assert meta == {
             "_tag": "Some",
             "value": {"_tag": "SyncMessage.SyncMetadata", "createdAt": "2026-01-01T12:00:00.007Z"},
@@ -244,32 +244,32 @@ class TestEncoding:
         second, millis = divmod(ms, 1000)
         expected = f"{datetime.fromtimestamp(second, tz=UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
         for before in (ms - 1, ms + 1000, ms, 0):
-            protocol.iso_millis(max(before, 0))
-            assert protocol.iso_millis(ms) == expected, (before, ms)
+            frames.iso_millis(max(before, 0))
+            assert frames.iso_millis(ms) == expected, (before, ms)
 
     def test_exits(self) -> None:
-        rid = protocol.request_id_json("1")
-        assert orjson.loads(protocol.exit_success(rid, protocol.PUSH_ACK)) == {
+        rid = frames.request_id_json("1")
+        assert orjson.loads(frames.exit_success(rid, frames.PUSH_ACK)) == {
             "_tag": "Exit",
             "requestId": "1",
             "exit": {"_tag": "Success", "value": {}},
         }
-        failure = orjson.loads(protocol.exit_fail(rid, ServerAhead(2, 1)))
+        failure = orjson.loads(frames.exit_fail(rid, ServerAhead(2, 1)))
         assert failure["exit"]["cause"] == {
             "_tag": "Fail",
             "error": {"_tag": "ServerAheadError", "minimumExpectedNum": 2, "providedNum": 1},
         }
-        mismatch = orjson.loads(protocol.exit_fail(rid, BackendIdMismatch("a", "b")))
+        mismatch = orjson.loads(frames.exit_fail(rid, BackendIdMismatch("a", "b")))
         assert mismatch["exit"]["cause"]["error"] == {
             "_tag": "BackendIdMismatchError",
             "expected": "a",
             "received": "b",
         }
-        unknown = orjson.loads(protocol.exit_fail(rid, UnknownFailure("broken", "push")))
+        unknown = orjson.loads(frames.exit_fail(rid, UnknownFailure("broken", "push")))
         assert unknown["exit"]["cause"]["error"] == {
             "_tag": "UnknownError",
             "cause": {"name": "Error", "message": "broken"},
             "note": "push",
         }
-        die = orjson.loads(protocol.exit_die(rid, "bad"))
+        die = orjson.loads(frames.exit_die(rid, "bad"))
         assert die["exit"]["cause"] == {"_tag": "Die", "defect": "bad"}
