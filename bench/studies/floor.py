@@ -6,7 +6,7 @@ driving ``ServerProtocol`` directly: no handler task, no ``Assembler``, no ``rec
 future per message. ``python -m bench`` measures it next to the baseline for the handshake,
 fan-out and idle measurements (unless ``--no-floor``), to show what the stack allows when
 gateway owns its connections (gateway already builds a ``ServerProtocol`` itself in
-``Frontend.open_websocket``). A finished study: its figures are in the README.
+``Listener.open_websocket``). A finished study: its figures are in the README.
 
 Run as ``python -m bench.studies.floor --port 0``; prints ``listening on ws://HOST:PORT``.
 """

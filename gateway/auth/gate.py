@@ -143,7 +143,7 @@ class JwksCache:
 
 
 class AuthGate:
-    """Callable as the frontend's ``validate_payload``."""
+    """Callable as admission's ``validate_payload`` hook."""
 
     def __init__(self, config: AuthConfig, *, clock: Clock = time.time) -> None:
         self._clock = clock
