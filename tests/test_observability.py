@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +23,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.daemon import (
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import (
     REPO,
     Daemon,
     free_port,
-    make_jwt,
     none_contain,
     run_cli,
     spawn,
     write_toml,
     ws_url,
 )
-from tests.support import (
-    HttpResult,
-    RpcClient,
-    assert_error_body,
-    assert_fail,
-    assert_push_ok,
-    http_request,
-    make_events,
-)
-
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.http_client import HttpResult, assert_error_body, http_request
+from tests.helpers.keys import make_jwt
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import assert_fail, assert_push_ok, make_events
 
 JWT_SECRET = "metrics-secret-" + "s" * 40
 BYPASS = "metrics-bypass-" + "b" * 40

@@ -13,19 +13,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.handshake import Admission, PayloadContext, Refusal
-from tests.conformance.conftest import Connect, ValidatorGateway
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
-    HttpResult,
-    RpcClient,
-    assert_error_body,
-    assert_fail,
-    assert_push_ok,
-    events_of,
-    http_request,
-    make_events,
-    new_store_id,
-)
+from tests.helpers.clients import Connect, RpcClient
+from tests.helpers.harness import GatewayHarness, MakeGateway, ValidatorGateway
+from tests.helpers.http_client import HttpResult, assert_error_body, http_request
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import assert_fail, assert_push_ok, events_of, make_events, new_store_id
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 
@@ -184,11 +176,11 @@ async def _ping_rtt(client: RpcClient) -> float:
 
 @pytest.mark.parametrize("ping_interval", ["default", 0.2])
 async def test_case_05_ping_answers_pong_even_when_idle(
-    make_gateway: object, connect: Connect, ping_interval: object
+    make_gateway: MakeGateway, connect: Connect, ping_interval: object
 ) -> None:
     """Every Ping gets a Pong in under 1 s, before and after a live pull has sat idle."""
     overrides = {} if ping_interval == "default" else {"ping_interval": ping_interval}
-    gw = await make_gateway(**overrides)  # type: ignore[operator]
+    gw = await make_gateway(**overrides)
     store = new_store_id()
     client = await connect(gw, store)
 

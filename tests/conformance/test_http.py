@@ -9,27 +9,30 @@ from urllib.parse import quote
 import pytest
 
 from gateway.handshake import Admission, PayloadContext, Refusal
-from tests.conformance.conftest import Connect, ValidatorGateway
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
+from tests.helpers.clients import Connect
+from tests.helpers.harness import GatewayHarness, ValidatorGateway
+from tests.helpers.http_client import (
+    HttpResult,
+    assert_error_body,
+    http_keepalive_posts,
+    http_post_json,
+    http_request,
+    http_rpc,
+)
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     HTTP_PING,
     HTTP_PULL,
     HTTP_PUSH,
     NO_MORE,
     NONE,
-    HttpResult,
     assert_die,
-    assert_error_body,
     assert_fail,
     assert_pull_response,
     assert_push_ok,
     assert_stream_success,
     cursor,
     events_of,
-    http_keepalive_posts,
-    http_post_json,
-    http_request,
-    http_rpc,
     is_chunk,
     make_events,
     new_store_id,
