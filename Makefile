@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 INTEROP := tests/interop
 NODE_STAMP := $(INTEROP)/node_modules/.installed
 
-.PHONY: install install-node run test test-fast lint fmt types check bench clean
+.PHONY: install install-node run test cov test-fast lint fmt types check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,19 @@ install-node: $(NODE_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/gateway serve --config gateway.toml
 
+# Branch coverage of gateway/, the `gateway serve` subprocesses included ([tool.coverage] in
+# pyproject.toml). `make test` fails below COV_FLOOR; `make cov` also lists the missing lines.
+# The floor only rises: it is the measured total rounded down (91.38% when it was set, 793
+# tests; keep it at the total's integer part when tests are added). Collecting costs about
+# a fifth more wall time (full suite: 108 s without, 132 s with).
+COV_FLOOR := 91
+COV := --cov --cov-fail-under=$(COV_FLOOR)
+
 test: $(STAMP) $(NODE_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(COV) --cov-report=
+
+cov: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest $(COV) --cov-report=term-missing:skip-covered
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not interop"
@@ -53,4 +64,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
