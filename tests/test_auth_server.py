@@ -39,7 +39,13 @@ from gateway.handshake import MISSING, Admission, PayloadContext
 from tests.helpers.clients import RpcClient
 from tests.helpers.daemon import Daemon, run_cli, write_toml
 from tests.helpers.harness import GatewayHarness, MakeGateway
-from tests.helpers.http_client import HttpResult, assert_error_body, http_post_json, http_request
+from tests.helpers.http_client import (
+    HttpResult,
+    assert_error_body,
+    http_post_json,
+    http_request,
+    refusal_of,
+)
 from tests.helpers.keys import (
     AUDIENCE,
     BYPASS,
@@ -113,17 +119,6 @@ def auth_config(*, require_auth: bool, **more: Any) -> dict[str, Any]:
 
 def with_query_token(url: str, token: str) -> str:
     return f"{url}&{urlencode({'token': token})}"
-
-
-def refusal_of(exc: InvalidStatus) -> HttpResult:
-    response = exc.response
-    raw = bytes(response.body or b"")
-    try:
-        body: Any = json.loads(raw)
-    except ValueError:
-        body = raw.decode(errors="replace")
-    headers = {name.lower(): value for name, value in response.headers.raw_items()}
-    return HttpResult(response.status_code, headers, raw, body)
 
 
 async def ws_refused(url: str, headers: dict[str, str] | None = None) -> HttpResult:

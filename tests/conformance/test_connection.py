@@ -8,14 +8,13 @@ import os
 import time
 from urllib.parse import quote, urlencode
 
-import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.handshake import Admission, PayloadContext, Refusal
 from tests.helpers.clients import Connect, RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway, ValidatorGateway
-from tests.helpers.http_client import HttpResult, assert_error_body, http_request
+from tests.helpers.http_client import HttpResult, assert_error_body, http_request, refusal_of
 from tests.helpers.timeouts import TIMEOUT_UNIT
 from tests.helpers.wire import assert_fail, assert_push_ok, events_of, make_events, new_store_id
 
@@ -26,20 +25,10 @@ pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 IDLE_SECONDS = float(os.environ.get("GATEWAY_CONFORMANCE_IDLE_SECONDS", "2")) * TIMEOUT_UNIT
 
 
-def _refused(exc: InvalidStatus) -> HttpResult:
-    response = exc.response
-    try:
-        body = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        body = bytes(response.body).decode(errors="replace")
-    headers = {name.lower(): value for name, value in response.headers.raw_items()}
-    return HttpResult(response.status_code, headers, bytes(response.body), body)
-
-
 async def _open_refused(url: str) -> HttpResult:
     with pytest.raises(InvalidStatus) as info:
         await RpcClient.open(url, "unused")
-    return _refused(info.value)
+    return refusal_of(info.value)
 
 
 @pytest.mark.parametrize("path", ["/", "/sync", "/a/b"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from websockets.exceptions import InvalidStatus
 
 from tests.helpers.timeouts import TIMEOUT_UNIT
 from tests.helpers.wire import request_frame
@@ -123,3 +125,68 @@ def assert_error_body(result: HttpResult, status: int, code: str) -> None:
     assert error.get("code") == code, result.body
     assert isinstance(error.get("message"), str), result.body
     assert error["message"], result.body
+
+
+def parse_response(received: bytes) -> HttpResult:
+    """One raw HTTP/1.1 response (head and body, as read until the server closed)."""
+    head, sep, raw = received.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head in {received[:300]!r}"
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    version, status, _ = status_line.split(" ", 2)
+    assert version == "HTTP/1.1", status_line
+    names = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        names[name.strip().lower()] = value.strip()
+    try:
+        body: Any = orjson.loads(raw) if raw else raw.decode()
+    except orjson.JSONDecodeError:
+        body = raw.decode(errors="replace")
+    return HttpResult(int(status), names, raw, body)
+
+
+async def raw_http_exchange(
+    address: str, request: bytes, *, body: bytes = b"", within: float = 10 * TIMEOUT_UNIT
+) -> HttpResult:
+    """Send ``request`` (a raw head, maybe with a body) and then ``body`` to ``address``
+    (``host:port``) over one TCP connection, and read the answer until the server closes.
+
+    ``body`` is written by a task of its own while the answer is read, so a server that
+    answers before reading the whole body is seen doing so (and a reset shows up as an error).
+    """
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    sending: asyncio.Task[None] | None = None
+    try:
+        writer.write(request)
+        await writer.drain()
+
+        async def send_body() -> None:
+            writer.write(body)
+            await writer.drain()
+
+        if body:
+            sending = asyncio.create_task(send_body())
+        async with asyncio.timeout(within):
+            received = await reader.read()
+    finally:
+        if sending is not None:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sending
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return parse_response(received)
+
+
+def refusal_of(exc: InvalidStatus) -> HttpResult:
+    """The HTTP answer of a refused WebSocket upgrade."""
+    response = exc.response
+    raw = bytes(response.body or b"")
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = raw.decode(errors="replace")
+    headers = {name.lower(): value for name, value in response.headers.raw_items()}
+    return HttpResult(response.status_code, headers, raw, body)
