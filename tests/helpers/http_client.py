@@ -13,7 +13,7 @@ import orjson
 from websockets.exceptions import InvalidStatus
 
 from tests.helpers.timeouts import TIMEOUT_UNIT
-from tests.helpers.wire import request_frame
+from tests.helpers.wire import HTTP_PUSH, NONE, request_frame, some
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +114,28 @@ async def http_rpc(url: str, tag: str, payload: Any, rid: str = "0") -> HttpResu
     assert result.content_type == "application/json", result.headers
     assert isinstance(result.body, list), f"HTTP RPC body must be a JSON array: {result.body!r}"
     return result
+
+
+async def http_push(
+    url: str,
+    store_id: str,
+    batch: list[dict[str, Any]],
+    backend_id: str | None = None,
+    *,
+    rid: str = "3",
+) -> dict[str, Any]:
+    """An HTTP push: assert the answer is exactly one Exit for the request; return it."""
+    payload = {
+        "storeId": store_id,
+        "batch": batch,
+        "backendId": NONE if backend_id is None else some(backend_id),
+    }
+    result = await http_rpc(url, HTTP_PUSH, payload, rid)
+    assert len(result.body) == 1, result.body
+    (frame,) = result.body
+    assert frame.get("_tag") == "Exit", frame
+    assert frame.get("requestId") == rid, frame
+    return frame  # type: ignore[no-any-return]
 
 
 def assert_error_body(result: HttpResult, status: int, code: str) -> None:
