@@ -12,7 +12,10 @@ import pytest
 import uvloop
 
 from gateway.config import make_config
+from gateway.engine import SyncEngine
 from gateway.handshake import ValidatePayload
+from gateway.hub import Hub
+from gateway.store.sqlite import SqliteStore
 from tests.helpers.daemon import Daemon
 from tests.helpers.harness import GatewayHarness, MakeGateway
 
@@ -58,3 +61,14 @@ async def _daemons() -> AsyncIterator[list[Daemon]]:
     yield started
     for daemon in started:
         await daemon.kill()
+
+
+@pytest.fixture(name="engine")
+async def _engine(tmp_path: Path) -> AsyncIterator[SyncEngine]:
+    """A sync engine with its own hub over a real SQLite store in tmp_path (no server)."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    engine = SyncEngine(store, Hub())
+    yield engine
+    await engine.close()
+    await store.close()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ import pytest
 from gateway.engine import SyncEngine
 from gateway.hub import Hub, Subscription
 from gateway.protocol import Cursor, PullRequest, PushRequest
-from gateway.store.sqlite import SqliteStore
 from tests.helpers.clients import RpcClient
 from tests.helpers.fakes import RecordingOutbox, new_events
 from tests.helpers.harness import GatewayHarness, MakeGateway
@@ -27,16 +24,6 @@ from tests.helpers.timeouts import TIMEOUT_UNIT
 from tests.helpers.wire import cursor, make_events, new_store_id, seqs_of
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
-
-
-@pytest.fixture(name="engine")
-async def _engine(tmp_path: Path) -> AsyncIterator[SyncEngine]:
-    store = SqliteStore(tmp_path)
-    await store.open()
-    engine = SyncEngine(store, Hub())
-    yield engine
-    await engine.close()
-    await store.close()
 
 
 async def _push(engine: SyncEngine, store_id: str, first: int, n: int) -> None:
