@@ -30,9 +30,9 @@ run: $(STAMP)
 
 # Branch coverage of gateway/, the `gateway serve` subprocesses included ([tool.coverage] in
 # pyproject.toml). `make test` fails below COV_FLOOR; `make cov` also lists the missing lines.
-# The floor only rises: it is the measured total rounded down (91.38% when it was set, 793
-# tests; keep it at the total's integer part when tests are added). Collecting costs about
-# a fifth more wall time (full suite: 108 s without, 132 s with).
+# The floor only rises: it is the measured total rounded down (91.55% with 816 tests when it
+# was set; raise it to the total's integer part as tests are added, never lower it).
+# Collecting costs about a fifth more wall time (793 tests: 108 s without, 132 s with).
 COV_FLOOR := 91
 COV := --cov --cov-fail-under=$(COV_FLOOR)
 
