@@ -32,7 +32,8 @@ run: $(STAMP)
 # pyproject.toml). `make test` fails below COV_FLOOR; `make cov` also lists the missing lines.
 # The floor only rises: it is the measured total rounded down (91.55% with 816 tests when it
 # was set; raise it to the total's integer part as tests are added, never lower it).
-# Collecting costs about a fifth more wall time (793 tests: 108 s without, 132 s with).
+# Collecting costs about a fifth more wall time (816 tests: 106 s without, 124 s with;
+# 793 tests: 108 s and 132 s).
 COV_FLOOR := 91
 COV := --cov --cov-fail-under=$(COV_FLOOR)
 
