@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 INTEROP := tests/interop
 NODE_STAMP := $(INTEROP)/node_modules/.installed
 
-.PHONY: install install-node run test test-fast lint fmt types check bench clean
+.PHONY: install install-node run test cov test-fast lint fmt types check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,20 @@ install-node: $(NODE_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/gateway serve --config gateway.toml
 
+# Branch coverage of gateway/, the `gateway serve` subprocesses included ([tool.coverage] in
+# pyproject.toml). `make test` fails below COV_FLOOR; `make cov` also lists the missing lines.
+# The floor only rises: it is the measured total rounded down (91.55% with 816 tests when it
+# was set; raise it to the total's integer part as tests are added, never lower it).
+# Collecting costs about a fifth more wall time (816 tests: 106 s without, 124 s with;
+# 793 tests: 108 s and 132 s).
+COV_FLOOR := 91
+COV := --cov --cov-fail-under=$(COV_FLOOR)
+
 test: $(STAMP) $(NODE_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(COV) --cov-report=
+
+cov: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest $(COV) --cov-report=term-missing:skip-covered
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not interop"
@@ -53,4 +65,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -4,7 +4,8 @@ The decision table over both transports (a refused WebSocket upgrade is an HTTP 
 ``{"error":{"code","message"}}``, never a 101), the token sources, per-store authorization,
 the per-IP lockout, push rate limiting, live expiry (close 4001), JWKS, startup validation,
 the guarantee that tokens never reach the logs, and ``gateway token mint/decode``. Keys and
-secrets come from tests/keys.py (generated per test session; nothing secret is committed).
+secrets come from tests/helpers/keys.py (generated per test session; nothing secret is
+committed).
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ from gateway.auth import policy as auth
 from gateway.auth.gate import AuthGate, JwksCache
 from gateway.configfile import build_config, load_config, make_config
 from gateway.errors import ConfigError
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness, sync_query
-from tests.daemon import Daemon, run_cli, write_toml
-from tests.keys import (
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import Daemon, run_cli, write_toml
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.http_client import (
+    HttpResult,
+    assert_error_body,
+    http_post_json,
+    http_request,
+    refusal_of,
+)
+from tests.helpers.keys import (
     AUDIENCE,
     BYPASS,
     DEV_TOKEN,
@@ -55,17 +64,14 @@ from tests.keys import (
     replace_claims,
     with_token,
 )
-from tests.support import (
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.urls import sync_query
+from tests.helpers.wire import (
     HTTP_PING,
     HTTP_PUSH,
     NO_MORE,
-    HttpResult,
-    RpcClient,
-    assert_error_body,
     assert_push_ok,
     assert_success,
-    http_post_json,
-    http_request,
     make_events,
     new_store_id,
     request_frame,
@@ -116,17 +122,6 @@ def with_query_token(url: str, token: str) -> str:
     return f"{url}&{urlencode({'token': token})}"
 
 
-def refusal_of(exc: InvalidStatus) -> HttpResult:
-    response = exc.response
-    raw = bytes(response.body or b"")
-    try:
-        body: Any = json.loads(raw)
-    except ValueError:
-        body = raw.decode(errors="replace")
-    headers = {name.lower(): value for name, value in response.headers.raw_items()}
-    return HttpResult(response.status_code, headers, raw, body)
-
-
 async def ws_refused(url: str, headers: dict[str, str] | None = None) -> HttpResult:
     """Open a WebSocket that must be refused before the upgrade; return the HTTP answer."""
     try:
@@ -163,7 +158,7 @@ Opener = Callable[..., Awaitable[RpcClient]]
 
 
 @pytest.fixture(name="ws")
-async def _ws(make_gateway: object) -> AsyncIterator[Opener]:
+async def _ws(make_gateway: MakeGateway) -> AsyncIterator[Opener]:
     """``await ws(url, store, payload=..., headers=...)``: an RpcClient closed at teardown
     (before the gateways stop, since this fixture depends on make_gateway)."""
     opened: list[RpcClient] = []
@@ -180,9 +175,6 @@ async def _ws(make_gateway: object) -> AsyncIterator[Opener]:
     yield open_
     for client in opened:
         await client.close()
-
-
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +237,7 @@ E2E_TABLE: list[tuple[str, Callable[[], object], float, Expected, Expected]] = [
     ),
     (
         "alg-none",
-        lambda: with_token(jwt.encode({"sub": "a", "exp": time.time() + 60}, None, "none")),
+        lambda: with_token(jwt.encode({"sub": "a", "exp": time.time() + 60}, "", "none")),
         DAY,
         auth.R_INVALID_ANON,
         (401, "INVALID_TOKEN"),
@@ -560,7 +552,7 @@ def rs(**kw: Any) -> str:
 
 
 ATTACKS: list[tuple[str, Callable[[], str], str]] = [
-    ("alg-none", lambda: jwt.encode({"sub": "x", "exp": time.time() + 60}, None, "none"), ""),
+    ("alg-none", lambda: jwt.encode({"sub": "x", "exp": time.time() + 60}, "", "none"), ""),
     ("hs256-keyed-with-rs-public-pem", _forge_hs256_with_public_pem, ""),
     ("tampered-payload", _tampered, ""),
     (

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from bench import frames
-from tests.conftest import postgres_available
-from tests.support import assert_pull_response
+from tests.helpers.postgres import postgres_available
+from tests.helpers.wire import assert_pull_response
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "gateway")

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.conftest import TIMEOUT_UNIT
-from tests.daemon import Daemon, run_cli
+from tests.helpers.daemon import Daemon, run_cli
+from tests.helpers.timeouts import TIMEOUT_UNIT
 
 
 class TestServe:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.daemon import Daemon, ws_url
-from tests.support import RpcClient, make_events, seqs_of
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import Daemon, ws_url
+from tests.helpers.wire import make_events, seqs_of
 
 STORES = 4
 PUSHES_PER_STORE = 400

@@ -22,17 +22,13 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import TIMEOUT_UNIT
-from tests.daemon import Daemon, NotifyListener, free_port, make_jwt, write_toml, ws_url
-from tests.support import (
-    RpcClient,
-    assert_push_ok,
-    events_of,
-    http_request,
-    is_chunk,
-    make_events,
-    seqs_of,
-)
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import Daemon, free_port, write_toml, ws_url
+from tests.helpers.http_client import http_request
+from tests.helpers.keys import make_jwt
+from tests.helpers.notify import NotifyListener
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import assert_push_ok, events_of, is_chunk, make_events, seqs_of
 
 DEV_TOKEN = "insecure-token-change-me"
 

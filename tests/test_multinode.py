@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import POSTGRES_DSN, TIMEOUT_UNIT, drop_schema, fresh_schema, require_postgres
-from tests.daemon import Daemon, ws_url
-from tests.support import RpcClient, cursor, make_events, new_store_id, seqs_of
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import Daemon, ws_url
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import cursor, make_events, new_store_id, seqs_of
 
 pytestmark = pytest.mark.postgres
 

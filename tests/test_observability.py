@@ -14,38 +14,30 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.daemon import (
+from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import (
     REPO,
     Daemon,
     free_port,
-    make_jwt,
     none_contain,
     run_cli,
     spawn,
     write_toml,
     ws_url,
 )
-from tests.support import (
-    HttpResult,
-    RpcClient,
-    assert_error_body,
-    assert_fail,
-    assert_push_ok,
-    http_request,
-    make_events,
-)
-
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.http_client import HttpResult, assert_error_body, http_request
+from tests.helpers.keys import make_jwt
+from tests.helpers.metrics import scrape
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import assert_fail, assert_push_ok, make_events
 
 JWT_SECRET = "metrics-secret-" + "s" * 40
 BYPASS = "metrics-bypass-" + "b" * 40
@@ -62,37 +54,6 @@ def payload(token: str, instance: str = "app-1") -> dict[str, str]:
 async def get(harness: GatewayHarness, path: str, token: str | None = None) -> HttpResult:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return await http_request("GET", f"http://{harness.base}{path}", headers=headers)
-
-
-class Scrape:
-    """One parsed /metrics answer."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.families = {f.name: f for f in text_string_to_metric_families(text)}
-        self.samples: list[Sample] = [s for f in self.families.values() for s in f.samples]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sample ``name`` with exactly ``labels``; 0 when a labelled counter has none."""
-        for sample in self.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-        family = name.removesuffix("_total")
-        assert family in self.families, f"no metric {name}: {sorted(self.families)}"
-        if labels and self.families[family].type in ("counter", "gauge"):
-            return 0.0  # a label value that never occurred has no sample yet
-        raise AssertionError(f"no sample {name}{labels} in:\n{self.text}")
-
-    def count(self, histogram: str) -> float:
-        return self.value(f"{histogram}_count")
-
-
-async def scrape(harness: GatewayHarness) -> Scrape:
-    result = await get(harness, "/metrics")
-    assert result.status == 200, result
-    assert result.content_type == "text/plain", result.headers
-    assert "version=0.0.4" in result.headers["content-type"], result.headers
-    return Scrape(result.raw.decode())
 
 
 class LogEvents(logging.Handler):

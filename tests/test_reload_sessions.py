@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
 
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
-    RpcClient,
+from tests.helpers.clients import RpcClient
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     assert_die,
     assert_push_ok,
     is_chunk,
@@ -20,8 +20,6 @@ from tests.support import (
     new_store_id,
     seqs_of,
 )
-
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
 
 
 async def _reload_limits(gw: GatewayHarness, **limits: int) -> None:

@@ -25,16 +25,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gateway.systemd import Notifier
-from tests.conftest import TIMEOUT_UNIT
-from tests.daemon import (
-    LISTENING,
-    Daemon,
-    NotifyListener,
-    is_watchdog,
-    spawn,
-    write_toml,
-)
-from tests.support import http_request
+from tests.helpers.daemon import LISTENING, Daemon, spawn, write_toml
+from tests.helpers.http_client import http_request
+from tests.helpers.notify import NotifyListener, is_watchdog
+from tests.helpers.timeouts import TIMEOUT_UNIT
 
 AF_UNIX_PATH_MAX = 108
 

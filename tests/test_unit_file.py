@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.configfile import SECRET_KEYS
-from tests.conftest import in_ci
-from tests.daemon import REPO
+from tests.helpers.ci import in_ci
+from tests.helpers.daemon import REPO
 
 UNIT = REPO / "systemd" / "gateway.service"
 INSTALLED_BINARY = "/opt/gateway/.venv/bin/gateway"

@@ -8,67 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.engine import SyncEngine
+from gateway.engine import Backlog, SyncEngine
 from gateway.errors import ServerAhead
 from gateway.hub import Hub, Subscription
-from gateway.protocol import Cursor, NewEvent, PullRequest, PushRequest
-from gateway.store.sqlite import SqliteStore
-from tests.conftest import (
-    POSTGRES_DSN,
-    TIMEOUT_UNIT,
-    GatewayHarness,
-    drop_schema,
-    fresh_schema,
-    require_postgres,
-)
-from tests.support import RpcClient, cursor, http_request, make_events, new_store_id, seqs_of
+from gateway.protocol import Cursor, PullRequest, PushRequest
+from tests.helpers.clients import RpcClient
+from tests.helpers.fakes import RecordingOutbox, new_events
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.http_client import http_request
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import cursor, make_events, new_store_id, seqs_of
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
-
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
-
-
-def _batch(first: int, n: int) -> list[NewEvent]:
-    return [
-        NewEvent(seq=seq, parent=seq - 1, data=b'{"seqNum":%d,"parentSeqNum":%d}' % (seq, seq - 1))
-        for seq in range(first, first + n)
-    ]
-
-
-class _Sink:
-    """A hub Outbox that records frames."""
-
-    send_limit = 1 << 30
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def write(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def evict(self, reason: str) -> None:
-        raise AssertionError(f"evicted: {reason}")
-
-
-@pytest.fixture(name="engine")
-async def _engine(tmp_path: Path) -> AsyncIterator[SyncEngine]:
-    store = SqliteStore(tmp_path)
-    await store.open()
-    engine = SyncEngine(store, Hub())
-    yield engine
-    await engine.close()
-    await store.close()
 
 
 async def _push(engine: SyncEngine, store_id: str, first: int, n: int) -> None:
     error = await engine.push(
-        PushRequest(store_id=store_id, batch=_batch(first, n), backend_id=None)
+        PushRequest(store_id=store_id, batch=new_events(first, n), backend_id=None)
     )
     assert error is None, error
 
@@ -88,7 +49,7 @@ async def test_idle_store_unloads_and_reloads_with_its_head_and_backend(
     await _push(engine, "a", 4, 2)
     state = await engine.state("a")
     assert (state.head, state.backend_id) == (5, backend)
-    stale = await engine.push(PushRequest(store_id="a", batch=_batch(3, 1), backend_id=None))
+    stale = await engine.push(PushRequest(store_id="a", batch=new_events(3, 1), backend_id=None))
     assert stale is not None
     assert isinstance(stale, ServerAhead), stale
 
@@ -97,12 +58,12 @@ async def test_store_with_a_live_pull_or_a_push_in_flight_stays(engine: SyncEngi
     await _push(engine, "live", 1, 1)
     await _push(engine, "busy", 1, 1)
     await _push(engine, "idle", 1, 1)
-    sink = _Sink()
+    sink = RecordingOutbox()
     subscription = Subscription(sink, "live", b'"7"')
     opened = await engine.open_pull(
         PullRequest(store_id="live", cursor=None, live=True), subscription
     )
-    assert not isinstance(opened, dict)
+    assert isinstance(opened, Backlog), opened
     busy = await engine.state("busy")
     later = time.monotonic() + 3600.0
     async with busy.lock:  # what an admission holds while it writes
@@ -127,7 +88,7 @@ async def test_pull_after_unload_sees_the_whole_log(engine: SyncEngine) -> None:
     # Unloaded: the synchronous path declines, the loading path answers.
     assert engine.open_pull_now(request) is None
     opened = await engine.open_pull(request)
-    assert not isinstance(opened, dict)
+    assert isinstance(opened, Backlog), opened
     assert (opened.after, opened.upto) == (2, 5)
     items = [item async for item in engine.backlog_items(opened)]
     assert sum(item.count(b'"eventEncoded"') for item in items) == 3
@@ -150,7 +111,7 @@ async def test_postgres_node_reloads_what_other_nodes_wrote() -> None:
         state = await engines[0].state("shared")
         assert state.head == 5
         opened = await engines[0].open_pull(PullRequest(store_id="shared", cursor=None, live=False))
-        assert not isinstance(opened, dict)
+        assert isinstance(opened, Backlog), opened
         items = [item async for item in engines[0].backlog_items(opened)]
         assert sum(item.count(b'"eventEncoded"') for item in items) == 5
     finally:
@@ -204,7 +165,12 @@ async def test_reload_applies_unloading_and_refuses_other_store_settings(
     faster = dataclasses.replace(config.store, unload_idle_after=1.0)
     await gw.gw.reload(dataclasses.replace(config, store=faster))
     assert gw.gw.config.store.unload_idle_after == 1.0
-    for key, value in (("pool_max", 50), ("synchronous", "normal"), ("reconcile_interval", 1.0)):
+    restart_only: list[tuple[str, Any]] = [
+        ("pool_max", 50),
+        ("synchronous", "normal"),
+        ("reconcile_interval", 1.0),
+    ]
+    for key, value in restart_only:
         changed = dataclasses.replace(faster, **{key: value})
         with pytest.raises(ConfigError, match=f"store.{key}"):
             await gw.gw.reload(dataclasses.replace(config, store=changed))

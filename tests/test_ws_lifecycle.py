@@ -24,7 +24,7 @@ import gc
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +37,15 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness, sync_query
-from tests.support import RpcClient, http_request, new_store_id
+from tests.helpers.clients import RpcClient
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.http_client import http_request
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.urls import sync_query
+from tests.helpers.wire import new_store_id
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 
-MakeGateway = Callable[..., Awaitable[GatewayHarness]]
 
 PING_JSON = b'{"_tag":"Ping"}'
 PONG_JSON = b'{"_tag":"Pong"}'

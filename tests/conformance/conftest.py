@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayHarness
-from tests.support import RpcClient
-
-Connect = Callable[..., Awaitable[RpcClient]]
+from tests.helpers.clients import Connect, RpcClient
+from tests.helpers.harness import GatewayHarness, MakeGateway, ValidatorGateway
 
 
 @pytest.fixture(name="connect")
-async def _connect(make_gateway: object) -> AsyncIterator[Connect]:
+async def _connect(make_gateway: MakeGateway) -> AsyncIterator[Connect]:
     """Factory: ``await connect(gateway, store_id, payload=..., path=...)`` opens an RpcClient.
 
     It depends on ``make_gateway`` so that the clients are closed before the gateways stop.
@@ -40,13 +38,8 @@ async def _connect(make_gateway: object) -> AsyncIterator[Connect]:
         await client.close()
 
 
-ValidatorGateway = Callable[[Any], Awaitable[GatewayHarness]]
-
-
 @pytest.fixture(name="gateway_with_validator")
-def _gateway_with_validator(
-    make_gateway: Callable[..., Awaitable[GatewayHarness]],
-) -> ValidatorGateway:
+def _gateway_with_validator(make_gateway: MakeGateway) -> ValidatorGateway:
     """Factory: ``await gateway_with_validator(hook)`` starts a gateway whose
     ``validate_payload`` hook is ``hook`` (spec §3), on 127.0.0.1:0; stopped after the test."""
 

@@ -8,25 +8,16 @@ import os
 import time
 from urllib.parse import quote, urlencode
 
-import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.admission import Admission, PayloadContext
 from gateway.errors import Refusal, RefusalCode
-from tests.conformance.conftest import Connect, ValidatorGateway
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
-    HttpResult,
-    RpcClient,
-    assert_error_body,
-    assert_fail,
-    assert_push_ok,
-    events_of,
-    http_request,
-    make_events,
-    new_store_id,
-)
+from tests.helpers.clients import Connect, RpcClient
+from tests.helpers.harness import GatewayHarness, MakeGateway, ValidatorGateway
+from tests.helpers.http_client import HttpResult, assert_error_body, http_request, refusal_of
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import assert_fail, assert_push_ok, events_of, make_events, new_store_id
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 
@@ -35,20 +26,10 @@ pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
 IDLE_SECONDS = float(os.environ.get("GATEWAY_CONFORMANCE_IDLE_SECONDS", "2")) * TIMEOUT_UNIT
 
 
-def _refused(exc: InvalidStatus) -> HttpResult:
-    response = exc.response
-    try:
-        body = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        body = bytes(response.body).decode(errors="replace")
-    headers = {name.lower(): value for name, value in response.headers.raw_items()}
-    return HttpResult(response.status_code, headers, bytes(response.body), body)
-
-
 async def _open_refused(url: str) -> HttpResult:
     with pytest.raises(InvalidStatus) as info:
         await RpcClient.open(url, "unused")
-    return _refused(info.value)
+    return refusal_of(info.value)
 
 
 @pytest.mark.parametrize("path", ["/", "/sync", "/a/b"])
@@ -185,11 +166,11 @@ async def _ping_rtt(client: RpcClient) -> float:
 
 @pytest.mark.parametrize("ping_interval", ["default", 0.2])
 async def test_case_05_ping_answers_pong_even_when_idle(
-    make_gateway: object, connect: Connect, ping_interval: object
+    make_gateway: MakeGateway, connect: Connect, ping_interval: object
 ) -> None:
     """Every Ping gets a Pong in under 1 s, before and after a live pull has sat idle."""
     overrides = {} if ping_interval == "default" else {"ping_interval": ping_interval}
-    gw = await make_gateway(**overrides)  # type: ignore[operator]
+    gw = await make_gateway(**overrides)
     store = new_store_id()
     client = await connect(gw, store)
 

@@ -10,33 +10,36 @@ import pytest
 
 from gateway.admission import Admission, PayloadContext
 from gateway.errors import Refusal, RefusalCode
-from tests.conformance.conftest import Connect, ValidatorGateway
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
+from tests.helpers.clients import Connect
+from tests.helpers.harness import GatewayHarness, ValidatorGateway
+from tests.helpers.http_client import (
+    HttpResult,
+    assert_error_body,
+    http_keepalive_posts,
+    http_post_json,
+    http_push,
+    http_request,
+    http_rpc,
+)
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     HTTP_PING,
     HTTP_PULL,
     HTTP_PUSH,
     NO_MORE,
     NONE,
-    HttpResult,
     assert_die,
-    assert_error_body,
     assert_fail,
     assert_pull_response,
     assert_push_ok,
     assert_stream_success,
     cursor,
     events_of,
-    http_keepalive_posts,
-    http_post_json,
-    http_request,
-    http_rpc,
     is_chunk,
     make_events,
     new_store_id,
     request_frame,
     seqs_of,
-    some,
 )
 
 pytestmark = pytest.mark.timeout(60 * TIMEOUT_UNIT)
@@ -61,23 +64,6 @@ async def _http_pull(
         assert_pull_response(item)
     assert items[-1]["pageInfo"] == NO_MORE
     return items
-
-
-async def _http_push(
-    gw: GatewayHarness, store: str, batch: list[dict[str, Any]], backend_id: str | None = None
-) -> dict[str, Any]:
-    """An HTTP push: assert the answer is exactly one Exit for the request; return it."""
-    payload = {
-        "storeId": store,
-        "batch": batch,
-        "backendId": NONE if backend_id is None else some(backend_id),
-    }
-    result = await http_rpc(gw.http_url(store), HTTP_PUSH, payload, "3")
-    assert len(result.body) == 1, result.body
-    (frame,) = result.body
-    assert frame.get("_tag") == "Exit", frame
-    assert frame.get("requestId") == "3", frame
-    return frame  # type: ignore[no-any-return]
 
 
 def _pong(rid: str) -> list[dict[str, Any]]:
@@ -122,7 +108,7 @@ async def test_case_36_http_pull_follows_ws_paging(gateway: GatewayHarness) -> N
 
     pushed = make_events(1, 250)
     for start in range(0, 250, 100):
-        assert_push_ok(await _http_push(gateway, store, pushed[start : start + 100]))
+        assert_push_ok(await http_push(gateway.http_url(store), store, pushed[start : start + 100]))
 
     items = await _http_pull(gateway, store)
     assert [len(item["batch"]) for item in items] == [100, 100, 50]
@@ -151,10 +137,10 @@ async def test_case_36_http_pull_follows_ws_paging(gateway: GatewayHarness) -> N
 async def test_case_37_http_push_answers_one_exit(gateway: GatewayHarness) -> None:
     """HTTP Push success, ServerAheadError and BackendIdMismatchError each answer one Exit."""
     store = new_store_id()
-    ok = await _http_push(gateway, store, make_events(1, 2))
+    ok = await http_push(gateway.http_url(store), store, make_events(1, 2))
     assert ok == {"_tag": "Exit", "requestId": "3", "exit": {"_tag": "Success", "value": {}}}
 
-    stale = await _http_push(gateway, store, make_events(2, 1, 1, client_id="stale"))
+    stale = await http_push(gateway.http_url(store), store, make_events(2, 1, 1, client_id="stale"))
     assert assert_fail(stale, "ServerAheadError") == {
         "_tag": "ServerAheadError",
         "minimumExpectedNum": 2,
@@ -162,15 +148,15 @@ async def test_case_37_http_push_answers_one_exit(gateway: GatewayHarness) -> No
     }
 
     backend_id = (await _http_pull(gateway, store))[0]["backendId"]
-    wrong = await _http_push(gateway, store, make_events(3, 1), "wrong")
+    wrong = await http_push(gateway.http_url(store), store, make_events(3, 1), "wrong")
     assert assert_fail(wrong, "BackendIdMismatchError") == {
         "_tag": "BackendIdMismatchError",
         "expected": backend_id,
         "received": "wrong",
     }
     assert seqs_of(await _http_pull(gateway, store)) == [1, 2]
-    assert_push_ok(await _http_push(gateway, store, make_events(3, 1), backend_id))
-    assert_push_ok(await _http_push(gateway, store, []))
+    assert_push_ok(await http_push(gateway.http_url(store), store, make_events(3, 1), backend_id))
+    assert_push_ok(await http_push(gateway.http_url(store), store, []))
     assert seqs_of(await _http_pull(gateway, store)) == [1, 2, 3]
 
 
@@ -182,7 +168,7 @@ async def test_case_38_http_and_ws_share_one_log(gateway: GatewayHarness, connec
     backend_id = catch_up[0]["backendId"]
 
     over_http = make_events(1, 2, client_id="http-client")
-    assert_push_ok(await _http_push(gateway, store, over_http))
+    assert_push_ok(await http_push(gateway.http_url(store), store, over_http))
     assert await ws.live_events(live_rid, 2) == over_http
 
     over_ws = make_events(3, 1, client_id="ws-client")

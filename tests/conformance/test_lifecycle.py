@@ -10,12 +10,12 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conformance.conftest import Connect
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
+from tests.helpers.clients import Connect, RpcClient, open_raw_socket
+from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     NONE,
     PULL,
-    RpcClient,
     assert_die,
     cursor,
     events_of,
@@ -24,7 +24,6 @@ from tests.support import (
     is_exit,
     make_events,
     new_store_id,
-    open_raw_socket,
     seqs_of,
 )
 
@@ -259,11 +258,11 @@ async def _still_serving(
 
 @pytest.mark.parametrize("phase", ["live", "catch-up"])
 async def test_case_34_slow_consumer_is_evicted_without_blocking_others(
-    make_gateway: object, connect: Connect, phase: str
+    make_gateway: MakeGateway, connect: Connect, phase: str
 ) -> None:
     """A subscriber that never reads does not stall pushes or others, and is disconnected."""
     limit = 256 * 1024
-    gw = await make_gateway(send_buffer_limit=limit)  # type: ignore[operator]
+    gw = await make_gateway(send_buffer_limit=limit)
     store = new_store_id()
     pusher = await connect(gw, store)
     backlog = 0

@@ -9,15 +9,16 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conformance.conftest import Connect
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
+from tests.helpers.clients import Connect, RpcClient
+from tests.helpers.harness import GatewayHarness
+from tests.helpers.http_client import http_rpc
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     HTTP_PULL,
     NO_MORE,
     NONE,
     PULL,
     PUSH,
-    RpcClient,
     assert_die,
     assert_fail,
     assert_pull_response,
@@ -25,7 +26,6 @@ from tests.support import (
     assert_success,
     cursor,
     events_of,
-    http_rpc,
     is_chunk,
     is_exit,
     make_events,

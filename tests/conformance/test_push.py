@@ -10,21 +10,21 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conformance.conftest import Connect
-from tests.conftest import TIMEOUT_UNIT, GatewayHarness
-from tests.support import (
+from tests.helpers.clients import Connect, RpcClient
+from tests.helpers.harness import GatewayHarness
+from tests.helpers.http_client import http_rpc
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
     HTTP_PUSH,
     NO_MORE,
     NONE,
     PUSH,
-    RpcClient,
     assert_die,
     assert_fail,
     assert_pull_response,
     assert_push_ok,
     cursor,
     events_of,
-    http_rpc,
     is_chunk,
     is_exit,
     make_events,

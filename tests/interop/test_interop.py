@@ -1,10 +1,10 @@
 """End-to-end interop: the real, unmodified LiveStore 0.4.0 npm client against the gateway.
 
 Each test starts the gateway as a subprocess (``python -m gateway serve --port 0``, a
-:class:`tests.daemon.Daemon`), waits for the one ``listening on ws://HOST:PORT`` line it prints on
-stderr, and drives one or more long-running Node client processes (``client.mjs``: a full LiveStore
-store with ``@livestore/adapter-node`` and the ``makeWsSync`` / ``makeHttpSync`` backends of
-``@livestore/sync-cf``) through JSON lines on their stdin/stdout. Nothing here sleeps to
+:class:`tests.helpers.daemon.Daemon`), waits for the one ``listening on ws://HOST:PORT`` line it
+prints on stderr, and drives one or more long-running Node client processes (``client.mjs``: a
+full LiveStore store with ``@livestore/adapter-node`` and the ``makeWsSync`` / ``makeHttpSync``
+backends of ``@livestore/sync-cf``) through JSON lines on their stdin/stdout. Nothing here sleeps to
 synchronise: every wait is on an output line, with a timeout.
 
 Needs ``node`` (20+) and ``npm ci`` in tests/interop. Without them the tests are skipped, except
@@ -32,8 +32,9 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.conftest import TIMEOUT_UNIT, in_ci
-from tests.daemon import GATEWAY, Daemon, drain_lines, stop_process
+from tests.helpers.ci import skip_or_fail
+from tests.helpers.daemon import GATEWAY, Daemon, drain_lines, stop_process
+from tests.helpers.timeouts import TIMEOUT_UNIT
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -63,18 +64,16 @@ def _prerequisites_problem() -> str | None:
 @pytest.fixture(autouse=True)
 def _interop_prerequisites() -> None:
     problem = _prerequisites_problem()
-    if problem is None:
-        return
-    if in_ci():
-        pytest.fail(f"interop prerequisites missing under CI: {problem}")
-    pytest.skip(problem)
+    if problem is not None:
+        skip_or_fail(problem, ci_prefix="interop prerequisites missing under CI: ")
 
 
 # ---------------------------------------------------------------------------------------------
 # The gateway subprocess
 
 # The runner's own GATEWAY_* settings reach the server under test, except these (auth settings a
-# developer's shell might carry); the other variables the gateway reads never do (tests.daemon).
+# developer's shell might carry); the other variables the gateway reads never do
+# (tests.helpers.daemon).
 AUTH_SETTINGS = ("GATEWAY_AUTH_",)
 
 
@@ -83,9 +82,9 @@ class GatewayProcess:
 
     ``env`` adds environment variables (e.g. ``REQUIRE_AUTH``); the auth variables inherited from
     the test's own environment are dropped, as are the ``GATEWAY_*`` ones under
-    ``drop_prefixes``. Every output line of every process (each a :class:`~tests.daemon.Daemon`)
-    is kept in ``history``, between start and exit markers, for :meth:`wait_log`,
-    :meth:`log_lines` and failure messages.
+    ``drop_prefixes``. Every output line of every process (each a
+    :class:`~tests.helpers.daemon.Daemon`) is kept in ``history``, between start and exit
+    markers, for :meth:`wait_log`, :meth:`log_lines` and failure messages.
     """
 
     def __init__(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.interop.test_interop import (
     AUTH_SETTINGS,
     UNIT,

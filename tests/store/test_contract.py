@@ -12,7 +12,7 @@ import pytest
 from gateway.protocol import NewEvent
 from gateway.store import EventStore, HeadMismatch, StoreError
 from gateway.store.sqlite import SqliteStore
-from tests.conftest import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 
 StoreFactory = Callable[[], Awaitable[EventStore]]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.protocol import NewEvent
 from gateway.store.sqlite import SqliteStore
-from tests.conftest import TIMEOUT_UNIT
+from tests.helpers.timeouts import TIMEOUT_UNIT
 
 
 async def test_checkpoints_run_beside_the_writer(tmp_path: Path) -> None:

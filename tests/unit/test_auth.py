@@ -2,7 +2,8 @@
 
 Every cell of the decision table (README, "Authentication") is a parametrized case, run
 through the same pipeline the hook uses: extract_credentials -> verify_jwt -> decide. Keys
-and secrets come from tests/keys.py (generated per test session; nothing secret is committed).
+and secrets come from tests/helpers/keys.py (generated per test session; nothing secret is
+committed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from gateway.admission import MISSING
 from gateway.auth import policy as auth
 from gateway.errors import Refusal
-from tests.keys import (
+from tests.helpers.keys import (
     AUDIENCE,
     BYPASS,
     DEV_TOKEN,
@@ -155,7 +156,7 @@ INVALID_JWTS: list[tuple[str, Callable[[], str], str]] = [
         "malformed",
     ),
     ("alg-not-allowed-hs512", lambda: mint(algorithm="HS512"), "algorithm"),
-    ("alg-none", lambda: jwt.encode(claims_for(), None, algorithm="none"), "algorithm"),
+    ("alg-none", lambda: jwt.encode(claims_for(), "", algorithm="none"), "algorithm"),
     ("alg-none-forged", lambda: forge({"alg": "none", "typ": "JWT"}, claims_for()), "algorithm"),
     ("alg-RS256-when-only-HS", lambda: mint(key=RSA_KEY, algorithm="RS256"), "algorithm"),
     ("nbf-in-future", lambda: mint(nbf=NOW + 3600), "not valid yet"),
@@ -660,7 +661,7 @@ class TestVerifyJwt:
         invalid(verify(token, (RSA_KEY.public_key(),), RS_RULES), "algorithm")
 
     def test_alg_none_via_pyjwt(self) -> None:
-        token = jwt.encode(claims_for(), None, algorithm="none")
+        token = jwt.encode(claims_for(), "", algorithm="none")
         invalid(verify(token), "algorithm")
 
     def test_alg_missing_or_not_a_string(self) -> None:

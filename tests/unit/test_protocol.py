@@ -8,15 +8,19 @@ import orjson
 import pytest
 
 from gateway import frames, protocol
-from gateway.errors import BackendIdMismatch, ServerAhead, UnknownFailure
+from gateway.errors import (
+    BackendIdMismatch,
+    FrameError,
+    PayloadError,
+    ServerAhead,
+    UnknownFailure,
+)
 from gateway.protocol import (
     PING,
     Ack,
-    FrameError,
     Ignored,
     Interrupt,
     NewEvent,
-    PayloadError,
     Request,
     decode_frame,
     decode_pull,

@@ -11,9 +11,11 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -69,3 +71,9 @@ def replace_claims(token: str, claims: Mapping[str, Any]) -> str:
     """``token`` with another claims segment, keeping its header and signature."""
     header, _, signature = token.split(".")
     return f"{header}.{b64(orjson.dumps(claims))}.{signature}"
+
+
+def make_jwt(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
+    """An HS256 token with ``sub`` and ``exp``."""
+    body: dict[str, Any] = {"sub": sub, "exp": int(time.time() + ttl), **claims}
+    return jwt.encode(body, secret, algorithm="HS256")

@@ -1,13 +1,14 @@
-"""A raw-protocol test client for the gateway, plus event and HTTP helpers.
+"""A raw-protocol WebSocket test client for the gateway.
 
-The client speaks the Effect-RPC-over-JSON frames of spec §4 directly, one JSON object per text
-frame, so the conformance tests can send exactly the bytes they mean (including malformed ones) and
-see exactly what the server answers. It mirrors the real 0.4.0 client in one respect: by default it
-answers every ``Chunk`` with an ``Ack``, because a server MAY use acks as a window (spec §5.6).
+``RpcClient`` speaks the Effect-RPC-over-JSON frames of spec §4 directly, one JSON object per
+text frame, so the conformance tests can send exactly the bytes they mean (including malformed
+ones) and see exactly what the server answers. It mirrors the real 0.4.0 client in one respect:
+by default it answers every ``Chunk`` with an ``Ack``, because a server MAY use acks as a window
+(spec §5.6).
 
-Frames for different requests interleave on one connection. ``RpcClient`` therefore keeps frames it
-read but that did not match what a test asked for in an ordered stash, and hands them out later.
-Nothing here sleeps: every wait is a bounded read, and "nothing arrived" is proven with
+Frames for different requests interleave on one connection. ``RpcClient`` therefore keeps frames
+it read but that did not match what a test asked for in an ordered stash, and hands them out
+later. Nothing here sleeps: every wait is a bounded read, and "nothing arrived" is proven with
 ``barrier()``, which sends a ``Ping`` and returns everything that came before the ``Pong``
 (frames are ordered per connection).
 """
@@ -15,202 +16,38 @@ Nothing here sleeps: every wait is a bounded read, and "nothing arrived" is prov
 from __future__ import annotations
 
 import asyncio
-import http.client
 import itertools
 import socket
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import TIMEOUT_UNIT
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.helpers.wire import (
+    NO_MORE,
+    NONE,
+    PULL,
+    PUSH,
+    Frame,
+    assert_pull_response,
+    assert_push_ok,
+    assert_stream_success,
+    events_of,
+    for_request,
+    is_chunk,
+    is_exit,
+    request_frame,
+    some,
+)
 
 _MISSING: Any = object()
 
-Frame = Any  # a parsed server frame: normally a dict, but a buggy server may send anything
-
-PULL = "SyncWsRpc.Pull"
-PUSH = "SyncWsRpc.Push"
-HTTP_PULL = "SyncHttpRpc.Pull"
-HTTP_PUSH = "SyncHttpRpc.Push"
-HTTP_PING = "SyncHttpRpc.Ping"
-
-NONE: dict[str, Any] = {"_tag": "None"}
-NO_MORE: dict[str, Any] = {"_tag": "NoMore"}
-
 # Frames from the server can legitimately be ~900 KB plus envelope; never let the client refuse one.
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Values
-
-
-def new_store_id(prefix: str = "store") -> str:
-    """A fresh storeId, so no test ever sees another test's log."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def some(value: Any) -> dict[str, Any]:
-    """The Effect Schema encoding of ``Option.some(value)``."""
-    return {"_tag": "Some", "value": value}
-
-
-def cursor(backend_id: str, seq: int) -> dict[str, Any]:
-    """A Pull cursor: events with ``seqNum > seq`` from the backend ``backend_id``."""
-    return some({"backendId": backend_id, "eventSequenceNumber": seq})
-
-
-def make_events(
-    start_seq: int,
-    n: int,
-    parent: int | None = None,
-    *,
-    client_id: str = "client-test",
-    session_id: str = "session-1",
-    name: str = "v1.TestEvent",
-    args_size: int = 0,
-) -> list[dict[str, Any]]:
-    """``n`` chained events starting at ``seqNum = start_seq``.
-
-    The first event's ``parentSeqNum`` is ``parent`` (default ``start_seq - 1``); every later one
-    chains to its predecessor. With ``args_size`` the args carry a padding string of that many
-    bytes, so ``len(orjson.dumps(event))`` is roughly ``args_size`` plus ~150 bytes.
-    """
-    events = []
-    prev = start_seq - 1 if parent is None else parent
-    for seq in range(start_seq, start_seq + n):
-        args: dict[str, Any] = {"id": f"{client_id}-{seq}", "n": seq}
-        if args_size:
-            args["pad"] = "x" * args_size
-        events.append(
-            {
-                "name": name,
-                "args": args,
-                "seqNum": seq,
-                "parentSeqNum": prev,
-                "clientId": client_id,
-                "sessionId": session_id,
-            }
-        )
-        prev = seq
-    return events
-
-
-def request_frame(rid: str, tag: str, payload: Any) -> dict[str, Any]:
-    """A client ``Request`` frame exactly as the 0.4.0 client shapes it (trace fields omitted)."""
-    return {"_tag": "Request", "id": rid, "tag": tag, "payload": payload, "headers": []}
-
-
-def events_of(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``eventEncoded`` of every event in a sequence of ``PullResponse`` items."""
-    return [entry["eventEncoded"] for item in items for entry in item["batch"]]
-
-
-def seqs_of(items: Iterable[dict[str, Any]]) -> list[int]:
-    """The ``seqNum`` of every event in a sequence of ``PullResponse`` items."""
-    return [event["seqNum"] for event in events_of(items)]
-
-
-def is_exit(frame: Frame, rid: str | None = None) -> bool:
-    return (
-        isinstance(frame, dict)
-        and frame.get("_tag") == "Exit"
-        and (rid is None or frame.get("requestId") == rid)
-    )
-
-
-def is_chunk(frame: Frame, rid: str | None = None) -> bool:
-    return (
-        isinstance(frame, dict)
-        and frame.get("_tag") == "Chunk"
-        and (rid is None or frame.get("requestId") == rid)
-    )
-
-
-def for_request(frame: Frame, rid: str) -> bool:
-    return isinstance(frame, dict) and frame.get("requestId") == rid
-
-
-def assert_success(frame: Frame) -> Any:
-    """Assert ``frame`` is an ``Exit`` with a ``Success`` and return its value (None if absent)."""
-    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
-    exit_ = frame["exit"]
-    assert exit_.get("_tag") == "Success", f"expected Success, got {frame!r}"
-    return exit_.get("value")
-
-
-def assert_stream_success(frame: Frame) -> None:
-    """A stream (Pull) success Exit: ``{"_tag":"Success"}``, ``"value": null`` also allowed."""
-    assert_success(frame)
-    assert frame["exit"].get("value") is None, f"stream Exit must carry no value: {frame!r}"
-
-
-def assert_push_ok(frame: Frame) -> None:
-    """A Push success Exit carries exactly the ``PushAck`` value ``{}`` (spec §4.4)."""
-    value = assert_success(frame)
-    assert value == {}, f"Push success value must be {{}}: {frame!r}"
-
-
-def assert_fail(frame: Frame, error_tag: str) -> dict[str, Any]:
-    """Assert ``frame`` is an ``Exit`` failing with the typed error ``error_tag``; return it."""
-    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
-    exit_ = frame["exit"]
-    assert exit_.get("_tag") == "Failure", f"expected Failure, got {frame!r}"
-    cause = exit_["cause"]
-    assert cause.get("_tag") == "Fail", f"expected a Fail cause, got {frame!r}"
-    error = cause["error"]
-    assert error.get("_tag") == error_tag, f"expected {error_tag}, got {frame!r}"
-    return error  # type: ignore[no-any-return]
-
-
-def assert_die(frame: Frame) -> Any:
-    """Assert ``frame`` is an ``Exit`` failing with a ``Die`` cause; return the defect."""
-    assert is_exit(frame), f"expected an Exit frame, got {frame!r}"
-    exit_ = frame["exit"]
-    assert exit_.get("_tag") == "Failure", f"expected Failure, got {frame!r}"
-    cause = exit_["cause"]
-    assert cause.get("_tag") == "Die", f"expected a Die cause, got {frame!r}"
-    assert "defect" in cause, f"a Die cause carries a defect: {frame!r}"
-    return cause["defect"]
-
-
-def assert_pull_response(item: Any, backend_id: str | None = None) -> None:
-    """Check the shape of one ``PullResponse`` item (spec §5.3)."""
-    assert isinstance(item, dict), f"PullResponse must be an object: {item!r}"
-    assert isinstance(item.get("batch"), list), f"batch must be a list: {item!r}"
-    page = item.get("pageInfo")
-    assert isinstance(page, dict), f"pageInfo missing: {item!r}"
-    assert page.get("_tag") in {"NoMore", "MoreKnown", "MoreUnknown"}, item
-    if page["_tag"] == "MoreKnown":
-        assert type(page.get("remaining")) is int, item
-    assert isinstance(item.get("backendId"), str), f"backendId missing: {item!r}"
-    assert item["backendId"], "backendId must be non-empty"
-    if backend_id is not None:
-        assert item["backendId"] == backend_id, item
-    for entry in item["batch"]:
-        assert isinstance(entry, dict), entry
-        assert isinstance(entry.get("eventEncoded"), dict), entry
-        metadata = entry.get("metadata")
-        assert isinstance(metadata, dict), f"metadata must be an Option, got {entry!r}"
-        assert metadata.get("_tag") in {"None", "Some"}, entry
-        if metadata["_tag"] == "Some":
-            value = metadata.get("value")
-            assert isinstance(value, dict), entry
-            assert value.get("_tag") == "SyncMessage.SyncMetadata", entry
-            assert isinstance(value.get("createdAt"), str), entry
-        for key in ("seqNum", "parentSeqNum"):
-            assert type(entry["eventEncoded"].get(key)) is int, entry
-
-
-# ---------------------------------------------------------------------------------------------
-# WebSocket client
 
 
 class RpcClient:
@@ -561,116 +398,5 @@ async def open_raw_socket(host: str, port: int, *, rcvbuf: int | None = None) ->
     return sock
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResult:
-    """One HTTP exchange: status, headers (lower-cased names), raw body and its JSON if any."""
-
-    status: int
-    headers: dict[str, str]
-    raw: bytes
-    body: Any
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-_NOT_JSON = object()
-
-
-def _http_exchange(
-    method: str, url: str, body: bytes | None, headers: dict[str, str], within: float
-) -> HttpResult:
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=within)
-    try:
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        conn.request(method, target, body=body, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        names = {name.lower(): value for name, value in response.getheaders()}
-        try:
-            parsed = orjson.loads(raw) if raw else _NOT_JSON
-        except orjson.JSONDecodeError:
-            parsed = _NOT_JSON
-        text_or_json = raw.decode(errors="replace") if parsed is _NOT_JSON else parsed
-        return HttpResult(response.status, names, raw, text_or_json)
-    finally:
-        conn.close()
-
-
-def _http_keepalive(
-    url: str, bodies: list[bytes], headers: dict[str, str], within: float
-) -> list[HttpResult]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=within)
-    results = []
-    try:
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        for body in bodies:
-            conn.request("POST", target, body=body, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-            names = {name.lower(): value for name, value in response.getheaders()}
-            results.append(HttpResult(response.status, names, raw, orjson.loads(raw)))
-    finally:
-        conn.close()
-    return results
-
-
-async def http_keepalive_posts(
-    url: str, objs: list[Any], *, within: float = 10 * TIMEOUT_UNIT
-) -> list[HttpResult]:
-    """POST each of ``objs`` as JSON over ONE keep-alive connection, like ``fetch`` does."""
-    bodies = [orjson.dumps(obj) for obj in objs]
-    headers = {"content-type": "application/json"}
-    return await asyncio.to_thread(_http_keepalive, url, bodies, headers, within)
-
-
-async def http_request(
-    method: str,
-    url: str,
-    *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    within: float = 10 * TIMEOUT_UNIT,
-) -> HttpResult:
-    """One HTTP request with the stdlib client, run in a worker thread."""
-    return await asyncio.to_thread(_http_exchange, method, url, body, dict(headers or {}), within)
-
-
-async def http_post_json(
-    url: str, obj: Any, *, headers: dict[str, str] | None = None
-) -> HttpResult:
-    """POST ``obj`` as JSON, the way ``makeHttpSync`` does (spec §10.1)."""
-    all_headers = {"content-type": "application/json"}
-    all_headers.update(headers or {})
-    return await http_request("POST", url, body=orjson.dumps(obj), headers=all_headers)
-
-
-async def http_rpc(url: str, tag: str, payload: Any, rid: str = "0") -> HttpResult:
-    """POST one RPC ``Request`` and assert the transport-level answer: 200, JSON, an array."""
-    result = await http_post_json(url, request_frame(rid, tag, payload))
-    assert result.status == 200, f"HTTP {result.status}: {result.raw[:500]!r}"
-    assert result.content_type == "application/json", result.headers
-    assert isinstance(result.body, list), f"HTTP RPC body must be a JSON array: {result.body!r}"
-    return result
-
-
-def assert_error_body(result: HttpResult, status: int, code: str) -> None:
-    """A refused request: the given 4xx and the JSON body ``{"error":{"code","message"}}``."""
-    assert result.status == status, f"expected {status}, got {result.status}: {result.raw[:300]!r}"
-    assert isinstance(result.body, dict), f"error body must be JSON: {result.raw[:300]!r}"
-    error = result.body.get("error")
-    assert isinstance(error, dict), result.body
-    assert error.get("code") == code, result.body
-    assert isinstance(error.get("message"), str), result.body
-    assert error["message"], result.body
+# The ``connect`` fixture (tests/conformance): ``await connect(gateway, store_id, payload=...)``.
+Connect = Callable[..., Awaitable[RpcClient]]
