@@ -172,6 +172,45 @@ async def test_handshake_being_decided_when_the_server_stops_gets_503(
         await bystander.close()
 
 
+async def test_http_request_being_decided_when_the_server_stops_gets_503(
+    make_gateway: MakeGateway,
+) -> None:
+    """An HTTP-transport POST whose ``validate_payload`` is still running when ``stop()``
+    begins is answered 503 SHUTTING_DOWN, as a WebSocket handshake is (one admission)."""
+    held = new_store_id("held")
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hook(context: PayloadContext) -> Admission | Refusal:
+        if context.store_id == held:
+            entered.set()
+            await release.wait()
+        return Admission()
+
+    gw = await make_gateway(validate_payload=hook)
+    bystander_store = new_store_id()
+    bystander = await RpcClient.open(gw.ws_url(bystander_store), bystander_store)
+    ping = request_frame("0", HTTP_PING, {"storeId": held})
+    attempt = asyncio.create_task(http_request("POST", gw.http_url(held), body=orjson.dumps(ping)))
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await wait_for_event(entered, what="the held request reaching validate_payload")
+        stopping = asyncio.create_task(gw.stop())
+        with pytest.raises(ConnectionClosed) as closed:
+            await bystander.recv(within=10 * TIMEOUT_UNIT)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001, closed.value
+        release.set()
+        answer = await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
+        assert_error_body(answer, 503, "SHUTTING_DOWN")
+        await asyncio.wait_for(stopping, 20 * TIMEOUT_UNIT)
+    finally:
+        release.set()
+        await asyncio.gather(attempt, return_exceptions=True)
+        if stopping is not None:
+            await asyncio.gather(stopping, return_exceptions=True)
+        await bystander.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 1013: slow consumers
 

@@ -227,10 +227,12 @@ class Listener:
                 logger.warning("connections still open after %.1f s; aborting them", timeout)
                 for connection in tuple(self.ws_connections):
                     connection.abort()
+        if self._tasks:
+            # Handshakes being decided and HTTP requests in progress get their answer (503
+            # or the result) before their connections go.
+            await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
         for conn in tuple(self.http_connections):
             conn.abort()
-        if self._tasks:
-            await asyncio.wait(tuple(self._tasks), timeout=max(deadline - loop.time(), 0.1))
         if self.server is not None:
             try:
                 async with asyncio.timeout_at(max(deadline, loop.time() + 0.1)):
