@@ -3,7 +3,7 @@
 - :mod:`.listener`: accepts connections, routes each by its request method, answers
   handshakes through :func:`gateway.admission.admit`, and shuts down.
 - :mod:`.ws`: one WebSocket connection on websockets' Sans-I/O ``ServerProtocol``.
-- :mod:`.http`: one HTTP/1.1 connection of the HTTP transport.
+- :mod:`.httpconn`: one HTTP/1.1 connection of the HTTP transport.
 - :mod:`.sessions`: open WebSocket sessions: their logs, counters, keepalive and expiry
   sweeps, and the re-check after a reload.
 - :mod:`.endpoints`: the plain endpoints (``/``, ``/healthz``, ``/readyz``, ``/metrics``,

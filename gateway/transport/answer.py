@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
+import http
 from dataclasses import dataclass
+
+from websockets.datastructures import Headers
+from websockets.http11 import Response
 
 from gateway import __version__
 from gateway.errors import Refusal
@@ -25,3 +30,17 @@ class Answer:
     def refusal(cls, refusal: Refusal) -> Answer:
         """The documented JSON error body, with the refusal's status and headers."""
         return cls(refusal.status, refusal.body(), JSON, refusal.headers)
+
+
+def to_response(answer: Answer) -> Response:
+    """``answer`` as websockets' Response; the connection closes after it."""
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(answer.body))),
+            ("Content-Type", answer.content_type),
+            *answer.headers,
+        ]
+    )
+    return Response(answer.status, http.HTTPStatus(answer.status).phrase, headers, answer.body)

@@ -3,7 +3,7 @@
 Each accepted TCP connection starts with a tiny sniffer that reads the request method:
 ``GET`` connections become a :class:`~gateway.transport.ws.WsConnection` (websockets'
 Sans-I/O ``ServerProtocol`` under our own ``asyncio.Protocol``); anything else goes to
-:class:`~gateway.transport.http.HttpConnection`. Both ask :func:`gateway.admission.admit`
+:class:`~gateway.transport.httpconn.HttpConnection`. Both ask :func:`gateway.admission.admit`
 whether a sync request is admitted. A WebSocket request without sync parameters is one of
 the plain :mod:`~gateway.transport.endpoints`; an admitted one becomes a session, kept by
 :class:`~gateway.transport.sessions.Sessions`.
@@ -17,14 +17,12 @@ One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 
 from gateway import protocol
 from gateway.admission import (
@@ -37,9 +35,9 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
-from gateway.transport.answer import SERVER_HEADER, Answer
+from gateway.transport.answer import SERVER_HEADER, Answer, to_response
 from gateway.transport.endpoints import Endpoints
-from gateway.transport.http import HttpConnection
+from gateway.transport.httpconn import HttpConnection
 from gateway.transport.sessions import Sessions
 from gateway.transport.ws import Session, WsConnection, cast_transport
 
@@ -58,20 +56,6 @@ _WS_LOGGER = logging.getLogger("gateway.websockets")
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
-
-
-def _response(answer: Answer) -> Response:
-    """``answer`` as websockets' Response; the connection closes after it."""
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(answer.body))),
-            ("Content-Type", answer.content_type),
-            *answer.headers,
-        ]
-    )
-    return Response(answer.status, http.HTTPStatus(answer.status).phrase, headers, answer.body)
 
 
 def _header_dict(headers: Headers) -> dict[str, str]:
@@ -137,7 +121,7 @@ class _Sniffer(asyncio.Protocol):
 class Listener:
     """The listening socket and every connection on it, up to the session.
 
-    It is the ``Owner`` both connection kinds report to (:mod:`.ws`, :mod:`.http`).
+    It is the ``Owner`` both connection kinds report to (:mod:`.ws`, :mod:`.httpconn`).
     """
 
     def __init__(
@@ -288,7 +272,7 @@ class Listener:
 
     def malformed(self) -> bytes:
         refusal = Refusal(code=RefusalCode.BAD_REQUEST, message="malformed HTTP request")
-        return _response(Answer.refusal(refusal)).serialize()
+        return to_response(Answer.refusal(refusal)).serialize()
 
     async def _handshake(self, connection: WsConnection, request: Request) -> None:
         try:
@@ -298,7 +282,7 @@ class Listener:
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             answer = Answer.refusal(refusal)
         # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
-        response = connection.proto.accept(request) if answer is None else _response(answer)
+        response = connection.proto.accept(request) if answer is None else to_response(answer)
         response.headers["Server"] = SERVER_HEADER
         connection.respond(response, lambda: self._sessions.open(connection))
         # The parser's frame keeps the request for the connection's lifetime; what the
