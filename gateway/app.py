@@ -158,9 +158,13 @@ class Gateway:
         return self.listener.closing
 
     async def ready(self) -> bool:
+        """Whether the store answers; any failure of the check means "not ready" (503)."""
         try:
             await self.store.check()
         except StoreError:
+            return False
+        except Exception:
+            logger.exception("readiness check failed unexpectedly")
             return False
         return True
 

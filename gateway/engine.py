@@ -149,6 +149,8 @@ class SyncEngine:
                 logger.warning(
                     "store %r: catching up to %d failed: %s", state.store_id, target, exc
                 )
+            except Exception:
+                logger.exception("store %r: catching up to %d failed", state.store_id, target)
 
     async def _publish_range(self, state: StoreState, target: int) -> None:
         """Publish committed events ``(state.head, target]`` read from the log, in order.

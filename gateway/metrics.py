@@ -43,6 +43,8 @@ class SessionCounters:
     connections: Counter[str] = field(default_factory=Counter)
     connections_total: Counter[str] = field(default_factory=Counter)
     evictions: int = 0
+    # Requests ended by an unexpected exception (answered 1011 / 500), by transport.
+    requests_failed: Counter[str] = field(default_factory=Counter)
 
 
 class Metrics:
@@ -143,6 +145,12 @@ def families(
         "gateway_send_queue_evictions",
         "Connections closed because their send queue overflowed (1013).",
         sessions.evictions,
+    )
+    yield labelled_counter(
+        "gateway_requests_failed",
+        "Requests ended by an unexpected error (closed 1011 / answered 500; logged).",
+        "transport",
+        sessions.requests_failed,
     )
     yield gauge("gateway_live_subscribers", "Live pulls.", live_subscribers)
     yield gauge("gateway_stores_loaded", "Stores held in memory.", stores_loaded)

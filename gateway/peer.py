@@ -206,9 +206,18 @@ class Peer:
         task.add_done_callback(lambda t: self._finished(request.id, active, t))
 
     def _finished(self, request_id: str, active: _Active, task: asyncio.Task[None]) -> None:
+        """Where every request task ends. One that died of an exception (a bug, a driver
+        error nobody expected: expected failures are answered inside the task) cannot be
+        answered within the RPC any more: the connection is closed with 1011, so the client
+        treats the server as offline, reconnects and retries. Logged once, counted."""
         active.task = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("request failed store=%s", self.store_id, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.error("request failed store=%s", self.store_id, exc_info=error)
+            self.counters.requests_failed["ws"] += 1
+            self._drop_requests()
+            self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
         # A live pull stays registered after its catch-up task ends.
         subscription = active.subscription
         ended = subscription is None or subscription.closed

@@ -49,6 +49,9 @@ class Owner(Protocol):
     def http_closed(self, conn: HttpConnection) -> None:
         """The TCP connection is gone (called once)."""
 
+    def request_failed(self, transport: Transport) -> None:
+        """A request ended by an unexpected exception (it was answered 500)."""
+
 
 def _preflight(headers: dict[str, str]) -> Answer:
     """A CORS preflight: browsers send one before a POST with a JSON body."""
@@ -188,7 +191,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             response = await self._handle(request, body)
         except Exception:
+            # Where every HTTP request ends: whatever failed underneath, it gets an answer.
             logger.exception("http request failed path=%s", redact_target(request.target))
+            self._owner.request_failed("http")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             response = Answer.refusal(refusal)
         if self._transport.is_closing():

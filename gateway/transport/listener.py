@@ -279,6 +279,7 @@ class Listener:
             answer = await self._decide(connection, request)
         except Exception:
             logger.exception("handshake failed")
+            self.request_failed("ws")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             answer = Answer.refusal(refusal)
         # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
@@ -312,6 +313,9 @@ class Listener:
 
     async def call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
         return await self._http_call(admitted, request)
+
+    def request_failed(self, transport: Transport) -> None:
+        self._sessions.counters.requests_failed[transport] += 1
 
     def http_closed(self, conn: HttpConnection) -> None:
         if conn in self.http_connections:

@@ -3,14 +3,20 @@
 :class:`FailingAppends` puts a trigger into a gateway's own database file: while a store is
 armed, inserting its events raises inside SQLite, so the store's ``append`` fails exactly as it
 would on a real write error (``StoreError``, the transaction rolled back, nothing written). No
-gateway object is replaced or patched.
+gateway object is replaced or patched. :class:`RaisingStore` wraps the real store to raise what
+no contract names (a bug, an unexpected driver error).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+
+from gateway.protocol import NewEvent
+from gateway.store import StoredEvent, StoreMeta
+from gateway.store.sqlite import SqliteStore
 
 _SETUP = """
 CREATE TABLE IF NOT EXISTS test_failing_appends (sid INTEGER PRIMARY KEY);
@@ -52,3 +58,54 @@ class FailingAppends:
             "WHERE sid = (SELECT id FROM stores WHERE store_id = ?)",
             store_id,
         )
+
+
+class Unexpected(RuntimeError):
+    """An exception no store contract names: what a driver bug would raise."""
+
+
+class RaisingStore:
+    """The real SQLite store, whose chosen methods raise :class:`Unexpected` while armed.
+
+    For the one promise no real failure can reach on demand: whatever exception ends a
+    request, the client gets an answer. Everything else goes to the real store.
+    """
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.inner = SqliteStore(data_dir)
+        self.armed: set[str] = set()
+
+    def _fault(self, method: str) -> None:
+        if method in self.armed:
+            raise Unexpected(f"injected into {method}")
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ensure_store(self, store_id: str) -> StoreMeta:
+        self._fault("ensure_store")
+        return await self.inner.ensure_store(store_id)
+
+    async def append(
+        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+    ) -> None:
+        self._fault("append")
+        await self.inner.append(store_id, expected_head, events, created_ms)
+
+    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+        self._fault("read")
+        return await self.inner.read(store_id, after, upto, limit)
+
+    async def count(self, store_id: str, after: int, upto: int) -> int:
+        self._fault("count")
+        return await self.inner.count(store_id, after, upto)
+
+    async def check(self) -> None:
+        self._fault("check")
+        await self.inner.check()
+
+    def forget(self, store_id: str) -> None:
+        self.inner.forget(store_id)

@@ -8,16 +8,23 @@ from typing import Any, Protocol
 from gateway.admission import ValidatePayload
 from gateway.app import Gateway
 from gateway.config import Config
+from gateway.store import EventStore
 from tests.helpers.urls import sync_url
 
 
 class GatewayHarness:
     """A running in-process gateway plus helpers to build client URLs and restart it."""
 
-    def __init__(self, config: Config, *, validate_payload: ValidatePayload | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        validate_payload: ValidatePayload | None = None,
+        store: EventStore | None = None,
+    ) -> None:
         self.config = config
         self.validate_payload = validate_payload
-        self.gw = Gateway(config, validate_payload=validate_payload)
+        self.gw = Gateway(config, validate_payload=validate_payload, store=store)
 
     @property
     def port(self) -> int:
