@@ -26,6 +26,7 @@ import orjson
 from gateway import frames, protocol
 from gateway.errors import (
     BackendIdMismatch,
+    CommitUnknown,
     HeadMismatch,
     RpcFailure,
     ServerAhead,
@@ -139,6 +140,17 @@ class SyncEngine:
         heads = await shared.heads((state.store_id,))
         async with state.lock:
             await self._publish_range(state, heads.get(state.store_id, state.head))
+
+    async def _resync(self, state: StoreState) -> None:
+        """Publish whatever the log holds beyond this node's head (after an append whose
+        outcome was unknown); the periodic reconcile retries if the log cannot be read."""
+        shared: SharedEventStore = self.store  # type: ignore[assignment]
+        try:
+            heads = await shared.heads((state.store_id,))
+        except StoreError as exc:
+            logger.warning("store %r: resync failed: %s", state.store_id, exc)
+            return
+        await self._catch_up(state, heads.get(state.store_id, state.head))
 
     async def _catch_up(self, state: StoreState, target: int) -> None:
         async with state.lock:
@@ -286,6 +298,13 @@ class SyncEngine:
             created = now_ms()
             try:
                 await self.store.append(state.store_id, parent, batch, created)
+            except CommitUnknown:
+                # Maybe written, maybe not: neither ack nor fail (the request ends without an
+                # answer: 1011 / 500). If it was written, the log's head says so: publish it.
+                self.counters.pushes_rejected["unknown_outcome"] += 1
+                if self.shared:
+                    self._spawn(self._resync(state))
+                raise
             except HeadMismatch as exc:
                 # Another node moved the head; its events reach us through on_commit.
                 self.on_commit(state.store_id, exc.head)

@@ -18,7 +18,8 @@ Exceptions share one root::
     GatewayError
     ├── ConfigError          the configuration is invalid (the message names the key)
     ├── StoreError           a store backend failed; nothing of the operation was written
-    │   └── HeadMismatch     an append expected a head that is no longer current
+    │   ├── HeadMismatch     an append expected a head that is no longer current
+    │   └── CommitUnknown    an append failed and whether it was written cannot be told
     ├── ProtocolError        a client sent something the wire protocol does not allow
     │   ├── FrameError       the frame itself is unusable: answered with a Defect frame
     │   └── PayloadError     a Request's payload fails the RPC schema: that request dies
@@ -56,6 +57,13 @@ class HeadMismatch(StoreError):
     def __init__(self, head: int) -> None:
         super().__init__(f"head is {head}")
         self.head = head
+
+
+class CommitUnknown(StoreError):
+    """An append failed where its outcome is unknown (the connection died around COMMIT) and
+    the log could not be asked: the batch may or may not be stored. It must be neither
+    acknowledged nor reported failed; the engine ends the request without an answer
+    (1011 / 503) and re-reads the store's head."""
 
 
 class ProtocolError(GatewayError):

@@ -30,6 +30,7 @@ from gateway.config import LiveConfig
 from gateway.engine import Backlog, SyncEngine
 from gateway.errors import (
     CloseCode,
+    CommitUnknown,
     FrameError,
     PayloadError,
     RpcFailure,
@@ -349,6 +350,8 @@ async def http_call(
             return [frames.exit_fail(rid, opened)]
         prefix = frames.chunk_prefix(rid)
         answer = [prefix + frames.chunk_tail(item) async for item in engine.backlog_items(opened)]
+    except CommitUnknown:
+        raise  # neither an ack nor a failure can be said: the request ends with a 500
     except StoreError as exc:
         logger.error("http request failed store=%s: %s", store_id, exc)
         return [frames.exit_fail(rid, UnknownFailure("storage unavailable", "http"))]

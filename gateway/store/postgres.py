@@ -12,6 +12,13 @@
   catch up to the table first).
 - The listening connection is watched: when it drops, the node keeps its clients, retries
   with backoff, reports not-ready, and reconciles every loaded store once it is back.
+- Every driver failure (a connection lost mid-operation, one left in a bad state, an
+  exhausted pool, a statement timeout, an asyncpg error of a kind nobody expected) becomes a
+  :class:`StoreError`, and the connection it happened on is discarded, never reused. Reads
+  are retried once on a fresh connection. An append is never retried: when it fails in a way
+  that leaves its COMMIT's outcome unknown, the log is asked whether the batch is there
+  (:meth:`PostgresStore._committed`), so a committed batch is acked and a lost one reported
+  failed; when even that cannot be told, :class:`CommitUnknown` says so.
 """
 
 from __future__ import annotations
@@ -22,14 +29,15 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import orjson
 
+from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
-from gateway.store import HeadMismatch, StoredEvent, StoreError, StoreMeta, new_backend_id
+from gateway.store import StoredEvent, StoreMeta, new_backend_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,15 @@ SCHEMA_VERSION = 1
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
 CommitListener = Callable[[str, int], None]
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn = PoolConnectionProxy[Any]
+
+# Attempts of a read (the first and one retry on a fresh connection).
+READ_ATTEMPTS = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -62,6 +79,11 @@ def _store_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"postgres: {type(exc).__name__}: {exc}")
+
+
+def _driver_failure(exc: BaseException) -> bool:
+    """Anything but our own verdicts: every exception the driver or the network raise."""
+    return isinstance(exc, Exception) and not isinstance(exc, GatewayError)
 
 
 class PostgresStore:
@@ -225,26 +247,69 @@ class PostgresStore:
             raise StoreError("store is closed")
         return self._pool
 
-    async def ensure_store(self, store_id: str) -> StoreMeta:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection; one that fails mid-operation is discarded, never reused.
+
+        A failure (or a cancellation) may leave it inside a transaction or with a query in
+        flight ("another operation is in progress"): terminating it makes the pool open a
+        fresh one instead of handing the broken one to the next request. The pool's other
+        idle connections are expired too, so a retry does not meet a dead sibling.
+        """
         pool = self._require_pool()
         try:
-            row = await pool.fetchrow(
+            conn = await pool.acquire(timeout=self._connect_timeout)
+        except Exception as exc:  # pool exhausted, cannot connect, closed pool...
+            raise _store_error(exc) from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            if _driver_failure(exc) or isinstance(exc, asyncio.CancelledError):
+                # (asyncpg may have released a connection that closed under it already.)
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+                # What killed this connection (a server restart, pg_terminate_backend, a cut
+                # network path) most likely killed its siblings: replace them all lazily.
+                await pool.expire_connections()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await pool.release(conn, timeout=self._connect_timeout)
+
+    async def _read(self, operation: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run a read; a driver failure is retried once on a fresh connection."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                async with self._connection() as conn:
+                    return await operation(conn)
+            except Exception as exc:
+                if not _driver_failure(exc) or attempt + 1 == READ_ATTEMPTS:
+                    raise _store_error(exc) from exc
+                logger.info("postgres read failed (%s); retrying on a fresh connection", exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ensure_store(self, store_id: str) -> StoreMeta:
+        async def load(conn: Conn) -> Any:
+            row = await conn.fetchrow(
                 "SELECT backend_id, head FROM stores WHERE store_id = $1", store_id
             )
             if row is None:
-                await pool.execute(
+                # Idempotent (ON CONFLICT), so safe to run again after a failure.
+                await conn.execute(
                     "INSERT INTO stores (store_id, backend_id, head, created_ms) "
                     "VALUES ($1, $2, 0, $3) ON CONFLICT (store_id) DO NOTHING",
                     store_id,
                     new_backend_id(),
                     int(time.time() * 1000),
                 )
-                row = await pool.fetchrow(
+                row = await conn.fetchrow(
                     "SELECT backend_id, head FROM stores WHERE store_id = $1", store_id
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
-        assert row is not None
+            return row
+
+        row = await self._read(load)
+        if row is None:
+            raise StoreError(f"store {store_id!r} could not be created")
         return StoreMeta(backend_id=row["backend_id"], head=int(row["head"]))
 
     async def append(
@@ -252,44 +317,81 @@ class PostgresStore:
     ) -> None:
         if not events:
             return
-        pool = self._require_pool()
+        try:
+            await self._append(store_id, expected_head, events, created_ms)
+        except GatewayError:
+            raise  # HeadMismatch, a missing store, a closed store: nothing was written
+        except Exception as exc:
+            # The failure may have come after COMMIT was sent: ask the log.
+            committed = await self._committed(store_id, events[-1], created_ms)
+            if committed is None:
+                raise CommitUnknown(
+                    f"postgres: the outcome of an append to {store_id!r} is unknown: {exc}"
+                ) from exc
+            if not committed:
+                raise _store_error(exc) from exc
+            logger.warning("append to %r reported %s but committed; acknowledging", store_id, exc)
+
+    async def _append(
+        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+    ) -> None:
         new_head = events[-1].seq
         notice = orjson.dumps({"s": store_id, "h": new_head}).decode()
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                updated = await conn.fetchval(
-                    "UPDATE stores SET head = $3 WHERE store_id = $1 AND head = $2 RETURNING head",
-                    store_id,
-                    expected_head,
-                    new_head,
-                )
-                if updated is None:
-                    head = await conn.fetchval(
-                        "SELECT head FROM stores WHERE store_id = $1", store_id
+        async with self._connection() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                "UPDATE stores SET head = $3 WHERE store_id = $1 AND head = $2 RETURNING head",
+                store_id,
+                expected_head,
+                new_head,
+            )
+            if updated is None:
+                head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", store_id)
+                if head is None:
+                    raise StoreError(f"store {store_id!r} does not exist")
+                raise HeadMismatch(int(head))
+            await conn.execute(
+                "INSERT INTO events (store_id, seq, parent, created_ms, data) "
+                "SELECT $1, s, p, $2, d FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) "
+                "AS t(s, p, d)",
+                store_id,
+                created_ms,
+                [e.seq for e in events],
+                [e.parent for e in events],
+                [e.data for e in events],
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)
+
+    async def _committed(self, store_id: str, last: NewEvent, created_ms: int) -> bool | None:
+        """Whether a batch whose last event is ``last`` is in the log (None: cannot tell).
+
+        A batch is written whole or not at all, so its last event decides. Another node may
+        have written that seqNum since: the bytes and the time of writing must be ours too.
+        """
+        deadline = asyncio.get_running_loop().time() + 2 * self._connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                row = await self._read(
+                    lambda conn: conn.fetchrow(
+                        "SELECT data, created_ms FROM events WHERE store_id = $1 AND seq = $2",
+                        store_id,
+                        last.seq,
                     )
-                    if head is None:
-                        raise StoreError(f"store {store_id!r} does not exist")
-                    raise HeadMismatch(int(head))
-                await conn.execute(
-                    "INSERT INTO events (store_id, seq, parent, created_ms, data) "
-                    "SELECT $1, s, p, $2, d FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) "
-                    "AS t(s, p, d)",
-                    store_id,
-                    created_ms,
-                    [e.seq for e in events],
-                    [e.parent for e in events],
-                    [e.data for e in events],
                 )
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)
-        except StoreError:
-            raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
+            except StoreError as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    logger.error("cannot tell whether an append to %r committed: %s", store_id, exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if row is None:
+                return False
+            return bytes(row["data"]) == last.data and int(row["created_ms"]) == created_ms
 
     async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
-        pool = self._require_pool()
-        try:
-            rows = await pool.fetch(
+        rows = await self._read(
+            lambda conn: conn.fetch(
                 "SELECT seq, parent, created_ms, data FROM events "
                 "WHERE store_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
                 store_id,
@@ -297,43 +399,35 @@ class PostgresStore:
                 upto,
                 limit,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
+        )
         return [StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"])) for r in rows]
 
     async def count(self, store_id: str, after: int, upto: int) -> int:
-        pool = self._require_pool()
-        try:
-            value = await pool.fetchval(
+        value = await self._read(
+            lambda conn: conn.fetchval(
                 "SELECT count(*) FROM events WHERE store_id = $1 AND seq > $2 AND seq <= $3",
                 store_id,
                 after,
                 upto,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
+        )
         return int(value)
 
     async def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
         """Current heads of ``store_ids`` (to find commits whose notification was lost)."""
-        pool = self._require_pool()
-        try:
-            rows = await pool.fetch(
+        rows = await self._read(
+            lambda conn: conn.fetch(
                 "SELECT store_id, head FROM stores WHERE store_id = ANY($1::text[])",
                 list(store_ids),
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
+        )
         return {r["store_id"]: int(r["head"]) for r in rows}
 
     def forget(self, store_id: str) -> None:
         """Nothing is cached per store."""
 
     async def check(self) -> None:
-        pool = self._require_pool()
+        self._require_pool()
         if not self._listening.is_set():
             raise StoreError("postgres listener is not connected")
-        try:
-            await pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _store_error(exc) from exc
+        await self._read(lambda conn: conn.fetchval("SELECT 1"))
