@@ -38,10 +38,10 @@ import orjson
 from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import StoredEvent, StoreMeta, new_backend_id
+from gateway.store.pg_schema import migrate
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
 CommitListener = Callable[[str, int], None]
@@ -54,25 +54,6 @@ if TYPE_CHECKING:
 
 # Attempts of a read (the first and one retry on a fresh connection).
 READ_ATTEMPTS = 2
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-        CREATE TABLE IF NOT EXISTS stores (
-            store_id    text   PRIMARY KEY,
-            backend_id  text   NOT NULL,
-            head        bigint NOT NULL,
-            created_ms  bigint NOT NULL
-        );
-        CREATE TABLE IF NOT EXISTS events (
-            store_id    text   NOT NULL,
-            seq         bigint NOT NULL,
-            parent      bigint NOT NULL,
-            created_ms  bigint NOT NULL,
-            data        bytea  NOT NULL,
-            PRIMARY KEY (store_id, seq)
-        );
-    """,
-}
 
 
 def _store_error(exc: BaseException) -> StoreError:
@@ -134,7 +115,7 @@ class PostgresStore:
         try:
             conn = await self._connect_admin()
             try:
-                await self._migrate(conn)
+                await migrate(conn, self.schema)
             finally:
                 await conn.close()
             self._pool = await asyncpg.create_pool(
@@ -156,22 +137,6 @@ class PostgresStore:
 
     async def _connect_admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
-
-    async def _migrate(self, conn: asyncpg.Connection) -> None:
-        async with conn.transaction():
-            # One migrator at a time across nodes.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.schema)
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int NOT NULL)")
-            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self.schema} is at version {current}, newer than this gateway"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                await conn.execute(_MIGRATIONS[version])
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     async def close(self) -> None:
         if self._closed:

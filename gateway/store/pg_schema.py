@@ -1,0 +1,44 @@
+"""The PostgreSQL backend's schema: versioned migrations, applied under an advisory lock."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from gateway.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+        CREATE TABLE IF NOT EXISTS stores (
+            store_id    text   PRIMARY KEY,
+            backend_id  text   NOT NULL,
+            head        bigint NOT NULL,
+            created_ms  bigint NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS events (
+            store_id    text   NOT NULL,
+            seq         bigint NOT NULL,
+            parent      bigint NOT NULL,
+            created_ms  bigint NOT NULL,
+            data        bytea  NOT NULL,
+            PRIMARY KEY (store_id, seq)
+        );
+    """,
+}
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> None:
+    """Create or upgrade ``schema`` to :data:`SCHEMA_VERSION`, one node at a time."""
+    async with conn.transaction():
+        # One migrator at a time across nodes.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", schema)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int NOT NULL)")
+        current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"schema {schema} is at version {current}, newer than this gateway")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            await conn.execute(MIGRATIONS[version])
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
