@@ -233,6 +233,7 @@ async def exchange(run: Run, client: RpcClient, rid: str, what: str) -> list[Fra
     is recorded as a problem; the caller then reconnects (:class:`Closed` as well).
     """
     frames: list[Frame] = []
+    sent = run.at()
     try:
         async with asyncio.timeout(ANSWER_BOUND):
             while True:
@@ -241,7 +242,7 @@ async def exchange(run: Run, client: RpcClient, rid: str, what: str) -> list[Fra
                 if is_exit(frame):
                     return frames
     except TimeoutError:
-        run.problem("answered", f"{what}: no answer within {ANSWER_BOUND:.0f}s")
+        run.problem("answered", f"{what}, sent at {sent}: no answer within {ANSWER_BOUND:.0f}s")
         raise Closed from None
     except (OSError, WebSocketException) as exc:
         raise Closed from exc
@@ -458,17 +459,16 @@ async def poll_readyz(run: Run, node: Node) -> None:
         if node.down:
             continue
         generation = node.generation
+        status: int | bytes | Exception
         try:
             async with asyncio.timeout(READYZ_BOUND):
                 status = await readyz_status(node.port)
         except TimeoutError:
-            run.problem("readyz", f"node {node.name}: no answer within {READYZ_BOUND:.0f}s")
-            continue
+            status = TimeoutError(f"no answer within {READYZ_BOUND:.0f}s")
         except OSError as exc:
-            if node.down or node.generation != generation:
-                continue  # killed meanwhile
-            run.problem("readyz", f"node {node.name}: {exc!r}")
-            continue
+            status = exc
+        if node.down or node.generation != generation:
+            continue  # killed meanwhile: whatever came, the test caused it
         seen[str(status)] += 1
         if status not in (200, 503):
             run.problem("readyz", f"node {node.name}: /readyz answered {status!r}")
@@ -621,9 +621,10 @@ def report(run: Run) -> str:
 async def check_workload(cluster: Cluster, fault: Fault) -> None:
     run = await run_workload(cluster, fault)
     summary = report(run)
-    print(summary)  # shown with -s, and in the captured output of a failure
+    if run.problems:
+        pytest.fail(summary, pytrace=False)
     assert run.notes["events acked"] > 0, summary
-    assert not run.problems, summary
+    print(summary)  # shown with -s
 
 
 # ---------------------------------------------------------------------------------------------
