@@ -34,7 +34,7 @@ run: $(STAMP)
 # was set; raise it to the total's integer part as tests are added, never lower it).
 # Collecting costs about a fifth more wall time (816 tests: 106 s without, 124 s with;
 # 793 tests: 108 s and 132 s).
-COV_FLOOR := 92
+COV_FLOOR := 93
 COV := --cov --cov-fail-under=$(COV_FLOOR)
 
 test: $(STAMP) $(NODE_STAMP)
