@@ -52,6 +52,9 @@ class Owner(Protocol):
     def request_failed(self, transport: Transport) -> None:
         """A request ended by an unexpected exception (it was answered 500)."""
 
+    def take_over(self, conn: HttpConnection, transport: asyncio.Transport, initial: bytes) -> None:
+        """Serve the rest of the connection on the WebSocket path, from ``initial`` on."""
+
 
 def _preflight(headers: dict[str, str]) -> Answer:
     """A CORS preflight: browsers send one before a POST with a JSON body."""
@@ -67,7 +70,7 @@ def _preflight(headers: dict[str, str]) -> Answer:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection of the HTTP transport."""
+    """One HTTP/1.1 connection of the HTTP transport (until a GET hands it over)."""
 
     def __init__(self, owner: Owner, transport: asyncio.Transport, settings: LiveConfig) -> None:
         self._owner = owner
@@ -150,6 +153,17 @@ class HttpConnection(asyncio.Protocol):
             return
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             self._fail(RefusalCode.HTTP_VERSION, "HTTP/1.1 required")
+            return
+        if method == "GET":
+            # A GET on a kept-alive connection (an upgrade after a fetch: Node's WebSocket
+            # reuses pooled connections) is served exactly as on a fresh one: the WebSocket
+            # path takes the connection over, with this request and what follows it.
+            if self._idle is not None:
+                self._idle.cancel()
+            self._closing = True
+            initial = bytes(self._buffer)
+            self._buffer.clear()
+            self._owner.take_over(self, self._transport, initial)
             return
         if len(lines) - 1 > MAX_HEADERS:
             self._fail(RefusalCode.HEADERS_TOO_LARGE, "too many headers")

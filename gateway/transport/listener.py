@@ -314,6 +314,10 @@ class Listener:
     async def call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
         return await self._http_call(admitted, request)
 
+    def take_over(self, conn: HttpConnection, transport: asyncio.Transport, initial: bytes) -> None:
+        self.http_closed(conn)
+        self.open_websocket(transport, initial)
+
     def request_failed(self, transport: Transport) -> None:
         self._sessions.counters.requests_failed[transport] += 1
 
