@@ -258,7 +258,13 @@ class SyncEngine:
     # -- push -----------------------------------------------------------------------------
 
     async def push(self, request: PushRequest) -> RpcFailure | None:
-        """Admit a pushed batch; None on success, else the typed error to fail with."""
+        """Admit a pushed batch; None on success, else the typed error to fail with.
+
+        Raises:
+            StoreError: the store is unavailable (transient: nothing was written, or, for
+                :class:`CommitUnknown`, maybe). Never an RPC failure: a LiveStore client
+                treats ``UnknownError`` as final, and storage trouble is not.
+        """
         started = time.perf_counter()
         try:
             return await self._push(request)
@@ -276,9 +282,8 @@ class SyncEngine:
         try:
             state = await self.state(request.store_id)
         except StoreError:
-            logger.exception("store %r could not be opened", request.store_id)
             self.counters.pushes_rejected["storage"] += 1
-            return UnknownFailure("storage unavailable", "push")
+            raise
         if request.backend_id is not None and request.backend_id != state.backend_id:
             self.counters.pushes_rejected["backend_mismatch"] += 1
             return BackendIdMismatch(state.backend_id, request.backend_id)
@@ -299,8 +304,9 @@ class SyncEngine:
             try:
                 await self.store.append(state.store_id, parent, batch, created)
             except CommitUnknown:
-                # Maybe written, maybe not: neither ack nor fail (the request ends without an
-                # answer: 1011 / 500). If it was written, the log's head says so: publish it.
+                # Maybe written, maybe not: neither ack nor fail (like any storage trouble, the
+                # request ends without an answer: 1011 / 503). If it was written, the log's
+                # head says so: publish it.
                 self.counters.pushes_rejected["unknown_outcome"] += 1
                 if self.shared:
                     self._spawn(self._resync(state))
@@ -310,10 +316,9 @@ class SyncEngine:
                 self.on_commit(state.store_id, exc.head)
                 self.counters.pushes_rejected["server_ahead"] += 1
                 return ServerAhead(exc.head, parent)
-            except StoreError as exc:
-                logger.error("append to store %r failed: %s", state.store_id, exc)
+            except StoreError:
                 self.counters.pushes_rejected["storage"] += 1
-                return UnknownFailure("storage unavailable", "push")
+                raise
             if parent > state.head:
                 # Other nodes' events up to our parent go out first, in order.
                 try:

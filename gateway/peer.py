@@ -30,12 +30,10 @@ from gateway.config import LiveConfig
 from gateway.engine import Backlog, SyncEngine
 from gateway.errors import (
     CloseCode,
-    CommitUnknown,
     FrameError,
     PayloadError,
     RpcFailure,
     StoreError,
-    UnknownFailure,
     WireClosed,
     store_mismatch,
 )
@@ -297,7 +295,13 @@ class Peer:
         if self._before_push is not None and push.batch:
             # Rate limiting delays a push; it never drops or fails it.
             await self._before_push()
-        error = await self.engine.push(push)
+        try:
+            error = await self.engine.push(push)
+        except StoreError as exc:
+            # Transient: the client must see "offline" and retry, not a final UnknownError.
+            logger.error("push failed store=%s: %s", self.store_id, exc)
+            self.connection.close(CloseCode.INTERNAL_ERROR, "storage unavailable")
+            return
         if error is None:
             self.events_in += len(push.batch)
             self.write(frames.exit_success(rid_json, frames.PUSH_ACK))
@@ -337,23 +341,18 @@ async def http_call(
     decoded = decode(request, store_id, rid, push=tag == protocol.TAG_HTTP_PUSH)
     if isinstance(decoded, bytes):
         return [decoded]
-    try:
-        if isinstance(decoded, PushRequest):
-            if decoded.batch:
-                await before_push()
-            error = await engine.push(decoded)
-            if error is None:
-                return [frames.exit_success(rid, frames.PUSH_ACK)]
-            return [frames.exit_fail(rid, error)]
-        opened = await engine.open_pull(decoded)
-        if isinstance(opened, RpcFailure):
-            return [frames.exit_fail(rid, opened)]
-        prefix = frames.chunk_prefix(rid)
-        answer = [prefix + frames.chunk_tail(item) async for item in engine.backlog_items(opened)]
-    except CommitUnknown:
-        raise  # neither an ack nor a failure can be said: the request ends with a 500
-    except StoreError as exc:
-        logger.error("http request failed store=%s: %s", store_id, exc)
-        return [frames.exit_fail(rid, UnknownFailure("storage unavailable", "http"))]
+    # A StoreError (storage unavailable) propagates: the transport answers 503.
+    if isinstance(decoded, PushRequest):
+        if decoded.batch:
+            await before_push()
+        error = await engine.push(decoded)
+        if error is None:
+            return [frames.exit_success(rid, frames.PUSH_ACK)]
+        return [frames.exit_fail(rid, error)]
+    opened = await engine.open_pull(decoded)
+    if isinstance(opened, RpcFailure):
+        return [frames.exit_fail(rid, opened)]
+    prefix = frames.chunk_prefix(rid)
+    answer = [prefix + frames.chunk_tail(item) async for item in engine.backlog_items(opened)]
     answer.append(frames.exit_success_void(rid))
     return answer

@@ -20,7 +20,7 @@ from tests.helpers.faults import FailingAppends
 from tests.helpers.harness import MakeGateway
 from tests.helpers.http_client import (
     assert_error_body,
-    http_push,
+    http_post_json,
     http_request,
     http_rpc,
     raw_http_exchange,
@@ -31,7 +31,8 @@ from tests.helpers.timeouts import TIMEOUT_UNIT, wait_for_event
 from tests.helpers.urls import sync_query
 from tests.helpers.wire import (
     HTTP_PING,
-    assert_fail,
+    HTTP_PUSH,
+    NONE,
     events_of,
     for_request,
     is_chunk,
@@ -281,10 +282,11 @@ async def test_slow_consumer_is_closed_with_1013_and_counted(make_gateway: MakeG
 
 
 @pytest.mark.parametrize("transport", ["ws", "http"])
-async def test_push_whose_append_fails_gets_unknown_error_and_publishes_nothing(
+async def test_push_whose_append_fails_is_transient_and_publishes_nothing(
     make_gateway: MakeGateway, transport: str
 ) -> None:
-    """When the durable append fails, the pusher gets ``Exit`` ``Fail`` ``UnknownError``, no
+    """When the durable append fails, the pusher is told "offline", never a final
+    ``UnknownError``: its WebSocket is closed with 1011 (HTTP: 503 STORAGE_UNAVAILABLE). No
     subscriber sees the batch, ``gateway_pushes_rejected_total{reason="storage"}`` rises, and
     the server takes the retry once the store writes again."""
     gw = await make_gateway()
@@ -302,15 +304,24 @@ async def test_push_whose_append_fails_gets_unknown_error_and_publishes_nothing(
         await faults.arm(store)
         batch = make_events(3, 2)
         if transport == "ws":
-            frame = await pusher.push(batch)
+            await pusher.send_push(batch)
+            with pytest.raises(ConnectionClosed) as closed:
+                await pusher.recv(within=10 * TIMEOUT_UNIT)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1011, closed.value
+            await pusher.close()
+            pusher = await RpcClient.open(gw.ws_url(store), store)
         else:
-            frame = await http_push(gw.http_url(store), store, batch)
-        error = assert_fail(frame, "UnknownError")
-        assert error["cause"]["message"], error
+            body = request_frame(
+                "3", HTTP_PUSH, {"storeId": store, "batch": batch, "backendId": NONE}
+            )
+            answer = await http_post_json(gw.http_url(store), body)
+            assert_error_body(answer, 503, "STORAGE_UNAVAILABLE")
         assert await listener.barrier() == [], "a failed push published something"
         metrics = await scrape(gw)
         assert metrics.value("gateway_pushes_rejected_total", reason="storage") == rejected + 1
         assert metrics.value("gateway_pushes_accepted_total") == 1
+        assert metrics.value("gateway_requests_failed_total", transport=transport) == 0
         assert seqs_of(await pusher.pull()) == [1, 2], "the failed batch was written"
 
         await faults.disarm(store)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from gateway import protocol
 from gateway.admission import Admitted, Incoming, NotSync, Transport, redact_target
 from gateway.config import LiveConfig
-from gateway.errors import FrameError, Refusal, RefusalCode
+from gateway.errors import FrameError, Refusal, RefusalCode, StoreError
 from gateway.protocol import Request
 from gateway.transport.answer import SERVER_HEADER, Answer
 
@@ -204,6 +204,11 @@ class HttpConnection(asyncio.Protocol):
     async def _respond(self, request: Incoming, body: bytes, keep_alive: bool) -> None:
         try:
             response = await self._handle(request, body)
+        except StoreError as exc:
+            # Transient: a 5xx makes the client retry (an UnknownError would be final).
+            logger.error("http request failed path=%s: %s", redact_target(request.target), exc)
+            refusal = Refusal(code=RefusalCode.STORAGE_UNAVAILABLE, message="storage unavailable")
+            response = Answer.refusal(refusal)
         except Exception:
             # Where every HTTP request ends: whatever failed underneath, it gets an answer.
             logger.exception("http request failed path=%s", redact_target(request.target))

@@ -12,9 +12,10 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 
 from gateway.engine import Backlog, SyncEngine
-from gateway.errors import BackendIdMismatch, ServerAhead, UnknownFailure
+from gateway.errors import BackendIdMismatch, ServerAhead, StoreError, UnknownFailure
 from gateway.hub import Subscription
 from gateway.protocol import Cursor, NewEvent, PullRequest, PushRequest
 from gateway.store.sqlite import SqliteStore
@@ -159,9 +160,8 @@ async def test_failed_append_publishes_nothing_and_keeps_the_head(
     sub.go_live()
     faults = FailingAppends(tmp_path)
     await faults.arm("s")
-    error = await engine.push(PushRequest(store_id="s", batch=new_events(2, 2), backend_id=None))
-    assert error is not None
-    assert isinstance(error, UnknownFailure), error
+    with pytest.raises(StoreError):  # transient: raised, never an RPC failure
+        await engine.push(PushRequest(store_id="s", batch=new_events(2, 2), backend_id=None))
     assert engine.counters.pushes_rejected["storage"] == 1
     assert outbox.frames == []
     assert (await engine.state("s")).head == 1
