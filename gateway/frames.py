@@ -14,7 +14,14 @@ from typing import Any, Final
 import orjson
 
 from gateway.errors import BackendIdMismatch, RpcFailure, ServerAhead, UnknownFailure
-from gateway.protocol import MAX_EVENTS_PER_ITEM, MAX_ITEM_BYTES, MAX_SAFE_INTEGER, Cursor, dumps
+from gateway.protocol import (
+    MAX_EVENTS_PER_ITEM,
+    MAX_ITEM_BYTES,
+    MAX_SAFE_INTEGER,
+    Cursor,
+    RequestId,
+    dumps,
+)
 
 PONG: Final = b'{"_tag":"Pong"}'
 NO_MORE: Final = b'{"_tag":"NoMore"}'
@@ -91,7 +98,9 @@ def split_pages(entries: list[bytes], backend_id_json: bytes) -> list[list[bytes
     return pages
 
 
-def request_id_json(request_id: str) -> bytes:
+def request_id_json(request_id: RequestId) -> bytes:
+    """The id as the client sent it, with its JSON type: a string (Effect 3) or a number
+    (Effect 4); an Effect 4 client drops a reply whose id has the other type."""
     return orjson.dumps(request_id)
 
 
@@ -105,7 +114,8 @@ def chunk_tail(item: bytes) -> bytes:
 
 
 def exit_success_void(rid_json: bytes) -> bytes:
-    return b'{"_tag":"Exit","requestId":' + rid_json + b',"exit":{"_tag":"Success"}}'
+    # Effect 4 requires the value key; Effect 3 accepts null: one form for both.
+    return b'{"_tag":"Exit","requestId":' + rid_json + b',"exit":{"_tag":"Success","value":null}}'
 
 
 def exit_success(rid_json: bytes, value: bytes) -> bytes:
@@ -122,12 +132,15 @@ PUSH_ACK: Final = b"{}"
 HTTP_PONG: Final = b'{"_tag":"SyncMessage.Pong"}'
 
 
-def _exit_failure(rid_json: bytes, cause: dict[str, Any]) -> bytes:
+def _exit_failure(rid_json: bytes, reason: dict[str, Any]) -> bytes:
+    """A failed Exit. Its cause is one reason object for Effect 3 clients (string ids) and an
+    array of reasons for Effect 4 clients (numeric ids): each generation rejects the other's."""
+    cause = dumps(reason) if rid_json[:1] == b'"' else b"[" + dumps(reason) + b"]"
     return (
         b'{"_tag":"Exit","requestId":'
         + rid_json
         + b',"exit":{"_tag":"Failure","cause":'
-        + dumps(cause)
+        + cause
         + b"}}"
     )
 
@@ -164,7 +177,7 @@ def exit_die(rid_json: bytes, defect: str) -> bytes:
     return _exit_failure(rid_json, {"_tag": "Die", "defect": defect})
 
 
-def request_frame(request_id: str, tag: str, payload: dict[str, Any]) -> bytes:
+def request_frame(request_id: RequestId, tag: str, payload: dict[str, Any]) -> bytes:
     """A client's ``Request`` frame (what ``gateway tail`` sends)."""
     return dumps({"_tag": "Request", "id": request_id, "tag": tag, "payload": payload})
 
@@ -178,7 +191,7 @@ def pull_payload(store_id: str, cursor: Cursor | None, *, live: bool) -> dict[st
     return {"storeId": store_id, "live": live, "cursor": option}
 
 
-def ack_frame(request_id: str) -> bytes:
+def ack_frame(request_id: RequestId) -> bytes:
     return b'{"_tag":"Ack","requestId":' + request_id_json(request_id) + b"}"
 
 

@@ -39,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.hub import Subscription
 from gateway.metrics import SessionCounters
-from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request
+from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request, RequestId
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Peer:
         "counters",
         "engine",
         "events_in",
+        "framing",
         "frames_out",
         "settings",
         "store_id",
@@ -111,10 +112,13 @@ class Peer:
         self.settings = settings
         self.counters = counters
         self._before_push = before_push
-        self._active: dict[str, _Active] = {}
+        self._active: dict[RequestId, _Active] = {}
         self._evicted = False
         self.events_in = 0
         self.frames_out = 0
+        # The RPC framing of the client (its first request's id type), for the logs: replies
+        # follow each request's own id type (gateway.frames).
+        self.framing: str | None = None
 
     # -- Outbox ---------------------------------------------------------------------------
 
@@ -162,6 +166,9 @@ class Peer:
         # Anything else (Eof, Pong, unknown tags) is tolerated silently (spec §4.5).
 
     def _start(self, request: Request) -> None:
+        if self.framing is None:
+            self.framing = "effect4" if protocol.effect4(request.id) else "effect3"
+            logger.debug("store=%s framing=%s", self.store_id, self.framing)
         rid_json = frames.request_id_json(request.id)
         if request.id in self._active:
             self.write(frames.exit_die(rid_json, f"request id {request.id} is already in use"))
@@ -204,7 +211,7 @@ class Peer:
         active.task = task
         task.add_done_callback(lambda t: self._finished(request.id, active, t))
 
-    def _finished(self, request_id: str, active: _Active, task: asyncio.Task[None]) -> None:
+    def _finished(self, request_id: RequestId, active: _Active, task: asyncio.Task[None]) -> None:
         """Where every request task ends. One that died of an exception (a bug, a driver
         error nobody expected: expected failures are answered inside the task) cannot be
         answered within the RPC any more: the connection is closed with 1011, so the client
@@ -223,7 +230,7 @@ class Peer:
         if ended and self._active.get(request_id) is active:
             del self._active[request_id]
 
-    def _interrupt(self, request_id: str) -> None:
+    def _interrupt(self, request_id: RequestId) -> None:
         active = self._active.pop(request_id, None)
         if active is None:
             return

@@ -67,21 +67,26 @@ def dumps(value: Any) -> bytes:
 # Inbound messages
 
 
+RequestId = str | int
+"""A request id as the client sent it: a decimal string (Effect 3, LiveStore 0.4.0) or a
+number (Effect 4, LiveStore's next release). Replies echo it with its JSON type."""
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    id: str
+    id: RequestId
     tag: str
     payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    request_id: str
+    request_id: RequestId
 
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    request_id: str
+    request_id: RequestId
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,22 @@ Inbound = Request | Ack | Interrupt | Ping | Ignored
 PING: Final = Ping()
 
 
-def _request_id(message: dict[str, Any], key: str) -> str:
+def _request_id(message: dict[str, Any], key: str) -> RequestId:
     value = message.get(key)
     if isinstance(value, str):
         return value
-    # Spec §4.2: ids are decimal strings. A numeric id is a protocol violation.
-    raise FrameError(f"{message.get('_tag')}.{key} must be a string, got {_kind(value)}")
+    # Effect 4's RpcClient numbers its requests (0, 1, ...): the id's JSON type tells the
+    # client's generation, and replies must keep it.
+    if type(value) is int and 0 <= value <= MAX_SAFE_INTEGER:
+        return value
+    raise FrameError(
+        f"{message.get('_tag')}.{key} must be a string or a safe integer, got {_kind(value)}"
+    )
+
+
+def effect4(request_id: RequestId) -> bool:
+    """Whether a request comes from an Effect 4 client (a numeric id)."""
+    return type(request_id) is int
 
 
 def decode_frame(data: bytes | str) -> Inbound:

@@ -157,10 +157,10 @@ DEFECT_FRAMES: dict[str, str | bytes] = {
     "json-number": "42",
     "json-string": '"Ping"',
     "json-null": "null",
-    "numeric-request-id": orjson.dumps(
+    "negative-request-id": orjson.dumps(
         {
             "_tag": "Request",
-            "id": 7,
+            "id": -7,
             "tag": PULL,
             "headers": [],
             "payload": {"storeId": "S", "live": False, "cursor": NONE},
@@ -173,7 +173,8 @@ DEFECT_FRAMES: dict[str, str | bytes] = {
 async def test_case_33_protocol_violations_answer_a_defect(
     gateway: GatewayHarness, connect: Connect, name: str
 ) -> None:
-    """A non-JSON frame, a non-object or a numeric id gets a Defect; the connection lives on."""
+    """A non-JSON frame, a non-object or an id that is neither a string nor a safe integer
+    gets a Defect; the connection lives on."""
     store = new_store_id()
     bystander = await connect(gateway, store)
     bystander_rid, _ = await bystander.live_pull()

@@ -137,12 +137,12 @@ async def _live_pull(peer: Peer, wire: FakeWire, rid: str) -> None:
 async def test_malformed_frames_get_a_defect_and_the_session_goes_on(
     engine: SyncEngine, tmp_path: Path
 ) -> None:
-    """A frame that is not JSON, or names a request by a number, is answered with a Defect
-    and the peer keeps serving."""
+    """A frame that is not JSON, or names a request by something that is neither a string
+    nor a safe integer, is answered with a Defect and the peer keeps serving."""
     peer, wire = _peer(engine, tmp_path)
     peer.handle(b"{not json")
-    peer.handle(orjson.dumps({**_pull("1", live=False), "id": 1}))
-    peer.handle(b'{"_tag":"Ack","requestId":1}')
+    peer.handle(orjson.dumps({**_pull("1", live=False), "id": 1.5}))
+    peer.handle(b'{"_tag":"Ack","requestId":true}')
     _send(peer, {"_tag": "Ping"})
     defects, pong = wire.frames[:3], wire.frames[3:]
     assert [frame["_tag"] for frame in defects] == ["Defect"] * 3

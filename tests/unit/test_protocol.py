@@ -78,15 +78,30 @@ class TestDecodeFrame:
             b'"str"',
             b"{}",
             b'{"_tag":5}',
-            b'{"_tag":"Request","id":0,"tag":"SyncWsRpc.Pull","payload":{}}',
+            b'{"_tag":"Request","id":-1,"tag":"SyncWsRpc.Pull","payload":{}}',
+            b'{"_tag":"Request","id":1.5,"tag":"SyncWsRpc.Pull","payload":{}}',
+            b'{"_tag":"Request","id":true,"tag":"SyncWsRpc.Pull","payload":{}}',
+            b'{"_tag":"Request","id":9007199254740992,"tag":"SyncWsRpc.Pull","payload":{}}',
             b'{"_tag":"Request","id":"0","tag":7,"payload":{}}',
-            b'{"_tag":"Ack","requestId":1}',
+            b'{"_tag":"Ack","requestId":null}',
         ],
     )
     def test_unusable_frames_raise_frame_error(self, data: bytes) -> None:
-        """Non-JSON, non-objects, numeric ids: a connection-level Defect."""
+        """Non-JSON, non-objects, ids that are neither strings nor safe integers: a
+        connection-level Defect."""
         with pytest.raises(FrameError):
             decode_frame(data)
+
+    def test_numeric_ids_are_effect4_requests(self) -> None:
+        """Effect 4 clients number their requests; the id keeps its JSON type."""
+        request = decode_frame(b'{"_tag":"Request","id":0,"tag":"SyncWsRpc.Pull","payload":{}}')
+        assert isinstance(request, Request)
+        assert request.id == 0
+        assert type(request.id) is int
+        assert protocol.effect4(request.id)
+        assert not protocol.effect4("0")
+        assert decode_frame(b'{"_tag":"Ack","requestId":3}') == Ack(3)
+        assert decode_frame(b'{"_tag":"Interrupt","requestId":3}') == Interrupt(3)
 
     def test_non_object_payload_fails_only_the_request(self) -> None:
         """A Request with an array payload stays addressable, and then dies."""
@@ -277,3 +292,24 @@ class TestEncoding:
         }
         die = orjson.loads(frames.exit_die(rid, "bad"))
         assert die["exit"]["cause"] == {"_tag": "Die", "defect": "bad"}
+        assert orjson.loads(frames.exit_success_void(rid))["exit"] == {
+            "_tag": "Success",
+            "value": None,
+        }
+
+    def test_exits_for_effect4_clients(self) -> None:
+        """A numeric id is echoed as a number, and a failed Exit's cause is an array."""
+        rid = frames.request_id_json(7)
+        assert rid == b"7"
+        failure = orjson.loads(frames.exit_fail(rid, ServerAhead(2, 1)))
+        assert failure["requestId"] == 7
+        assert failure["exit"]["cause"] == [
+            {
+                "_tag": "Fail",
+                "error": {"_tag": "ServerAheadError", "minimumExpectedNum": 2, "providedNum": 1},
+            }
+        ]
+        die = orjson.loads(frames.exit_die(rid, "bad"))
+        assert die["exit"]["cause"] == [{"_tag": "Die", "defect": "bad"}]
+        void = orjson.loads(frames.exit_success_void(rid))
+        assert void == {"_tag": "Exit", "requestId": 7, "exit": {"_tag": "Success", "value": None}}
