@@ -190,6 +190,7 @@ async def admit(
     via: Transport,
     max_store_id_length: int,
     max_payload_bytes: int,
+    transports: tuple[str, ...] = ("ws", "http"),
     closing: Callable[[], bool],
     validate_payload: ValidatePayload,
 ) -> Admitted | Refusal | NotSync:
@@ -225,6 +226,11 @@ async def admit(
                 headers=(("Allow", "POST, OPTIONS"),),
             )
         return Refusal(code=RefusalCode.BAD_TRANSPORT, message="POST requests use transport=http")
+    if via not in transports:
+        return Refusal(
+            code=RefusalCode.TRANSPORT_DISABLED,
+            message=f"the {via} transport is not enabled on this server",
+        )
     if via == "ws" and not _wants_websocket(request.headers):
         return Refusal(
             code=RefusalCode.UPGRADE_REQUIRED,

@@ -44,6 +44,13 @@ class ServerConfig:
     close_timeout: float = 5.0
     # Answer browser CORS preflights for the HTTP transport with Access-Control-Allow-Origin.
     cors_allow_origin: str = "*"
+    # The transports served (sync-cf's enabledTransports): "ws", "http" or both.
+    transports: tuple[str, ...] = ("ws", "http")
+    # Extra headers on every HTTP-transport response (sync-cf's http.responseHeaders).
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # Request headers kept with a session for the auth re-check and push rules, beside the
+    # credential headers (sync-cf's forwardHeaders).
+    forward_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,10 +178,46 @@ class LiveConfig:
         return old
 
 
+# Connection-level headers a response header setting must not touch (RFC 9110 §7.6.1),
+# and those the server writes itself.
+_RESERVED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "date",
+        "server",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _validate_server(server: ServerConfig) -> None:
+    if not 0 <= server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    if not server.transports or any(t not in ("ws", "http") for t in server.transports):
+        raise ConfigError('server.transports: one or both of "ws", "http"')
+    for name, value in server.response_headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"server.response_headers: {name!r} is not a header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"server.response_headers: {name} is set by the server itself")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"server.response_headers.{name}: no CR, LF or NUL in a value")
+    for name in server.forward_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"server.forward_headers: {name!r} is not a header name")
+
+
 def validate(config: Config) -> Config:
     """``config`` when every value is acceptable; else ConfigError naming the key."""
-    if not 0 <= config.server.port <= 65535:
-        raise ConfigError("server.port: must be between 0 and 65535")
+    _validate_server(config.server)
     if config.store.backend == "postgres":
         if not config.store.dsn:
             raise ConfigError("store.dsn: required for the postgres backend")

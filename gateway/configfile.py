@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.config import (
     AuthConfig,
     Config,
@@ -126,6 +128,17 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+    if origin is dict:
+        if from_env and isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a JSON object of strings") from None
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a table of strings")
     if origin is tuple:
         if from_env and isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())

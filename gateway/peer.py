@@ -90,8 +90,8 @@ class Peer:
         "counters",
         "engine",
         "events_in",
-        "framing",
         "frames_out",
+        "framing",
         "settings",
         "store_id",
     )

@@ -257,6 +257,7 @@ class HttpConnection(asyncio.Protocol):
         if server_config.cors_allow_origin:
             lines.append(f"Access-Control-Allow-Origin: {server_config.cors_allow_origin}")
         lines.extend(f"{name}: {value}" for name, value in response.headers)
+        lines.extend(f"{name}: {value}" for name, value in server_config.response_headers.items())
         timeout = int(server_config.http_keepalive_timeout)
         lines.append(
             f"Connection: keep-alive\r\nKeep-Alive: timeout={timeout}"

@@ -255,12 +255,14 @@ class Listener:
     # -- admission, for both transports ---------------------------------------------------
 
     async def admit(self, request: Incoming, via: Transport) -> Admitted | Refusal | NotSync:
-        limits = self.settings.current.limits
+        current = self.settings.current
+        limits = current.limits
         return await admit(
             request,
             via=via,
             max_store_id_length=limits.max_store_id_length,
             max_payload_bytes=limits.max_payload_bytes,
+            transports=current.server.transports,
             closing=self.is_closing,
             validate_payload=self._validate_payload,
         )

@@ -98,13 +98,19 @@ class Sessions:
     def admitted(self, connection: WsConnection, admitted: Admitted) -> None:
         """Remember what the handshake admitted until the session opens (and after).
 
-        Only the headers credentials come from are kept, to re-check the session after a
-        reload, so an idle connection does not hold every request header.
+        Only the headers credentials come from (and ``server.forward_headers``) are kept, to
+        re-check the session after a reload, so an idle connection does not hold every
+        request header.
         """
         context = admitted.context
+        forwarded = self._settings.current.server.forward_headers
+        keep = (
+            CREDENTIAL_HEADERS.union(name.lower() for name in forwarded)
+            if forwarded
+            else CREDENTIAL_HEADERS
+        )
         kept = dataclasses.replace(
-            context,
-            headers={k: v for k, v in context.headers.items() if k in CREDENTIAL_HEADERS},
+            context, headers={k: v for k, v in context.headers.items() if k in keep}
         )
         connection.admitted = SessionInfo(admitted.admission, kept)
 
