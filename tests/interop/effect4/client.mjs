@@ -199,6 +199,13 @@ const isTypedError = (error) =>
   error instanceof schemas.BackendIdMismatchError ||
   error instanceof schemas.UnknownError
 
+// A cause's message without its JavaScript stack frames (they name only Effect internals).
+const withoutStack = (text) =>
+  text
+    .split('\n')
+    .filter((line) => !/^\s+at .*(:\d+:\d+\)?|\(native\)|<anonymous>\)?)$/.test(line))
+    .join('\n')
+
 const describeCause = (cause) => {
   const found = Cause.findError(cause)
   if (found._tag === 'Success') {
@@ -212,8 +219,8 @@ const describeCause = (cause) => {
       ...(reason === undefined ? {} : { reason: String(reason?._tag ?? reason) }),
     }
   }
-  if (Cause.hasInterruptsOnly(cause)) return { event: 'error', kind: 'interrupt', error: Cause.pretty(cause) }
-  return { event: 'error', kind: 'defect', error: Cause.pretty(cause) }
+  if (Cause.hasInterruptsOnly(cause)) return { event: 'error', kind: 'interrupt', error: withoutStack(Cause.pretty(cause)) }
+  return { event: 'error', kind: 'defect', error: withoutStack(Cause.pretty(cause)) }
 }
 
 const optionOf = (value) => (value === null || value === undefined ? Option.none() : Option.some(value))
