@@ -586,9 +586,9 @@ async def test_effect4_and_livestore_040_clients_converge(
             {k: ev[k] for k in ("seqNum", "parentSeqNum", "name", "args", "clientId")} for ev in log
         ]
         assert ours["events"] == theirs, f"LiveStore {ours['events']} != Effect 4 {theirs}"
-        assert [ev["args"]["id"] for ev in log] == ["A-1", "A-2", "E-3", "E-4", "A-3"]
+        assert [ev["args"]["id"] for ev in log] == ["A-1", "A-2", "E-1", "E-2", "A-3"]
         assert [ev["seqNum"] for ev in log] == [1, 2, 3, 4, 5]
         assert log[2:4] == mine
-        assert sorted(row["id"] for row in ours["rows"]) == ["A-1", "A-2", "A-3", "E-3", "E-4"]
+        assert sorted(row["id"] for row in ours["rows"]) == ["A-1", "A-2", "A-3", "E-1", "E-2"]
     finally:
         await livestore.shutdown()
