@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 INTEROP := tests/interop
 NODE_STAMP := $(INTEROP)/node_modules/.installed
+EFFECT4 := $(INTEROP)/effect4
+EFFECT4_STAMP := $(EFFECT4)/node_modules/.installed
 
 .PHONY: install install-node run test cov test-fast lint fmt types check bench clean
 
@@ -23,7 +25,12 @@ $(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
 	cd $(INTEROP) && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
 	touch $@
 
-install-node: $(NODE_STAMP)
+# The Effect 4 test client (effect 4.x, its own lockfile; see tests/interop/effect4/README.md).
+$(EFFECT4_STAMP): $(EFFECT4)/package.json $(EFFECT4)/package-lock.json
+	cd $(EFFECT4) && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
+	touch $@
+
+install-node: $(NODE_STAMP) $(EFFECT4_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/gateway serve --config gateway.toml
@@ -37,10 +44,10 @@ run: $(STAMP)
 COV_FLOOR := 93
 COV := --cov --cov-fail-under=$(COV_FLOOR)
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP)
 	$(PY) -m pytest $(COV) --cov-report=
 
-cov: $(STAMP) $(NODE_STAMP)
+cov: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP)
 	$(PY) -m pytest $(COV) --cov-report=term-missing:skip-covered
 
 test-fast: $(STAMP)
@@ -65,4 +72,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(INTEROP)/node_modules $(EFFECT4)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
