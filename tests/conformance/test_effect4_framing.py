@@ -110,3 +110,35 @@ async def test_numeric_ids_over_http(gateway: GatewayHarness) -> None:
     assert last["exit"] == {"_tag": "Success", "value": None}
     assert [s for c in chunks for s in seqs_of(c["values"])] == [1]
     assert orjson.dumps(last).startswith(b'{"_tag":"Exit","requestId":2,')
+
+
+async def test_interrupt_then_pull_on_the_same_socket(
+    gateway: GatewayHarness, connect: Connect
+) -> None:
+    """After a ServerAheadError the next client interrupts its live pull and at once pulls
+    again from its saved cursor on the same socket: the new pull gets exactly the events
+    after the cursor, then live ones; the old one gets nothing more."""
+    store = new_store_id()
+    client = await connect(gateway, store)
+    other = await connect(gateway, store)
+    base = {"storeId": store, "payload": None}
+    await client.send(_request(0, PULL, {**base, "cursor": NONE, "live": True}))
+    first = await client.recv_where(_for(0), what="the first pull's empty backlog")
+    backend = first["values"][0]["backendId"]
+    await other.push_ok(make_events(1, 3))
+    seen: list[int] = []
+    while len(seen) < 3:
+        chunk = await client.recv_where(_for(0), what="live events")
+        seen += seqs_of(chunk["values"])
+    assert seen == [1, 2, 3]
+    # Saved cursor: 2 (the app had not processed 3 yet). Interrupt and re-pull in one go.
+    cursor = {"_tag": "Some", "value": {"backendId": backend, "eventSequenceNumber": 2}}
+    await client.send({"_tag": "Interrupt", "requestId": 0})
+    await client.send(_request(1, PULL, {**base, "cursor": cursor, "live": True}))
+    again = await client.recv_where(_for(1), what="the new pull's backlog")
+    assert seqs_of(again["values"]) == [3]
+    await other.push_ok(make_events(4, 1))
+    live = await client.recv_where(_for(1), what="the new pull's live event")
+    assert seqs_of(live["values"]) == [4]
+    assert gateway.gw.hub.subscriber_count(store) == 1
+    assert [f for f in await client.barrier() if f.get("requestId") == 0] == []
