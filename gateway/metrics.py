@@ -90,7 +90,7 @@ def families(
     engine: EngineCounters,
     sessions: SessionCounters,
     decisions: Counter[str],
-    lockouts: int,
+    lockouts: Counter[str],
     live_subscribers: int,
     stores_loaded: int,
 ) -> Iterator[Metric]:
@@ -110,9 +110,10 @@ def families(
         "reason",
         decisions,
     )
-    yield counter(
+    yield labelled_counter(
         "gateway_auth_lockouts",
-        "Client IPs locked out after failed attempts.",
+        "Client IPs locked out after failed attempts, by the refusal that locked them.",
+        "cause",
         lockouts,
     )
     yield counter(

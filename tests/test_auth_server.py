@@ -631,7 +631,10 @@ async def test_key_of_another_curve_is_a_401_not_a_500(
     assert_error_body(await http_ping(gw, store, payload=forged[0]), 401, "INVALID_TOKEN")
     result = await ws_refused(gw.ws_url(store, payload=forged[1]))
     assert_error_body(result, 401, "INVALID_TOKEN")
-    assert_error_body(await http_ping(gw, store, payload=genuine), 429, "RATE_LIMITED")
+    # Locked out for failures; the genuine token is still admitted.
+    third = with_token(mint(key=EC_KEY, algorithm="ES256", aud=None, sub="z")[:-8] + "AAAAAAAA")
+    assert_error_body(await http_ping(gw, store, payload=third), 429, "RATE_LIMITED")
+    assert_http_accepted(await http_ping(gw, store, payload=genuine))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,16 +696,22 @@ async def test_lockout_per_client_ip(
     result = await http_ping(gw, store, payload=with_token("guess-3"), headers=attacker)
     assert_error_body(result, 401, "INVALID_TOKEN")
 
-    # Locked out: even a valid token from that address, on either transport.
-    result = await ws_refused(good_url, attacker)
+    # Locked out: further failures from that address get 429 on either transport ...
+    guess_url = gw.ws_url(store, payload=with_token("guess-4"))
+    result = await ws_refused(guess_url, attacker)
     assert_error_body(result, 429, "RATE_LIMITED")
     assert 1 <= int(result.headers["retry-after"]) <= 900
-    result = await http_ping(gw, store, payload=good, headers=attacker)
+    result = await http_ping(gw, store, payload=with_token("guess-5"), headers=attacker)
     assert_error_body(result, 429, "RATE_LIMITED")
     assert 1 <= int(result.headers["retry-after"]) <= 900
-    # A client-supplied address to the left of the real one changes nothing.
+    # ... a client-supplied address to the left of the real one changes nothing ...
     spoofed = {"X-Forwarded-For": "198.51.100.99, 203.0.113.7"}
-    assert_error_body(await ws_refused(good_url, spoofed), 429, "RATE_LIMITED")
+    assert_error_body(await ws_refused(guess_url, spoofed), 429, "RATE_LIMITED")
+    # ... and a valid credential from the same address is never refused (a shared NAT).
+    await ws(good_url, store, payload=good, headers=attacker)
+    assert_http_accepted(await http_ping(gw, store, payload=good, headers=attacker))
+    bypassed = gw.ws_url(store, payload=bypass())
+    await ws(bypassed, store, payload=bypass(), headers=attacker)
 
     # Other addresses are unaffected, including the proxy itself.
     await ws(good_url, store, payload=good, headers={"X-Forwarded-For": "203.0.113.8"})
@@ -713,7 +722,7 @@ async def test_lockout_per_client_ip(
 
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.security"]
     assert sum("lockout ip=203.0.113.7" in line for line in lines) == 1, lines
-    assert gw.gw.auth.lockouts == 1
+    assert gw.gw.auth.lockouts == {"INVALID_TOKEN": 1}
 
 
 async def test_forwarded_for_ignored_without_trusted_proxy(
@@ -727,8 +736,8 @@ async def test_forwarded_for_ignored_without_trusted_proxy(
         headers = {"X-Forwarded-For": f"198.51.100.{i}"}
         bad_url = gw.ws_url(store, payload=with_token(f"guess-{i}"))
         assert_error_body(await ws_refused(bad_url, headers), 401, "INVALID_TOKEN")
-    good = with_token(mint())
-    result = await ws_refused(gw.ws_url(store, payload=good), {"X-Forwarded-For": "192.0.2.1"})
+    guess = with_token("guess-x")
+    result = await ws_refused(gw.ws_url(store, payload=guess), {"X-Forwarded-For": "192.0.2.1"})
     assert_error_body(result, 429, "RATE_LIMITED")
 
 
@@ -746,7 +755,7 @@ async def test_forwarded_for_from_untrusted_peer_is_ignored(make_gateway: MakeGa
             headers={"X-Forwarded-For": f"192.0.2.{i}"},
         )
         assert_error_body(result, 401, "INVALID_TOKEN")
-    result = await http_ping(gw, store, payload=with_token(mint()))
+    result = await http_ping(gw, store, payload=with_token("guess-x"))
     assert_error_body(result, 429, "RATE_LIMITED")
 
 
@@ -765,10 +774,32 @@ async def test_retrying_one_refused_credential_does_not_lock_out(
         assert_error_body(result, 401, "MISSING_TOKEN")
     good = with_token(mint())
     await ws(gw.ws_url(store, payload=good), store, payload=good)
-    # Two failures are on the books; one new guess locks the address.
-    assert_error_body(await http_ping(gw, store, payload=with_token("guess")), 401, "INVALID_TOKEN")
-    assert_error_body(await http_ping(gw, store, payload=good), 429, "RATE_LIMITED")
-    assert gw.gw.auth.lockouts == 1
+    # One failure is on the books (the missing token; an expired-but-authentic token is a
+    # stale app, not a guess, and never counts): two new guesses lock the address.
+    for guess in ("guess-1", "guess-2"):
+        result = await http_ping(gw, store, payload=with_token(guess))
+        assert_error_body(result, 401, "INVALID_TOKEN")
+    result = await http_ping(gw, store, payload=with_token("guess-3"))
+    assert_error_body(result, 429, "RATE_LIMITED")
+    assert_http_accepted(await http_ping(gw, store, payload=good))
+    assert gw.gw.auth.lockouts == {"INVALID_TOKEN": 1}
+
+
+async def test_expired_authentic_tokens_never_lock_out(make_gateway: MakeGateway) -> None:
+    """Twenty colleagues behind one address whose tokens expired beyond the grace window get
+    401 TOKEN_EXPIRED each, and lock nobody out: a forged token after them is still a plain
+    401, and a valid one is admitted."""
+    gw = await make_gateway(**auth_config(require_auth=True), lockout_failures=5)
+    store = new_store_id()
+    for i in range(20):
+        stale = with_token(mint(ttl=-2 * DAY, sub=f"colleague-{i}"))
+        assert_error_body(await http_ping(gw, store, payload=stale), 401, "TOKEN_EXPIRED")
+    assert_error_body(
+        await http_ping(gw, store, payload=with_token("forged")), 401, "INVALID_TOKEN"
+    )
+    assert_http_accepted(await http_ping(gw, store, payload=with_token(mint())))
+    assert gw.gw.auth.lockouts == {}
+    assert gw.gw.auth.decisions["TOKEN_EXPIRED"] == 20
 
 
 # ---------------------------------------------------------------------------------------------

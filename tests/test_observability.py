@@ -236,9 +236,12 @@ async def test_metrics_auth_decisions_and_lockouts(make_gateway: MakeGateway) ->
             await RpcClient.open(harness.ws_url("s", payload=payload(token)), "s")
         statuses.append(info.value.response.status_code)
     assert statuses == [401, 403, 401, 401, 401]
+    forged = make_jwt(secret("guess9"), "mallory")
     with pytest.raises(InvalidStatus) as info:
-        await RpcClient.open(harness.ws_url("s", payload=payload(good, "app-2")), "s")
+        await RpcClient.open(harness.ws_url("s", payload=payload(forged, "app-2")), "s")
     assert info.value.response.status_code == 429  # locked out after 5 failures
+    # A valid credential from the same address is still admitted.
+    clients.append(await RpcClient.open(harness.ws_url("s", payload=payload(good, "app-3")), "s"))
 
     metrics = await scrape(harness)
     decisions = {
@@ -253,15 +256,15 @@ async def test_metrics_auth_decisions_and_lockouts(make_gateway: MakeGateway) ->
         )
     }
     assert decisions == {
-        "jwt": 1,
+        "jwt": 2,
         "jwt_grace": 1,
         "bypass": 1,
         "INVALID_TOKEN": 4,
         "DEV_TOKEN_REJECTED": 1,
         "RATE_LIMITED": 1,
     }
-    assert metrics.value("gateway_auth_lockouts_total") == 1
-    assert metrics.value("gateway_connections", transport="ws") == 3
+    assert metrics.value("gateway_auth_lockouts_total", cause="INVALID_TOKEN") == 1
+    assert metrics.value("gateway_connections", transport="ws") == 4
 
     # Neither /metrics nor /stats ever shows a credential.
     stats = await get(harness, "/stats", BYPASS)

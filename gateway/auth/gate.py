@@ -35,6 +35,9 @@ security = logging.getLogger("gateway.security")
 
 Clock = Callable[[], float]
 
+# Refusals that are no evidence of guessing: they never count towards (nor meet) a lockout.
+_NOT_GUESSING = frozenset({RefusalCode.TOKEN_EXPIRED, RefusalCode.STORE_FORBIDDEN})
+
 
 def _load_public_keys(paths: tuple[str, ...]) -> tuple[Any, ...]:
     keys = []
@@ -148,7 +151,8 @@ class AuthGate:
     def __init__(self, config: AuthConfig, *, clock: Clock = time.time) -> None:
         self._clock = clock
         self.decisions: Counter[str] = Counter()
-        self.lockouts = 0
+        # Lockouts by the refusal that triggered them.
+        self.lockouts: Counter[str] = Counter()
         self.failures = FailureTracker(config.lockout_failures, config.lockout_window)
         self.apply(config)
 
@@ -264,15 +268,6 @@ class AuthGate:
         reload) nothing is counted or logged as an attempt."""
         config = self.config
         ip = self.client_ip(context)
-        now = self._clock()
-        retry_after = self.failures.retry_after(ip, now) if record else None
-        if retry_after is not None:
-            self.decisions[RefusalCode.RATE_LIMITED] += 1
-            return Refusal(
-                code=RefusalCode.RATE_LIMITED,
-                message="too many failed attempts; try again later",
-                headers=(("Retry-After", str(max(1, round(retry_after)))),),
-            )
         credentials = auth.extract_credentials(
             context.payload,
             query_token=context.query_token,
@@ -338,16 +333,34 @@ class AuthGate:
         *,
         record: bool = True,
     ) -> Refusal:
+        """Count, log and return a refusal; while ``ip`` is locked out, a 429 instead.
+
+        Only a request that fails is ever locked out: one whose credential verifies is
+        admitted whatever its address did before (offices, campuses and carrier NAT share
+        addresses). Failures that are not guessing never count towards a lockout: a token
+        whose signature is good but which expired beyond the grace window (a stale app), or
+        a verified one that may not use this store.
+        """
         if not record:
             return denied
-        self.decisions[denied.code] += 1
         now = self._clock()
+        guessing = denied.code not in _NOT_GUESSING
+        retry_after = self.failures.retry_after(ip, now) if guessing else None
+        if retry_after is not None:
+            # Locked out: answered without more bookkeeping than a count.
+            self.decisions[RefusalCode.RATE_LIMITED] += 1
+            return Refusal(
+                code=RefusalCode.RATE_LIMITED,
+                message="too many failed attempts; try again later",
+                headers=(("Retry-After", str(max(1, round(retry_after)))),),
+            )
+        self.decisions[denied.code] += 1
         secret = None
         if credentials is not None:
             secret = credentials.token or credentials.bypass
         tag = auth.fingerprint(secret) if secret else None
         # Repeats of the same refused attempt (a stuck client retrying) count once.
-        locked = self.failures.record_failure(ip, now, tag or f"<{denied.code}>")
+        locked = guessing and self.failures.record_failure(ip, now, tag or f"<{denied.code}>")
         security.warning(
             "refused code=%s why=%s store=%s instance=%s token=%s ip=%s transport=%s",
             denied.code,
@@ -359,11 +372,12 @@ class AuthGate:
             context.transport,
         )
         if locked:
-            self.lockouts += 1
+            self.lockouts[denied.code] += 1
             security.warning(
-                "lockout ip=%s after %d failed attempts in %.0f s",
+                "lockout ip=%s after %d failed attempts in %.0f s (last: %s)",
                 ip,
                 self.failures.max_failures,
                 self.failures.window,
+                denied.code,
             )
         return denied
