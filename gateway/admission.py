@@ -176,6 +176,48 @@ class Admitted:
     admission: Admission
 
 
+def origin_allowed(origin: str | None, patterns: tuple[str, ...]) -> bool:
+    """Whether a browser ``Origin`` may use the sync endpoints (``server.allowed_origins``).
+
+    No patterns: no check. No ``Origin`` header: a non-browser client, allowed. A pattern is
+    ``*``, an exact origin (``https://app.example.com``, ``http://localhost:5173``), a host
+    (``app.example.com``: any scheme and port) or a host pattern (``*.example.com``, optionally
+    with a scheme: ``https://*.example.com``), which matches subdomains only.
+    """
+    if not patterns or origin is None:
+        return True
+    try:
+        split = urlsplit(origin.strip().lower())
+        host, port = split.hostname, split.port
+    except ValueError:
+        return False
+    if not split.scheme or not host:
+        return False  # "null" (sandboxed frames, file://) and garbage
+    port = port or {"http": 80, "https": 443}.get(split.scheme)
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern == "*":
+            return True
+        scheme, sep, rest = pattern.partition("://")
+        if not sep:
+            scheme, rest = "", pattern
+        if scheme and scheme != split.scheme:
+            continue
+        if rest.startswith("*."):
+            if host.endswith(rest[1:]):
+                return True
+            continue
+        want_host, _, want_port = rest.partition(":")
+        if want_host != host:
+            continue
+        if not scheme and not want_port:
+            return True
+        default = {"http": 80, "https": 443}.get(scheme or split.scheme)
+        if (int(want_port) if want_port.isdigit() else default) == port:
+            return True
+    return False
+
+
 def _wants_websocket(headers: Mapping[str, str]) -> bool:
     value = headers.get("upgrade", "")
     return any(token.strip().lower() == "websocket" for token in value.split(","))
@@ -191,6 +233,7 @@ async def admit(
     max_store_id_length: int,
     max_payload_bytes: int,
     transports: tuple[str, ...] = ("ws", "http"),
+    allowed_origins: tuple[str, ...] = (),
     closing: Callable[[], bool],
     validate_payload: ValidatePayload,
 ) -> Admitted | Refusal | NotSync:
@@ -226,6 +269,12 @@ async def admit(
                 headers=(("Allow", "POST, OPTIONS"),),
             )
         return Refusal(code=RefusalCode.BAD_TRANSPORT, message="POST requests use transport=http")
+    if not origin_allowed(request.headers.get("origin"), allowed_origins):
+        # Before any credential is read: a cookie a browser attached on another site's
+        # behalf (cross-site WebSocket hijacking) never reaches the auth decision.
+        return Refusal(
+            code=RefusalCode.ORIGIN_FORBIDDEN, message="this origin may not use this server"
+        )
     if via not in transports:
         return Refusal(
             code=RefusalCode.TRANSPORT_DISABLED,

@@ -44,6 +44,9 @@ class ServerConfig:
     close_timeout: float = 5.0
     # Answer browser CORS preflights for the HTTP transport with Access-Control-Allow-Origin.
     cors_allow_origin: str = "*"
+    # Browser origins allowed on the sync endpoints (exact origins, hosts, *.example.com);
+    # empty: no check. Requests without an Origin header (non-browser clients) always pass.
+    allowed_origins: tuple[str, ...] = ()
     # The transports served (sync-cf's enabledTransports): "ws", "http" or both.
     transports: tuple[str, ...] = ("ws", "http")
     # Extra headers on every HTTP-transport response (sync-cf's http.responseHeaders).
@@ -210,6 +213,10 @@ def _validate_server(server: ServerConfig) -> None:
             raise ConfigError(f"server.response_headers: {name} is set by the server itself")
         if any(c in value for c in "\r\n\0"):
             raise ConfigError(f"server.response_headers.{name}: no CR, LF or NUL in a value")
+    for pattern in server.allowed_origins:
+        rest = pattern.partition("://")[2] or pattern
+        if not rest or any(c.isspace() or c == "/" for c in rest):
+            raise ConfigError(f"server.allowed_origins: {pattern!r} is not an origin or host")
     for name in server.forward_headers:
         if not _HEADER_NAME.fullmatch(name):
             raise ConfigError(f"server.forward_headers: {name!r} is not a header name")
@@ -238,6 +245,19 @@ def validate(config: Config) -> Config:
         if getattr(limits, name) < 1:
             raise ConfigError(f"limits.{name}: must be positive")
     _validate_auth(config.auth)
+    if config.auth.require_auth and config.auth.cookie_name:
+        # A browser attaches the cookie to a WebSocket opened by any site (browsers apply no
+        # CORS to WebSockets): cookie auth needs an Origin allowlist.
+        if not config.server.allowed_origins:
+            raise ConfigError(
+                "auth.cookie_name, server.allowed_origins: cookie auth in production needs "
+                "an allowlist of the app's origins (cross-site WebSocket hijacking)"
+            )
+        if config.server.cors_allow_origin == "*":
+            raise ConfigError(
+                'auth.cookie_name, server.cors_allow_origin: "*" with cookie auth in '
+                "production; name the app's origin"
+            )
     return config
 
 

@@ -107,6 +107,13 @@ def bypass(secret: str = BYPASS) -> dict[str, Any]:
     return {"instanceId": "backend-1", "serverBypass": secret}
 
 
+# Cookie auth in production needs an Origin allowlist and a named CORS origin.
+COOKIE_SAFE: dict[str, Any] = {
+    "allowed_origins": ("https://app.example.com",),
+    "cors_allow_origin": "https://app.example.com",
+}
+
+
 def auth_config(*, require_auth: bool, **more: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "require_auth": require_auth,
@@ -372,7 +379,7 @@ async def test_token_sources(
     refused: str | None,
 ) -> None:
     """payload authToken > ?token= > Authorization: Bearer > cookie, on both transports."""
-    gw = await make_gateway(**auth_config(require_auth=True), cookie_name="sess")
+    gw = await make_gateway(**auth_config(require_auth=True), cookie_name="sess", **COOKIE_SAFE)
     tokens = {GOOD: mint(), BAD: mint(key=OTHER_SECRET)}
     payload: dict[str, Any] = {"instanceId": "device-1"}
     if in_payload is not None:
@@ -400,7 +407,7 @@ async def test_token_sources(
 async def test_garbage_headers_and_cookies(make_gateway: MakeGateway) -> None:
     """Garbage in Authorization or Cookie is a stable 4xx, and harms no one else."""
     gw = await make_gateway(
-        **auth_config(require_auth=True), cookie_name="sess", lockout_failures=100
+        **auth_config(require_auth=True), cookie_name="sess", lockout_failures=100, **COOKIE_SAFE
     )
     store = new_store_id()
     payload = {"instanceId": "device-1"}
@@ -1307,7 +1314,7 @@ async def test_tokens_never_logged(
     # (In this order: set_level also sets the capturing handler's level.)
     caplog.set_level(websockets_level, logger="gateway.websockets")
     caplog.set_level(logging.DEBUG)
-    gw = await make_gateway(**auth_config(require_auth=True), cookie_name="sess")
+    gw = await make_gateway(**auth_config(require_auth=True), cookie_name="sess", **COOKIE_SAFE)
     store = new_store_id()
     accepted_payload = mint(sub="p-ok")
     accepted_query = mint(sub="q-ok")

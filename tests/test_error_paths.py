@@ -20,6 +20,7 @@ from tests.helpers.faults import FailingAppends
 from tests.helpers.harness import MakeGateway
 from tests.helpers.http_client import (
     assert_error_body,
+    assert_transient_body,
     http_post_json,
     http_request,
     http_rpc,
@@ -202,7 +203,7 @@ async def test_http_request_being_decided_when_the_server_stops_gets_503(
         assert closed.value.rcvd.code == 1001, closed.value
         release.set()
         answer = await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
-        assert_error_body(answer, 503, "SHUTTING_DOWN")
+        assert_transient_body(answer, 503, "SHUTTING_DOWN")
         await asyncio.wait_for(stopping, 20 * TIMEOUT_UNIT)
     finally:
         release.set()
@@ -316,7 +317,7 @@ async def test_push_whose_append_fails_is_transient_and_publishes_nothing(
                 "3", HTTP_PUSH, {"storeId": store, "batch": batch, "backendId": NONE}
             )
             answer = await http_post_json(gw.http_url(store), body)
-            assert_error_body(answer, 503, "STORAGE_UNAVAILABLE")
+            assert_transient_body(answer, 503, "STORAGE_UNAVAILABLE")
         assert await listener.barrier() == [], "a failed push published something"
         metrics = await scrape(gw)
         assert metrics.value("gateway_pushes_rejected_total", reason="storage") == rejected + 1

@@ -18,7 +18,12 @@ from gateway.configfile import make_config
 from tests.helpers.clients import RpcClient
 from tests.helpers.faults import RaisingStore
 from tests.helpers.harness import GatewayHarness
-from tests.helpers.http_client import assert_error_body, http_post_json, http_request
+from tests.helpers.http_client import (
+    assert_error_body,
+    assert_transient_body,
+    http_post_json,
+    http_request,
+)
 from tests.helpers.metrics import scrape
 from tests.helpers.timeouts import TIMEOUT_UNIT
 from tests.helpers.wire import (
@@ -101,7 +106,8 @@ async def test_ws_pull_that_dies_closes_1011(
 async def test_http_request_that_dies_gets_500(
     faulty: tuple[GatewayHarness, RaisingStore], tag: str, method: str
 ) -> None:
-    """An HTTP-transport request whose store call raises is answered 500 INTERNAL_ERROR."""
+    """An HTTP-transport request whose store call raises is answered 500 INTERNAL_ERROR (a
+    text body: the client retries)."""
     gw, store = faulty
     store_id = new_store_id()
     await _push_ok(gw, store_id, 1, 2)
@@ -112,7 +118,7 @@ async def test_http_request_that_dies_gets_500(
     else:
         payload.update(cursor=NONE)
     answer = await http_post_json(gw.http_url(store_id), request_frame("0", tag, payload))
-    assert_error_body(answer, 500, "INTERNAL_ERROR")
+    assert_transient_body(answer, 500, "INTERNAL_ERROR")
     assert (await scrape(gw)).value("gateway_requests_failed_total", transport="http") == 1
 
 

@@ -31,6 +31,17 @@ class Answer:
         """The documented JSON error body, with the refusal's status and headers."""
         return cls(refusal.status, refusal.body(), JSON, refusal.headers)
 
+    @classmethod
+    def transient(cls, refusal: Refusal) -> Answer:
+        """A 5xx for an HTTP-transport sync request: ``CODE: message`` as text, not JSON.
+
+        LiveStore's HTTP clients read any JSON body as their RPC answer and stop syncing on
+        one they do not expect, while a body they cannot parse is a transport error they
+        retry: the same trouble must look like "offline", not like a verdict.
+        """
+        body = f"{refusal.code}: {refusal.message}\n".encode()
+        return cls(refusal.status, body, TEXT, (*refusal.headers, ("Retry-After", "1")))
+
 
 def to_response(answer: Answer) -> Response:
     """``answer`` as websockets' Response; the connection closes after it."""

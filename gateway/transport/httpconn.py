@@ -16,7 +16,14 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from gateway import protocol
-from gateway.admission import Admitted, Incoming, NotSync, Transport, redact_target
+from gateway.admission import (
+    Admitted,
+    Incoming,
+    NotSync,
+    Transport,
+    origin_allowed,
+    redact_target,
+)
 from gateway.config import LiveConfig
 from gateway.errors import FrameError, Refusal, RefusalCode, StoreError
 from gateway.protocol import Request
@@ -208,13 +215,13 @@ class HttpConnection(asyncio.Protocol):
             # Transient: a 5xx makes the client retry (an UnknownError would be final).
             logger.error("http request failed path=%s: %s", redact_target(request.target), exc)
             refusal = Refusal(code=RefusalCode.STORAGE_UNAVAILABLE, message="storage unavailable")
-            response = Answer.refusal(refusal)
+            response = Answer.transient(refusal)
         except Exception:
             # Where every HTTP request ends: whatever failed underneath, it gets an answer.
             logger.exception("http request failed path=%s", redact_target(request.target))
             self._owner.request_failed("http")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
-            response = Answer.refusal(refusal)
+            response = Answer.transient(refusal)
         if self._transport.is_closing():
             return
         keep_alive = keep_alive and not self._closing and not self._owner.closing
@@ -227,9 +234,19 @@ class HttpConnection(asyncio.Protocol):
 
     async def _handle(self, request: Incoming, body: bytes) -> Answer:
         if request.method == "OPTIONS":
+            allowed = self._settings.current.server.allowed_origins
+            if not origin_allowed(request.headers.get("origin"), allowed):
+                return Answer.refusal(
+                    Refusal(
+                        code=RefusalCode.ORIGIN_FORBIDDEN,
+                        message="this origin may not use this server",
+                    )
+                )
             return _preflight(dict(request.headers))
         admitted = await self._owner.admit(request, "http")
         if isinstance(admitted, Refusal):
+            if admitted.status >= 500:  # shutting down: retry elsewhere, soon
+                return Answer.transient(admitted)
             return Answer.refusal(admitted)
         assert not isinstance(admitted, NotSync)  # the http transport has no plain endpoints
         try:

@@ -263,6 +263,7 @@ class Listener:
             max_store_id_length=limits.max_store_id_length,
             max_payload_bytes=limits.max_payload_bytes,
             transports=current.server.transports,
+            allowed_origins=current.server.allowed_origins,
             closing=self.is_closing,
             validate_payload=self._validate_payload,
         )

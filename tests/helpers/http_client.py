@@ -138,6 +138,15 @@ async def http_push(
     return frame  # type: ignore[no-any-return]
 
 
+def assert_transient_body(result: HttpResult, status: int, code: str) -> None:
+    """A transient 5xx of the HTTP transport: a text body ``CODE: message`` (LiveStore's HTTP
+    clients retry a body they cannot parse, and stop on JSON they do not expect)."""
+    assert result.status == status, f"expected {status}, got {result.status}: {result.raw[:300]!r}"
+    assert result.headers.get("content-type", "").startswith("text/plain"), result.headers
+    assert result.raw.decode().startswith(f"{code}: "), result.raw[:300]
+    assert result.headers.get("retry-after") == "1", result.headers
+
+
 def assert_error_body(result: HttpResult, status: int, code: str) -> None:
     """A refused request: the given 4xx and the JSON body ``{"error":{"code","message"}}``."""
     assert result.status == status, f"expected {status}, got {result.status}: {result.raw[:300]!r}"
