@@ -134,6 +134,9 @@ class AuthConfig:
     lockout_window: float = 900.0
     # Addresses of reverse proxies whose X-Forwarded-For is trusted.
     trusted_proxies: tuple[str, ...] = ()
+    # Networks (CIDRs) the bypass token is accepted from; elsewhere it is refused as a wrong
+    # one. Empty: from anywhere.
+    bypass_allowed_networks: tuple[str, ...] = ()
     # Pushes per second per subject (token bucket); over-limit pushes wait, never fail.
     push_rate: float = 10.0
     push_burst: int = 20
@@ -281,6 +284,13 @@ def _validate_auth(auth: AuthConfig) -> None:
             raise ConfigError(f"auth.{name}: must not be negative")
     if auth.push_burst < 1 or auth.lockout_failures < 1 or auth.max_token_bytes < 256:
         raise ConfigError("auth.push_burst, lockout_failures: positive; max_token_bytes >= 256")
+    for network in auth.bypass_allowed_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"auth.bypass_allowed_networks: {network!r} is not an IP address or network"
+            ) from None
     for proxy in auth.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

@@ -119,3 +119,19 @@ def test_cookie_auth_in_production_with_an_allowlist_starts() -> None:
         {"auth": PRODUCTION, "server": {"allowed_origins": [APP], "cors_allow_origin": APP}}, {}
     )
     assert config.server.allowed_origins == (APP,)
+
+
+async def test_bypass_token_only_from_allowed_networks(make_gateway: MakeGateway) -> None:
+    """With bypass_allowed_networks, the right bypass token from another address is refused
+    like a wrong one (403 BYPASS_REJECTED in production); from an allowed one it connects."""
+    bypass = "b" * 40
+    production = {"require_auth": True, "jwt_secret": "s" * 32, "bypass_token": bypass}
+    store = new_store_id()
+    payload = {"instanceId": "svc", "serverBypass": bypass}
+    elsewhere = await make_gateway(**production, bypass_allowed_networks=("10.0.0.0/8",))
+    with pytest.raises(InvalidStatus) as refused:
+        await RpcClient.open(elsewhere.ws_url(store, payload=payload), store)
+    assert_error_body(refusal_of(refused.value), 403, "BYPASS_REJECTED")
+    inside = await make_gateway(**production, bypass_allowed_networks=("127.0.0.0/8", "::1"))
+    client = await RpcClient.open(inside.ws_url(store, payload=payload), store)
+    await client.close()

@@ -167,6 +167,12 @@ class AuthGate:
             proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
         except ValueError as exc:
             raise ConfigError(f"auth.trusted_proxies: {exc}") from None
+        try:
+            bypass_networks = [
+                ipaddress.ip_network(n, strict=False) for n in config.bypass_allowed_networks
+            ]
+        except ValueError as exc:
+            raise ConfigError(f"auth.bypass_allowed_networks: {exc}") from None
         # Vetted once per algorithm (see _PreparedHMAC): pyjwt would otherwise re-inspect the
         # raw secret (PEM? SSH?) on every verification, 10% of handshake CPU in the profile.
         secrets_ = [s.encode() for s in (config.jwt_secret, config.jwt_previous_secret) if s]
@@ -208,6 +214,7 @@ class AuthGate:
         self.failures.window = config.lockout_window
         self.push_limiter = PushLimiter(config.push_rate, config.push_burst)
         self._proxies = proxies
+        self._bypass_networks = bypass_networks
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -225,6 +232,15 @@ class AuthGate:
                 except ValueError:
                     return host
         return host
+
+    def _bypass_network(self, host: str) -> bool:
+        if not self._bypass_networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._bypass_networks)
 
     def _trusted(self, host: str) -> bool:
         try:
@@ -286,7 +302,13 @@ class AuthGate:
             and not auth.is_dev_token(token, self.policy)
         ):
             verification = await self.verify(token)
-        decision = auth.decide(credentials, verification, self.policy, self._clock())
+        decision = auth.decide(
+            credentials,
+            verification,
+            self.policy,
+            self._clock(),
+            bypass_network=credentials.bypass is None or self._bypass_network(ip),
+        )
         fingerprint = (
             auth.fingerprint(token or credentials.bypass or "")
             if (token or credentials.bypass)

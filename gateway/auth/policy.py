@@ -324,13 +324,21 @@ def is_dev_token(token: str, policy: Policy) -> bool:
 
 
 def decide(
-    credentials: Credentials, verification: Verification | None, policy: Policy, now: float
+    credentials: Credentials,
+    verification: Verification | None,
+    policy: Policy,
+    now: float,
+    *,
+    bypass_network: bool = True,
 ) -> Decision:
     """Apply the decision table. ``verification`` is the JWT result when a token that is not
-    a dev token was presented, else None."""
+    a dev token was presented, else None. ``bypass_network`` says whether the client's address
+    is one the bypass token is accepted from (``auth.bypass_allowed_networks``); elsewhere the
+    right bypass token is refused as a wrong one would be."""
     production = policy.require_auth
     if credentials.bypass is not None:
-        if policy.bypass_token and _matches(credentials.bypass, (policy._bypass_digest,)):
+        matches = _matches(credentials.bypass, (policy._bypass_digest,))
+        if policy.bypass_token and matches and bypass_network:
             return _accept(R_BYPASS, SUBJECT_SERVER)
         if production:
             return _deny(RefusalCode.BYPASS_REJECTED, "the server bypass token is not valid")
