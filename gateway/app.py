@@ -151,6 +151,11 @@ class Gateway:
         return int(self.listener.sockets[0].getsockname()[1])
 
     @property
+    def scheme(self) -> str:
+        """``wss`` with TLS, else ``ws``."""
+        return self.listener.scheme
+
+    @property
     def host(self) -> str:
         return str(self.listener.sockets[0].getsockname()[0])
 
@@ -217,7 +222,13 @@ class Gateway:
         for section, key in RESTART_ONLY:
             if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
                 raise ConfigError(f"{section}.{key}: changing it needs a restart")
-        self.auth.apply(new.auth)  # raises ConfigError before anything changed
+        old_tls, new_tls = self.config.server.tls_cert_file, new.server.tls_cert_file
+        if bool(old_tls) != bool(new_tls):
+            raise ConfigError("server.tls_cert_file: turning TLS on or off needs a restart")
+        # Certificate renewals: new handshakes present the new chain (ConfigError if broken,
+        # and then the old chain and the old configuration stay).
+        self.listener.reload_tls(new.server.tls_cert_file, new.server.tls_key_file)
+        self.auth.apply(new.auth)  # raises ConfigError before anything else changed
         self.settings.swap(new)
         logger.info("configuration reloaded")
         logging.getLogger().setLevel(new.log.level.upper())

@@ -92,7 +92,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _listening(gateway: Gateway) -> None:
     host = gateway.host
     shown = f"[{host}]" if ":" in host else host
-    print(f"listening on ws://{shown}:{gateway.port}", file=sys.stderr, flush=True)
+    print(f"listening on {gateway.scheme}://{shown}:{gateway.port}", file=sys.stderr, flush=True)
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:

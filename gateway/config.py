@@ -47,6 +47,10 @@ class ServerConfig:
     # Browser origins allowed on the sync endpoints (exact origins, hosts, *.example.com);
     # empty: no check. Requests without an Origin header (non-browser clients) always pass.
     allowed_origins: tuple[str, ...] = ()
+    # TLS (wss:// and https:// on the same port): PEM certificate chain and key. Both or
+    # neither; read again on reload.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # The transports served (sync-cf's enabledTransports): "ws", "http" or both.
     transports: tuple[str, ...] = ("ws", "http")
     # Extra headers on every HTTP-transport response (sync-cf's http.responseHeaders).
@@ -220,6 +224,8 @@ def _validate_server(server: ServerConfig) -> None:
         rest = pattern.partition("://")[2] or pattern
         if not rest or any(c.isspace() or c == "/" for c in rest):
             raise ConfigError(f"server.allowed_origins: {pattern!r} is not an origin or host")
+    if bool(server.tls_cert_file) != bool(server.tls_key_file):
+        raise ConfigError("server.tls_cert_file, server.tls_key_file: set both or neither")
     for name in server.forward_headers:
         if not _HEADER_NAME.fullmatch(name):
             raise ConfigError(f"server.forward_headers: {name!r} is not a header name")

@@ -187,8 +187,19 @@ def build_config(
         for key, value in values.items():
             sections[section][key] = _coerce(f"{section}.{key}", value, types_[key], from_env=False)
     _load_secrets(sections, env or {})
+    _tls_credentials(sections["server"], env or {})
     built = Config(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
     return validate(built)
+
+
+def _tls_credentials(server: dict[str, Any], env: Mapping[str, str]) -> None:
+    """TLS files from systemd credentials ``tls_cert`` and ``tls_key`` when not configured."""
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    if not credentials or server.get("tls_cert_file") or server.get("tls_key_file"):
+        return
+    cert, key = Path(credentials) / "tls_cert", Path(credentials) / "tls_key"
+    if cert.is_file() and key.is_file():
+        server["tls_cert_file"], server["tls_key_file"] = str(cert), str(key)
 
 
 def _read_secret(key: str, path: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.transport import tls
 from gateway.transport.answer import SERVER_HEADER, Answer, to_response
 from gateway.transport.endpoints import Endpoints
 from gateway.transport.httpconn import HttpConnection
@@ -154,6 +156,7 @@ class Listener:
         self.sniffing: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.tls: ssl.SSLContext | None = None
         # One callable for every connection (read when a closing handshake starts).
         self._close_timeout = lambda: self.settings.current.server.close_timeout
 
@@ -162,9 +165,25 @@ class Listener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         server_config = self.settings.current.server
+        if server_config.tls_cert_file:
+            self.tls = tls.server_context(server_config.tls_cert_file, server_config.tls_key_file)
         self.server = await loop.create_server(
-            lambda: _Sniffer(self), server_config.host, server_config.port, backlog=1024
+            lambda: _Sniffer(self),
+            server_config.host,
+            server_config.port,
+            backlog=1024,
+            ssl=self.tls,
+            ssl_handshake_timeout=server_config.open_timeout if self.tls else None,
         )
+
+    def reload_tls(self, cert_file: str, key_file: str) -> None:
+        """New handshakes present the chain now in ``cert_file`` (raises ConfigError)."""
+        if self.tls is not None:
+            tls.reload(self.tls, cert_file, key_file)
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls is not None else "ws"
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:

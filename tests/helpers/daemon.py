@@ -28,7 +28,7 @@ from tests.helpers.urls import sync_url
 
 REPO = Path(__file__).resolve().parent.parent.parent
 GATEWAY = (sys.executable, "-m", "gateway")
-LISTENING = re.compile(r"listening on ws://(?P<host>\S+):(?P<port>\d+)$")
+LISTENING = re.compile(r"listening on wss?://(?P<host>\S+):(?P<port>\d+)$")
 
 # Variables the daemon reads besides GATEWAY_*; a test sets the ones it means to and no others.
 _DAEMON_ENV = (
