@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -33,28 +32,13 @@ from gateway.errors import (
     StoreError,
     UnknownFailure,
 )
+from gateway.follow import READ_BATCH, Follower, StoreState
 from gateway.hub import Hub, Subscription
 from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
 from gateway.store import EventStore, SharedEventStore
 
 logger = logging.getLogger(__name__)
-
-# Rows fetched from the store per read during catch-up.
-READ_BATCH = 1000
-
-
-@dataclass(slots=True)
-class StoreState:
-    store_id: str
-    backend_id: str
-    backend_id_json: bytes
-    head: int
-    lock: asyncio.Lock
-    # The Chunk tail of an empty, complete backlog (a pull that is up to date).
-    empty_tail: bytes = b""
-    # time.monotonic() of the last use: unloading waits until a store has been idle.
-    used: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +54,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SyncEngine:
+class SyncEngine(Follower):
+    """Push admission and pull catch-up of one node (commits of other nodes: Follower)."""
+
     def __init__(
         self,
         store: EventStore,
@@ -94,97 +80,6 @@ class SyncEngine:
         if self.shared:
             shared: SharedEventStore = store  # type: ignore[assignment]
             shared.set_commit_listener(self.on_commit, self.on_reconnect)
-
-    # -- other nodes' commits (shared backends) -------------------------------------------
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def on_commit(self, store_id: str, head: int) -> None:
-        """A commit of ``store_id`` up to ``head`` was announced (by any node)."""
-        state = self._states.get(store_id)
-        if state is None:
-            if store_id in self._loading:
-                # Its head was read before this commit: catch up once it is loaded.
-                self._heard[store_id] = max(head, self._heard.get(store_id, 0))
-            return
-        if head > state.head:
-            self._spawn(self._catch_up(state, head))
-
-    def on_reconnect(self) -> None:
-        """Notifications may have been lost: compare every loaded store with the log."""
-        self._spawn(self.reconcile())
-
-    async def reconcile(self) -> None:
-        if not self._states or not self.shared:
-            return
-        shared: SharedEventStore = self.store  # type: ignore[assignment]
-        try:
-            heads = await shared.heads(tuple(self._states))
-        except StoreError as exc:
-            logger.warning("reconcile failed: %s", exc)
-            return
-        for store_id, head in heads.items():
-            self.on_commit(store_id, head)
-
-    async def reconcile_forever(self) -> None:
-        """Catch commits whose notification never came (shared backends)."""
-        while True:
-            await asyncio.sleep(self._reconcile_interval)
-            await self.reconcile()
-
-    async def _catch_up_to_log(self, state: StoreState) -> None:
-        shared: SharedEventStore = self.store  # type: ignore[assignment]
-        heads = await shared.heads((state.store_id,))
-        async with state.lock:
-            await self._publish_range(state, heads.get(state.store_id, state.head))
-
-    async def _resync(self, state: StoreState) -> None:
-        """Publish whatever the log holds beyond this node's head (after an append whose
-        outcome was unknown); the periodic reconcile retries if the log cannot be read."""
-        shared: SharedEventStore = self.store  # type: ignore[assignment]
-        try:
-            heads = await shared.heads((state.store_id,))
-        except StoreError as exc:
-            logger.warning("store %r: resync failed: %s", state.store_id, exc)
-            return
-        await self._catch_up(state, heads.get(state.store_id, state.head))
-
-    async def _catch_up(self, state: StoreState, target: int) -> None:
-        async with state.lock:
-            try:
-                await self._publish_range(state, target)
-            except StoreError as exc:
-                # The next notification or reconcile retries; nothing was published twice.
-                logger.warning(
-                    "store %r: catching up to %d failed: %s", state.store_id, target, exc
-                )
-            except Exception:
-                logger.exception("store %r: catching up to %d failed", state.store_id, target)
-
-    async def _publish_range(self, state: StoreState, target: int) -> None:
-        """Publish committed events ``(state.head, target]`` read from the log, in order.
-
-        Called with ``state.lock`` held; advances ``state.head`` as it goes.
-        """
-        while state.head < target:
-            rows = await self.store.read(state.store_id, state.head, target, READ_BATCH)
-            if not rows:
-                # The head moved but no row is visible yet; a later notification retries.
-                return
-            entries = []
-            meta_cache: dict[int, bytes] = {}
-            for row in rows:
-                meta = meta_cache.get(row.created_ms)
-                if meta is None:
-                    meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
-                entries.append(frames.event_entry(row.data, meta))
-            self.counters.frames_delivered += self.hub.publish(
-                state.store_id, entries, state.backend_id_json
-            )
-            state.head = rows[-1].seq
 
     @property
     def stores_loaded(self) -> int:
