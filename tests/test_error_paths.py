@@ -133,11 +133,13 @@ async def test_http_body_over_max_message_bytes_is_413_and_the_answer_arrives(
 # 503 SHUTTING_DOWN
 
 
-async def test_handshake_being_decided_when_the_server_stops_gets_503(
-    make_gateway: MakeGateway,
+@pytest.mark.parametrize("transport", ["ws", "http"])
+async def test_request_being_decided_when_the_server_stops_gets_503(
+    make_gateway: MakeGateway, transport: str
 ) -> None:
-    """A WebSocket handshake whose ``validate_payload`` is still running when ``stop()``
-    begins is answered 503 SHUTTING_DOWN (not upgraded into a server that is going away)."""
+    """A WebSocket handshake, or an HTTP-transport POST, whose ``validate_payload`` is still
+    running when ``stop()`` begins is answered 503 SHUTTING_DOWN (one admission for both;
+    not upgraded into, nor served by, a server that is going away)."""
     held = new_store_id("held")
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -150,10 +152,15 @@ async def test_handshake_being_decided_when_the_server_stops_gets_503(
     gw = await make_gateway(validate_payload=hook)
     bystander_store = new_store_id()
     bystander = await RpcClient.open(gw.ws_url(bystander_store), bystander_store)
-    attempt = asyncio.create_task(RpcClient.open(gw.ws_url(held), held))
+    attempt: asyncio.Task[Any]
+    if transport == "ws":
+        attempt = asyncio.create_task(RpcClient.open(gw.ws_url(held), held))
+    else:
+        ping = orjson.dumps(request_frame("0", HTTP_PING, {"storeId": held}))
+        attempt = asyncio.create_task(http_request("POST", gw.http_url(held), body=ping))
     stopping: asyncio.Task[None] | None = None
     try:
-        await wait_for_event(entered, what="the held handshake reaching validate_payload")
+        await wait_for_event(entered, what="the held request reaching validate_payload")
         stopping = asyncio.create_task(gw.stop())
         # The stop is under way once open sessions are being closed (1001).
         with pytest.raises(ConnectionClosed) as closed:
@@ -161,52 +168,17 @@ async def test_handshake_being_decided_when_the_server_stops_gets_503(
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1001, closed.value
         release.set()
-        with pytest.raises(InvalidStatus) as refused:
-            await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
-        assert_error_body(refusal_of(refused.value), 503, "SHUTTING_DOWN")
+        if transport == "ws":
+            with pytest.raises(InvalidStatus) as refused:
+                await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
+            assert_error_body(refusal_of(refused.value), 503, "SHUTTING_DOWN")
+        else:
+            answer = await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
+            assert_transient_body(answer, 503, "SHUTTING_DOWN")
         await asyncio.wait_for(stopping, 20 * TIMEOUT_UNIT)
     finally:
         release.set()
         attempt.cancel()
-        await asyncio.gather(attempt, return_exceptions=True)
-        if stopping is not None:
-            await asyncio.gather(stopping, return_exceptions=True)
-        await bystander.close()
-
-
-async def test_http_request_being_decided_when_the_server_stops_gets_503(
-    make_gateway: MakeGateway,
-) -> None:
-    """An HTTP-transport POST whose ``validate_payload`` is still running when ``stop()``
-    begins is answered 503 SHUTTING_DOWN, as a WebSocket handshake is (one admission)."""
-    held = new_store_id("held")
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def hook(context: PayloadContext) -> Admission | Refusal:
-        if context.store_id == held:
-            entered.set()
-            await release.wait()
-        return Admission()
-
-    gw = await make_gateway(validate_payload=hook)
-    bystander_store = new_store_id()
-    bystander = await RpcClient.open(gw.ws_url(bystander_store), bystander_store)
-    ping = request_frame("0", HTTP_PING, {"storeId": held})
-    attempt = asyncio.create_task(http_request("POST", gw.http_url(held), body=orjson.dumps(ping)))
-    stopping: asyncio.Task[None] | None = None
-    try:
-        await wait_for_event(entered, what="the held request reaching validate_payload")
-        stopping = asyncio.create_task(gw.stop())
-        with pytest.raises(ConnectionClosed) as closed:
-            await bystander.recv(within=10 * TIMEOUT_UNIT)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1001, closed.value
-        release.set()
-        answer = await asyncio.wait_for(attempt, 10 * TIMEOUT_UNIT)
-        assert_transient_body(answer, 503, "SHUTTING_DOWN")
-        await asyncio.wait_for(stopping, 20 * TIMEOUT_UNIT)
-    finally:
-        release.set()
         await asyncio.gather(attempt, return_exceptions=True)
         if stopping is not None:
             await asyncio.gather(stopping, return_exceptions=True)
