@@ -11,7 +11,8 @@ by a byte comparison or a substring, never by parsing JSON:
   same events as the gateway's ``Chunk``, within a few percent of its size), then acked;
 - everything else (Acks) is read and dropped.
 
-Run as ``python -m bench.baseline --port 0``; prints ``listening on ws://HOST:PORT`` on stderr.
+Run as ``python -m bench.baseline --port 0``; prints ``listening on ws://HOST:PORT`` on stderr
+(``wss://`` with ``--tls-cert`` and ``--tls-key``: TLS as gateway serves it, ``bench.tls``).
 """
 
 from __future__ import annotations
@@ -91,9 +92,16 @@ async def main_async(args: argparse.Namespace) -> None:
         "max_size": 4 * 1024 * 1024,
         "backlog": 1024,
     }
+    scheme = "ws"
+    if args.tls_cert:
+        # Imported here: the plain baseline's RSS (the idle figures) stays without it.
+        from bench.tls import server_context
+
+        options["ssl"] = server_context(args.tls_cert, args.tls_key)
+        scheme = "wss"
     async with serve(handler, args.host, args.port, **options) as server:
         port = server.sockets[0].getsockname()[1]
-        print(f"listening on ws://{args.host}:{port}", file=sys.stderr, flush=True)
+        print(f"listening on {scheme}://{args.host}:{port}", file=sys.stderr, flush=True)
         await server.serve_forever()
 
 
@@ -120,6 +128,8 @@ def serve_main(
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=int, default=0, help="events served to catchup-*")
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    parser.add_argument("--tls-cert", help="serve wss:// with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="... and this PEM key")
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl as _ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -185,13 +186,19 @@ async def connect(
     on_text: TextHandler = _ignore,
     *,
     extensions: Sequence[ClientExtensionFactory] | None = None,
+    ssl: _ssl.SSLContext | None = None,
     within: float = 30.0,
 ) -> Conn:
-    """Open a connection and complete the upgrade; raises ConnectError when refused."""
+    """Open a connection and complete the upgrade; raises ConnectError when refused.
+
+    With ``ssl`` the connection is TLS first (the context verifies the server certificate
+    against ``host``); ``connection_made`` then comes after the TLS handshake, so the
+    upgrade request goes out encrypted.
+    """
     loop = asyncio.get_running_loop()
     conn = Conn(host, port, resource, on_text, extensions)
     async with asyncio.timeout(within):
-        await loop.create_connection(lambda: conn, host, port)
+        await loop.create_connection(lambda: conn, host, port, ssl=ssl)
         await conn.opened
     return conn
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# What a server under test prints once it accepts connections.
+_LISTENING = re.compile(rb"listening on (wss?)://\S+:(\d+)\r?\n")
 
 
 def raise_nofile() -> int:
@@ -104,6 +108,8 @@ class Server:
     cwd: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1])
     proc: subprocess.Popen[bytes] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # Serving wss://: the context clients connect with (trusts the server's throwaway CA).
+    client_tls: ssl.SSLContext | None = None
 
     @property
     def pid(self) -> int:
@@ -130,17 +136,20 @@ class Server:
             )
 
     def listening(self) -> int | None:
-        """The port from the ``listening on ws://HOST:PORT`` line, once it is logged."""
+        """The port from the ``listening on ws://HOST:PORT`` line (``wss://`` when
+        ``client_tls`` is set), once it is logged."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
-        text = self.log_path.read_bytes()
-        marker = b"listening on ws://"
-        at = text.find(marker)
-        end = text.find(b"\n", at) if at >= 0 else -1
-        if end < 0:
+        found = _LISTENING.search(self.log_path.read_bytes())
+        if found is None:
             return None
-        return int(text[at + len(marker) : end].decode().strip().rsplit(":", 1)[1])
+        scheme = b"wss" if self.client_tls is not None else b"ws"
+        if found[1] != scheme:
+            raise RuntimeError(
+                f"{self.name} serves {found[1].decode()}://, not {scheme.decode()}://"
+            )
+        return int(found[2])
 
     async def start(self, within: float = 30.0) -> None:
         self.spawn()
@@ -222,12 +231,21 @@ def gateway_server(
 
 
 def baseline_server(
-    log_path: Path, cpus: set[int], *, history: int = 0, compression: bool = False
+    log_path: Path,
+    cpus: set[int],
+    *,
+    history: int = 0,
+    compression: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> Server:
+    """The baseline (``python -m bench.baseline``); ``tls``: (cert file, key file) to serve
+    wss:// (the caller sets the returned server's ``client_tls``)."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", "bench.baseline", "--port", "0", "--history", str(history)]
     if compression:
         argv.append("--deflate")
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     name = "baseline+deflate" if compression else "baseline"
     return Server(name, argv, env, cpus, log_path)

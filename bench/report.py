@@ -18,6 +18,7 @@ import orjson
 
 from bench.machine import Machine, SourceState
 from bench.results import dig, fmt, to_json
+from bench.rigs import handshake_tls
 from bench.sizes import Sizes
 from bench.studies import compression, floor
 
@@ -173,6 +174,8 @@ def build(
             continue
         if "gateway" in by_server and "baseline" in by_server:
             ratios[scenario] = _ratios(by_server["gateway"], by_server["baseline"])
+    for scenario, extra in handshake_tls.ratios(res).items():
+        ratios.setdefault(scenario, {}).update(extra)
     return {
         "mode": "smoke" if smoke else "full",
         "machine": to_json(machine),
@@ -216,6 +219,7 @@ def table(report: dict[str, Any]) -> str:
     row("  generator CPU per handshake", "handshake", ("generator_cpu_us_per_handshake",), "us")
     row("  connect latency p50", "handshake", ("connect_latency", "p50_ms"), "ms", 2)
     row("  connect latency p99", "handshake", ("connect_latency", "p99_ms"), "ms", 2)
+    rows.extend(handshake_tls.table_rows(res))
     fan = res.get("fanout", {}).get("gateway", {})
     paced = fan.get("paced", {})
     label = (
@@ -353,7 +357,7 @@ def table(report: dict[str, Any]) -> str:
     lines.extend(floor.table_lines(res))
     lines.extend(compression.table_lines(res))
     noise = []
-    for scenario in ("handshake", "fanout"):
+    for scenario in ("handshake", "handshake_tls", "fanout"):
         for name in ("baseline", "gateway"):
             data = res.get(scenario, {}).get(name, {})
             for part in (data, data.get("paced", {}), data.get("saturated", {})):

@@ -33,12 +33,14 @@ from bench.rigs.catchup import catchup, populate
 from bench.rigs.common import Auth
 from bench.rigs.durable import DurableResult, durable_push
 from bench.rigs.fanout import FanoutPhase, FanoutRig, PacedSlices
-from bench.rigs.handshake import handshake
+from bench.rigs.handshake import HandshakeResult, handshake
+from bench.rigs.handshake_tls import handshake_tls
 from bench.rigs.idle import IdleResult, idle
 from bench.rigs.multinode import two_nodes
 from bench.sizes import Sizes
 from bench.studies.compression import compression_study
 from bench.studies.floor import floor_server
+from bench.tls import Certs, client_context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,12 +72,16 @@ class Bench:
 
     # -- servers ------------------------------------------------------------------------------
 
-    async def _start(self, server: Server) -> Server:
+    async def _start(self, server: Server, certs: Certs | None = None) -> Server:
         server.quiet_interval = 0.05 if self.args.smoke else 0.2
+        if certs is not None:
+            server.client_tls = client_context(certs.ca_file)
         await server.start()
         return server
 
-    async def gateway(self, env: dict[str, str] | None = None) -> Server:
+    async def gateway(
+        self, env: dict[str, str] | None = None, *, certs: Certs | None = None
+    ) -> Server:
         self._servers += 1
         n = self._servers
         server = gateway_server(
@@ -86,6 +92,9 @@ class Bench:
             self.bypass,
         )
         server.env.update(env or {})
+        if certs is not None:
+            server.env["GATEWAY_SERVER_TLS_CERT_FILE"] = str(certs.cert_file)
+            server.env["GATEWAY_SERVER_TLS_KEY_FILE"] = str(certs.key_file)
         root = self.gateway_root
         if root is not None:
             # Another source tree (e.g. a work-in-progress fix): `python -m gateway` from
@@ -94,9 +103,11 @@ class Bench:
             server.env["PYTHONPATH"] = str(root)
         else:
             server.env["PYTHONPATH"] = str(ROOT)
-        return await self._start(server)
+        return await self._start(server, certs)
 
-    async def baseline(self, *, history: int = 0, compression: bool = False) -> Server:
+    async def baseline(
+        self, *, history: int = 0, compression: bool = False, certs: Certs | None = None
+    ) -> Server:
         self._servers += 1
         n = self._servers
         server = baseline_server(
@@ -104,9 +115,10 @@ class Bench:
             self.server_cpus,
             history=history,
             compression=compression,
+            tls=(certs.cert_file, certs.key_file) if certs is not None else None,
         )
         server.env["PYTHONPATH"] = str(ROOT)
-        return await self._start(server)
+        return await self._start(server, certs)
 
     async def floor(self) -> Server:
         self._servers += 1
@@ -253,21 +265,22 @@ class Bench:
                 server, auth, pushers=s.dur_pushers, batch=batch, duration=s.dur_s
             )
 
+        def shake(server: Server) -> Awaitable[HandshakeResult]:
+            return handshake(
+                server,
+                auth,
+                duration=s.hs_duration,
+                max_connections=s.hs_max,
+                concurrency=s.hs_concurrency,
+                stores=s.hs_stores,
+            )
+
         try:
             if self.wants("handshake"):
-                res["handshake"] = await self.rounds(
-                    "handshake",
-                    trio,
-                    s.rounds,
-                    lambda server: handshake(
-                        server,
-                        auth,
-                        duration=s.hs_duration,
-                        max_connections=s.hs_max,
-                        concurrency=s.hs_concurrency,
-                        stores=s.hs_stores,
-                    ),
-                )
+                res["handshake"] = await self.rounds("handshake", trio, s.rounds, shake)
+            if self.wants("handshake_tls"):
+                # Right after the plain one, on a second pair of servers serving wss://.
+                res["handshake_tls"] = await handshake_tls(self, shake)
             if self.wants("fanout"):
                 await self.fanout(trio)
             if self.wants("durable_push"):
@@ -330,7 +343,8 @@ class Bench:
         started = time.monotonic()
         self.log(f"{self.how}; open-file limit {nofile}; work dir {self.workdir}")
         res = self.results
-        if any(self.wants(name) for name in ("handshake", "fanout", "durable_push", "catchup")):
+        on_shared = ("handshake", "handshake_tls", "fanout", "durable_push", "catchup")
+        if any(self.wants(name) for name in on_shared):
             await self.shared()
         if self.wants("fanout2"):
             res["fanout2"] = await two_nodes(

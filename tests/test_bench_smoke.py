@@ -22,7 +22,7 @@ from tests.helpers.wire import assert_pull_response
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "gateway")
-SCENARIOS = ("handshake", "fanout", "durable_push", "catchup", "idle")
+SCENARIOS = ("handshake", "handshake_tls", "fanout", "durable_push", "catchup", "idle")
 
 
 def _number(value: Any) -> bool:
@@ -65,11 +65,12 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
         assert set(SERVERS) <= set(res[scenario]), scenario
 
     for name in SERVERS:
-        hs = res["handshake"][name]
-        assert hs["connections"] > 0
-        assert hs["handshakes_per_s"] > 0
-        assert _number(hs["server_cpu_us_per_handshake"])
-        _latency_ok(hs["connect_latency"])
+        for scenario in ("handshake", "handshake_tls"):  # ws:// and wss://
+            hs = res[scenario][name]
+            assert hs["connections"] > 0
+            assert hs["handshakes_per_s"] > 0
+            assert _number(hs["server_cpu_us_per_handshake"])
+            _latency_ok(hs["connect_latency"])
 
         fan = res["fanout"][name]
         assert fan["connections_lost"] == 0
@@ -136,6 +137,7 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
 
     # gateway / baseline ratios, and every target evaluated (but not judged at toy sizes).
     assert _number(report["ratios"]["handshake"]["handshakes_per_s"])
+    assert _number(report["ratios"]["handshake_tls_vs_plain"]["gateway.handshakes_per_s"])
     names = {t["name"] for t in report["targets"]}
     assert {"fanout_cpu", "fanout_p99", "handshakes", "idle_memory", "catchup"} <= names
     for target in report["targets"]:

@@ -118,7 +118,9 @@ async def open_live(
 
     resource, pull = wire
     started = monotonic_ns()
-    conn = await connect(HOST, server.port, resource, on_text, extensions=extensions)
+    conn = await connect(
+        HOST, server.port, resource, on_text, extensions=extensions, ssl=server.client_tls
+    )
     conn.send(PING)
     conn.send(pull)
     try:
