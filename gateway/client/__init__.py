@@ -1,0 +1,39 @@
+"""A client library for internal services: follow a store's event log and write to it.
+
+Speaks LiveStore's sync-cf 0.4.0 WebSocket protocol to gateway (or any conforming server)::
+
+    async with connect("ws://127.0.0.1:8787", "store-1", bypass_token=TOKEN) as store:
+        async for batch in store.events(after=None, live=True):
+            ...  # batch.events, then persist str(batch.cursor)
+        seq = await store.commit("todoCreated-v1", {"id": "t1", "text": "hello"})
+
+Depends only on ``websockets``, ``orjson`` and gateway's pure wire helpers
+(:mod:`gateway.frames`), never on the server.
+"""
+
+from gateway.client.model import (
+    BackendIdMismatch,
+    Batch,
+    ClientError,
+    ConnectionClosed,
+    Cursor,
+    Event,
+    ProtocolViolation,
+    Refused,
+    RequestFailed,
+)
+from gateway.client.store import StoreClient, connect
+
+__all__ = [
+    "BackendIdMismatch",
+    "Batch",
+    "ClientError",
+    "ConnectionClosed",
+    "Cursor",
+    "Event",
+    "ProtocolViolation",
+    "Refused",
+    "RequestFailed",
+    "StoreClient",
+    "connect",
+]

@@ -1,0 +1,237 @@
+"""One WebSocket session with the server and the RPC requests multiplexed on it.
+
+A :class:`Connection` reads frames in a background task and routes each to the queue of the
+request it answers (by request id). When the socket closes, every open request receives a
+:class:`Closed` marker; the owner (:class:`gateway.client.store.StoreClient`) decides whether
+to reconnect (:func:`retryable`) and with which delay (:class:`Backoff`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidStatus
+
+from gateway.client.model import ProtocolViolation, Refused
+from gateway.frames import ack_frame, request_frame
+
+# Close codes after which reconnecting can help (the server restarts, is overloaded, or the
+# network dropped: 1006 is what a lost TCP connection reports). 4000-4499: the application
+# closed the session and the client may reconnect (gateway.errors.CloseCode).
+_RETRY_CODES: Final = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
+
+
+def retryable(code: int) -> bool:
+    """Whether a session closed with ``code`` is worth reconnecting."""
+    return code in _RETRY_CODES or 4000 <= code < 4500
+
+
+def sync_url(
+    url: str,
+    store_id: str,
+    *,
+    instance_id: str,
+    bypass_token: str | None = None,
+    auth_token: str | None = None,
+) -> str:
+    """The sync URL as the 0.4.0 LiveStore client builds it (spec §2.1-2.2).
+
+    ``?storeId=…&payload=…&transport=ws``, where the payload is JSON percent-encoded twice
+    (``encodeURIComponent`` then the query's form encoding).
+
+    Args:
+        url: The server's base URL (``ws://``, ``wss://``, ``http://`` or ``https://``),
+            without a query string.
+        store_id: The store.
+        instance_id: Identifies this process in the server's logs and metrics.
+        bypass_token: The server bypass token (internal services), sent as ``serverBypass``.
+        auth_token: A JWT, sent as ``authToken``.
+
+    Returns:
+        The full URL with a ``ws``/``wss`` scheme.
+
+    Raises:
+        ValueError: ``url`` already has a query string or an unknown scheme.
+    """
+    if "?" in url:
+        raise ValueError("the server URL must not contain a query string")
+    scheme, sep, rest = url.partition("://")
+    schemes = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}
+    if not sep or scheme not in schemes:
+        raise ValueError(f"unsupported URL scheme: {url!r}")
+    payload: dict[str, str] = {"instanceId": instance_id}
+    if auth_token is not None:
+        payload["authToken"] = auth_token
+    if bypass_token is not None:
+        payload["serverBypass"] = bypass_token
+    encoded = quote(orjson.dumps(payload).decode(), safe="")
+    query = urlencode([("storeId", store_id), ("payload", encoded), ("transport", "ws")])
+    if "/" not in rest:
+        rest += "/"
+    return f"{schemes[scheme]}://{rest}?{query}"
+
+
+class Backoff:
+    """Jittered exponential backoff: ``base``, doubling, capped at ``cap`` seconds.
+
+    Each delay is drawn uniformly from the upper half of the current step, so that clients
+    restarted together do not reconnect together.
+    """
+
+    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (0 when the last attempt succeeded)."""
+        if self.failures == 0:
+            return 0.0
+        step = min(self.cap, self.base * 2 ** (self.failures - 1))
+        return float(step) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    def failed(self) -> None:
+        self.failures += 1
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Put on every open request's queue when the socket closes."""
+
+    code: int
+    reason: str
+
+
+Message = dict[str, Any] | Closed
+
+
+class Connection:
+    """An open WebSocket session; see the module docstring."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.closed: Closed | None = None
+        self.failure: ProtocolViolation | None = None
+        self.counted = False
+        """Whether the owner counted this session's loss as a failure (once per session)."""
+        self._ids = itertools.count()
+        self._requests: dict[str, asyncio.Queue[Message]] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, headers: Mapping[str, str] | None = None) -> Connection:
+        """Open the WebSocket.
+
+        Raises:
+            Refused: The server answered the handshake with a 4xx status.
+            OSError: The server cannot be reached (or answered 5xx): worth retrying.
+        """
+        try:
+            ws = await connect(
+                url,
+                additional_headers=dict(headers or {}),
+                max_size=None,
+                compression=None,
+                proxy=None,
+                open_timeout=10,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            code, message = _refusal_body(bytes(exc.response.body or b""))
+            if 400 <= status < 500:
+                raise Refused(status, code, message) from None
+            raise OSError(f"handshake answered HTTP {status} {code}") from None
+        return cls(ws)
+
+    @property
+    def alive(self) -> bool:
+        return self.closed is None
+
+    def request(self) -> tuple[str, asyncio.Queue[Message]]:
+        """Register a new request id and its queue; send the request with :meth:`send_request`."""
+        rid = str(next(self._ids))
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        if self.closed is not None:
+            queue.put_nowait(self.closed)
+        self._requests[rid] = queue
+        return rid, queue
+
+    async def send_request(self, rid: str, tag: str, payload: dict[str, Any]) -> None:
+        await self._send(request_frame(rid, tag, payload))
+
+    async def ack(self, rid: str) -> None:
+        await self._send(ack_frame(rid))
+
+    async def interrupt(self, rid: str) -> None:
+        self._requests.pop(rid, None)
+        await self._send(b'{"_tag":"Interrupt","requestId":' + orjson.dumps(rid) + b"}")
+
+    def forget(self, rid: str) -> None:
+        self._requests.pop(rid, None)
+
+    async def _send(self, frame: bytes) -> None:
+        try:
+            await self.ws.send(frame, text=True)
+        except WsConnectionClosed:
+            pass  # the reader reports the close to every request
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                try:
+                    frame = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise ProtocolViolation(
+                        f"the server sent a frame that is not JSON: {raw!r:.200}"
+                    ) from None
+                if not isinstance(frame, dict):
+                    raise ProtocolViolation(
+                        f"the server sent a frame that is not an object: {raw!r:.200}"
+                    )
+                self._route(frame)
+        except ProtocolViolation as exc:
+            self.failure = exc
+            await self.ws.close(1002, "protocol violation")
+        except WsConnectionClosed:
+            pass
+        finally:
+            code = self.ws.close_code
+            self.closed = Closed(1006 if code is None else code, self.ws.close_reason or "")
+            for queue in self._requests.values():
+                queue.put_nowait(self.closed)
+
+    def _route(self, frame: dict[str, Any]) -> None:
+        tag = frame.get("_tag")
+        if tag in ("Chunk", "Exit"):
+            queue = self._requests.get(str(frame.get("requestId")))
+            if queue is not None:
+                queue.put_nowait(frame)
+        elif tag == "Defect":
+            raise ProtocolViolation(f"the server sent a Defect: {frame.get('defect')!r}")
+        # Pong and unknown tags: nothing to do.
+
+
+def _refusal_body(body: bytes) -> tuple[str, str]:
+    """The code and message of gateway's refusal body ``{"error": {"code", "message"}}``."""
+    try:
+        data = orjson.loads(body)
+        error = data["error"]
+        return str(error.get("code", "")), str(error.get("message", ""))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return "", body[:200].decode("utf-8", "replace")

@@ -1,0 +1,140 @@
+"""The values and exceptions of :mod:`gateway.client`: cursors, events, batches, errors.
+
+Pure: no I/O. A :class:`Cursor` is what a service persists to resume a stream after its own
+restart (``str(cursor)`` and :meth:`Cursor.parse` round-trip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_SEPARATOR = ":"
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in one store's log: after the event ``seq`` of the backend ``backend_id``.
+
+    Attributes:
+        backend_id: The identity of the store's log; it changes when the store is reset.
+        seq: The seqNum of the last event before this position (0: the start).
+    """
+
+    backend_id: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.seq}{_SEPARATOR}{self.backend_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """Read back a cursor written by ``str(cursor)``.
+
+        Args:
+            text: ``"<seq>:<backendId>"``.
+
+        Returns:
+            The cursor.
+
+        Raises:
+            ValueError: ``text`` is not a cursor.
+        """
+        seq, sep, backend_id = text.partition(_SEPARATOR)
+        if not sep or not backend_id or not seq.isdigit():
+            raise ValueError(f"not a cursor: {text!r}")
+        return cls(backend_id, int(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a store's log, as the server stored it.
+
+    Attributes:
+        name: The event's name (``todoCreated-v1``).
+        args: Its arguments (any JSON value; ``None`` when absent).
+        seq_num: Its global sequence number.
+        parent_seq_num: The sequence number of the event before it.
+        client_id: The client that committed it.
+        session_id: The session of that client.
+        created_at: When the server accepted it (ISO 8601), if the server said.
+    """
+
+    name: str
+    args: Any
+    seq_num: int
+    parent_seq_num: int
+    client_id: str
+    session_id: str
+    created_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive events and the cursor after the last one.
+
+    Attributes:
+        events: The events, in ascending ``seq_num`` order, never empty.
+        cursor: The position after the last event: persist it and pass it back as
+            ``events(after=...)`` to resume.
+    """
+
+    events: list[Event]
+    cursor: Cursor
+
+
+class ClientError(Exception):
+    """The root of every exception :mod:`gateway.client` raises."""
+
+
+class Refused(ClientError):
+    """The server refused the handshake (an HTTP status instead of the upgrade).
+
+    Terminal: retrying with the same credential cannot help.
+
+    Attributes:
+        status: The HTTP status (401, 403, 429, ...).
+        code: The server's code from the body (``INVALID_TOKEN``), or ``""``.
+    """
+
+    def __init__(self, status: int, code: str, message: str = "") -> None:
+        super().__init__(f"refused with HTTP {status} {code}: {message}".rstrip(": "))
+        self.status = status
+        self.code = code
+
+
+class BackendIdMismatch(ClientError):
+    """The store's backendId is not the cursor's: the store was reset (or is another).
+
+    The service should rebuild its projection from the start.
+
+    Attributes:
+        expected: The server's backendId.
+        received: The one the client sent.
+    """
+
+    def __init__(self, expected: str, received: str) -> None:
+        super().__init__(f"backendId mismatch: server has {expected!r}, client sent {received!r}")
+        self.expected = expected
+        self.received = received
+
+
+class RequestFailed(ClientError):
+    """A request failed in a way retrying on this connection cannot fix (an ``UnknownError``,
+    a defect)."""
+
+
+class ProtocolViolation(ClientError):
+    """The server sent something the protocol does not allow (not JSON, a gap, ...)."""
+
+
+class ConnectionClosed(ClientError):
+    """The connection closed with a code that says not to reconnect.
+
+    Attributes:
+        code: The WebSocket close code.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed with {code} {reason}".rstrip())
+        self.code = code

@@ -1,0 +1,1 @@
+"""Tests of gateway.client, the Python client library, against a real gateway."""
