@@ -11,14 +11,19 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from gateway.client.connection import Backoff, Closed, Connection, Message, retryable, sync_url
+from gateway.client.decode import (
+    check_exit,
+    decode_batch,
+    failure,
+    pull_payload,
+    raise_failure,
+)
 from gateway.client.model import (
     BackendIdMismatch,
     Batch,
     ConnectionClosed,
     Cursor,
-    Event,
     ProtocolViolation,
-    RequestFailed,
 )
 
 TAG_PULL: Final = "SyncWsRpc.Pull"
@@ -141,7 +146,7 @@ class StoreClient:
             done = False
             try:
                 await conn.send_request(
-                    rid, TAG_PULL, _pull_payload(self.store_id, cursor, live=live)
+                    rid, TAG_PULL, pull_payload(self.store_id, cursor, live=live)
                 )
                 while True:
                     message = await queue.get()
@@ -150,12 +155,12 @@ class StoreClient:
                         break
                     if message["_tag"] == "Exit":
                         done = True
-                        _check_exit(message)
+                        check_exit(message)
                         return
                     await conn.ack(rid)
                     self._backoff.succeeded()
                     for value in message.get("values", ()):
-                        batch = _batch(value, cursor)
+                        batch = decode_batch(value, cursor)
                         cursor = batch.cursor
                         self._learn(cursor)
                         if batch.events:
@@ -243,7 +248,7 @@ class StoreClient:
                     return seqs
                 head = self.head or head
                 continue
-            error = _failure(message)
+            error = failure(message)
             if error is None:
                 self._backoff.succeeded()
                 self._learn(Cursor(head.backend_id, seqs[-1]))
@@ -253,7 +258,7 @@ class StoreClient:
                 head = Cursor(head.backend_id, int(error["minimumExpectedNum"]))
                 self._learn(head)
                 continue
-            _raise_failure(error)
+            raise_failure(error)
 
     async def _probe_backend(self) -> Cursor:
         """Learn the store's backendId without reading its log (the head is learnt on push)."""
@@ -283,14 +288,6 @@ class StoreClient:
         return False
 
 
-def _pull_payload(store_id: str, cursor: Cursor | None, *, live: bool) -> dict[str, Any]:
-    option: dict[str, Any] = {"_tag": "None"}
-    if cursor is not None:
-        value = {"backendId": cursor.backend_id, "eventSequenceNumber": cursor.seq}
-        option = {"_tag": "Some", "value": value}
-    return {"storeId": store_id, "live": live, "cursor": option}
-
-
 async def _exit_of(queue: asyncio.Queue[Message]) -> Message:
     while True:
         message = await queue.get()
@@ -303,76 +300,6 @@ def _raise_if_terminal(conn: Connection) -> None:
         raise conn.failure
     if conn.closed is not None and not retryable(conn.closed.code):
         raise ConnectionClosed(conn.closed.code, conn.closed.reason)
-
-
-def _failure(frame: dict[str, Any]) -> dict[str, Any] | None:
-    """The typed error of a failed Exit, None for a success."""
-    exit_ = frame.get("exit")
-    if not isinstance(exit_, dict):
-        raise ProtocolViolation(f"Exit without an exit: {frame!r:.200}")
-    if exit_.get("_tag") == "Success":
-        return None
-    cause = exit_.get("cause")
-    if isinstance(cause, list) and cause:
-        cause = cause[0]
-    if (
-        isinstance(cause, dict)
-        and cause.get("_tag") == "Fail"
-        and isinstance(cause.get("error"), dict)
-    ):
-        error: dict[str, Any] = cause["error"]
-        return error
-    return {"_tag": "Defect", "cause": cause}
-
-
-def _raise_failure(error: dict[str, Any]) -> None:
-    if error.get("_tag") == "BackendIdMismatchError":
-        raise BackendIdMismatch(str(error.get("expected")), str(error.get("received")))
-    raise RequestFailed(f"the server failed the request: {error!r:.500}")
-
-
-def _check_exit(frame: dict[str, Any]) -> None:
-    error = _failure(frame)
-    if error is not None:
-        _raise_failure(error)
-
-
-def _batch(value: Any, cursor: Cursor | None) -> Batch:
-    """Decode one PullResponse, checking it continues ``cursor`` without a gap or duplicate."""
-    try:
-        backend_id = value["backendId"]
-        entries = value["batch"]
-        events = [_event(entry) for entry in entries]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolViolation(f"malformed PullResponse ({exc!r}): {value!r:.200}") from None
-    if not isinstance(backend_id, str):
-        raise ProtocolViolation("PullResponse.backendId is not a string")
-    last = cursor.seq if cursor is not None else 0
-    for event in events:
-        if event.seq_num <= last:
-            raise ProtocolViolation(f"event {event.seq_num} does not come after {last}")
-        last = event.seq_num
-    return Batch(events, Cursor(backend_id, last))
-
-
-def _event(entry: dict[str, Any]) -> Event:
-    data = entry["eventEncoded"]
-    metadata = entry.get("metadata")
-    created_at = None
-    if isinstance(metadata, dict) and metadata.get("_tag") == "Some":
-        created_at = metadata["value"].get("createdAt")
-    seq, parent = data["seqNum"], data["parentSeqNum"]
-    if type(seq) is not int or type(parent) is not int:
-        raise ValueError("seqNum and parentSeqNum must be integers")
-    return Event(
-        name=data["name"],
-        args=data.get("args"),
-        seq_num=seq,
-        parent_seq_num=parent,
-        client_id=data["clientId"],
-        session_id=data["sessionId"],
-        created_at=created_at,
-    )
 
 
 def connect(

@@ -1,0 +1,97 @@
+"""Decoding the server's frames for :mod:`gateway.client` (pure, no I/O): pull responses into
+:class:`Batch` values checked for gaps and duplicates, failed ``Exit`` frames into exceptions."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from gateway.client.model import (
+    BackendIdMismatch,
+    Batch,
+    Cursor,
+    Event,
+    ProtocolViolation,
+    RequestFailed,
+)
+
+
+def pull_payload(store_id: str, cursor: Cursor | None, *, live: bool) -> dict[str, Any]:
+    """The payload of a ``SyncWsRpc.Pull`` after ``cursor`` (None: from the start)."""
+    option: dict[str, Any] = {"_tag": "None"}
+    if cursor is not None:
+        value = {"backendId": cursor.backend_id, "eventSequenceNumber": cursor.seq}
+        option = {"_tag": "Some", "value": value}
+    return {"storeId": store_id, "live": live, "cursor": option}
+
+
+def failure(frame: dict[str, Any]) -> dict[str, Any] | None:
+    """The typed error of a failed Exit, None for a success."""
+    exit_ = frame.get("exit")
+    if not isinstance(exit_, dict):
+        raise ProtocolViolation(f"Exit without an exit: {frame!r:.200}")
+    if exit_.get("_tag") == "Success":
+        return None
+    cause = exit_.get("cause")
+    if isinstance(cause, list) and cause:
+        cause = cause[0]
+    if (
+        isinstance(cause, dict)
+        and cause.get("_tag") == "Fail"
+        and isinstance(cause.get("error"), dict)
+    ):
+        error: dict[str, Any] = cause["error"]
+        return error
+    return {"_tag": "Defect", "cause": cause}
+
+
+def raise_failure(error: dict[str, Any]) -> NoReturn:
+    """Raise the exception for a typed error (:func:`failure`)."""
+    if error.get("_tag") == "BackendIdMismatchError":
+        raise BackendIdMismatch(str(error.get("expected")), str(error.get("received")))
+    raise RequestFailed(f"the server failed the request: {error!r:.500}")
+
+
+def check_exit(frame: dict[str, Any]) -> None:
+    """Raise when a stream's ``Exit`` is a failure."""
+    error = failure(frame)
+    if error is not None:
+        raise_failure(error)
+
+
+def decode_batch(value: Any, cursor: Cursor | None) -> Batch:
+    """Decode one PullResponse, checking it continues ``cursor`` without a gap or duplicate."""
+    try:
+        backend_id = value["backendId"]
+        entries = value["batch"]
+        events = [decode_event(entry) for entry in entries]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolViolation(f"malformed PullResponse ({exc!r}): {value!r:.200}") from None
+    if not isinstance(backend_id, str):
+        raise ProtocolViolation("PullResponse.backendId is not a string")
+    last = cursor.seq if cursor is not None else 0
+    for event in events:
+        if event.seq_num <= last:
+            raise ProtocolViolation(f"event {event.seq_num} does not come after {last}")
+        last = event.seq_num
+    return Batch(events, Cursor(backend_id, last))
+
+
+def decode_event(entry: dict[str, Any]) -> Event:
+    """One ``PullResponse.batch`` entry (``eventEncoded`` and ``metadata``)."""
+    data = entry["eventEncoded"]
+    metadata = entry.get("metadata")
+    created_at = None
+    if isinstance(metadata, dict) and metadata.get("_tag") == "Some":
+        created_at = metadata["value"].get("createdAt")
+    seq, parent = data["seqNum"], data["parentSeqNum"]
+    if type(seq) is not int or type(parent) is not int:
+        raise ValueError("seqNum and parentSeqNum must be integers")
+    return Event(
+        name=data["name"],
+        args=data.get("args"),
+        seq_num=seq,
+        parent_seq_num=parent,
+        client_id=data["clientId"],
+        session_id=data["sessionId"],
+        created_at=created_at,
+    )
