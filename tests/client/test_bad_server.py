@@ -1,0 +1,35 @@
+"""gateway.client against a server that breaks the protocol: a clear exception, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from gateway.client import ProtocolViolation, connect
+from tests.helpers.timeouts import TIMEOUT_UNIT
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"not json",
+        b"[1,2]",
+        b'{"_tag":"Defect","defect":"Unknown request tag"}',
+        b'{"_tag":"Chunk","requestId":"0","values":[{"batch":[{"nope":1}],"backendId":"b"}]}',
+        b'{"_tag":"Chunk","requestId":"0","values":[{"batch":[{"eventEncoded":{"name":"e",'
+        b'"seqNum":0,"parentSeqNum":0,"clientId":"c","sessionId":"s"}}],"backendId":"b"}]}',
+    ],
+    ids=["not-json", "array", "defect", "no-event", "seq-not-after-cursor"],
+)
+async def test_a_malformed_frame_raises_protocol_violation(reply: bytes) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        async for _ in ws:
+            await ws.send(reply, text=True)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", "s", backoff_base=0.05) as store:
+            with pytest.raises(ProtocolViolation):
+                await asyncio.wait_for(anext(store.events()), 5 * TIMEOUT_UNIT)
