@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from gateway.client.model import ProtocolViolation, Refused
 from gateway.frames import ack_frame, request_frame
@@ -153,6 +153,8 @@ class Connection:
             if 400 <= status < 500:
                 raise Refused(status, code, message) from None
             raise OSError(f"handshake answered HTTP {status} {code}") from None
+        except InvalidHandshake as exc:  # the server went away mid-handshake
+            raise OSError(f"handshake failed: {exc}") from None
         return cls(ws)
 
     @property
