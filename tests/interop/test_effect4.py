@@ -577,8 +577,10 @@ async def test_effect4_and_livestore_040_clients_converge(
         await livestore.wait_rows(4, within=15)
 
         await livestore.commit("A", 1, start=3)
-        dump = await livestore.wait_rows(5, within=15)
-        assert dump["counters"]["serverAheadErrors"] == 0, dump["counters"]
+        await livestore.wait_rows(5, within=15)
+        # No serverAheadErrors == 0 here: the app may push A-3 before its sync head took in
+        # E-1/E-2 (its rows show them first); it then rebases, which is the protocol at work.
+        # The log below must come out the same either way.
 
         log = events_of(await e4.pull_all())
         ours = await livestore.dump()
