@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+from gateway import frames, protocol
 from gateway.client.model import (
     BackendIdMismatch,
     Batch,
@@ -17,11 +18,8 @@ from gateway.client.model import (
 
 def pull_payload(store_id: str, cursor: Cursor | None, *, live: bool) -> dict[str, Any]:
     """The payload of a ``SyncWsRpc.Pull`` after ``cursor`` (None: from the start)."""
-    option: dict[str, Any] = {"_tag": "None"}
-    if cursor is not None:
-        value = {"backendId": cursor.backend_id, "eventSequenceNumber": cursor.seq}
-        option = {"_tag": "Some", "value": value}
-    return {"storeId": store_id, "live": live, "cursor": option}
+    position = None if cursor is None else protocol.Cursor(cursor.backend_id, cursor.seq)
+    return frames.pull_payload(store_id, position, live=live)
 
 
 def failure(frame: dict[str, Any]) -> dict[str, Any] | None:
