@@ -24,15 +24,7 @@ from tests.helpers.timeouts import TIMEOUT_UNIT
     ids=["not-json", "array", "defect", "no-event", "seq-not-after-cursor"],
 )
 async def test_a_malformed_frame_raises_protocol_violation(reply: bytes) -> None:
-    async def handler(ws: ServerConnection) -> None:
-        async for _ in ws:
-            await ws.send(reply, text=True)
-
-    async with serve(handler, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", "s", backoff_base=0.05) as store:
-            with pytest.raises(ProtocolViolation):
-                await asyncio.wait_for(anext(store.events()), 5 * TIMEOUT_UNIT)
+    await _first_batch_raises(reply, ProtocolViolation)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +58,11 @@ async def test_a_failed_or_broken_answer_is_a_clear_exception(
 ) -> None:
     """A pull answered with a malformed Exit or Chunk, a defect or a typed failure raises the
     matching exception (not a hang, not a retry loop)."""
+    await _first_batch_raises(reply, error)
+
+
+async def _first_batch_raises(reply: bytes, error: type[Exception]) -> None:
+    """A server answering every frame with ``reply``: the first pull raises ``error``."""
 
     async def handler(ws: ServerConnection) -> None:
         async for _ in ws:

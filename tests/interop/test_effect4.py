@@ -39,6 +39,7 @@ from tests.interop.test_interop import (
     GatewayProcess,
     NodeClient,
     _running_gateway,
+    spawn_node,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -125,19 +126,7 @@ class Effect4Client:
             # INTEROP_LOG_FRAMES=1 logs every frame to the client's stderr (in failure messages).
             *(("--log-frames",) if os.environ.get("INTEROP_LOG_FRAMES") else ()),
         ]
-        env = {k: v for k, v in os.environ.items() if k != "INTEROP_SYNC_PAYLOAD"}
-        if sync_payload is not None:
-            env["INTEROP_SYNC_PAYLOAD"] = json.dumps(sync_payload)
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            *args,
-            cwd=EFFECT4_DIR,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=64 * 1024 * 1024,
-        )
+        proc = await spawn_node(EFFECT4_DIR, args, sync_payload)
         client = cls(name, transport, proc)
         try:
             await client.wait_lines(

@@ -164,6 +164,27 @@ class GatewayProcess:
 # A Node LiveStore client subprocess
 
 
+async def spawn_node(
+    cwd: Path, args: list[str], sync_payload: dict[str, Any] | None
+) -> asyncio.subprocess.Process:
+    """``node *args`` in ``cwd``, driven through its stdin/stdout as JSON lines."""
+    # The store's syncPayload (credentials) goes through the environment, not argv.
+    env = {k: v for k, v in os.environ.items() if k != "INTEROP_SYNC_PAYLOAD"}
+    if sync_payload is not None:
+        env["INTEROP_SYNC_PAYLOAD"] = json.dumps(sync_payload)
+    return await asyncio.create_subprocess_exec(
+        "node",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        # Dumps of 1,000 rows plus their events are one long JSON line.
+        limit=64 * 1024 * 1024,
+    )
+
+
 class ClientError(AssertionError):
     pass
 
@@ -219,21 +240,7 @@ class NodeClient:
             *(("--log-frames",) if os.environ.get("INTEROP_LOG_FRAMES") else ()),
             *extra_args,
         ]
-        # The store's syncPayload (credentials) goes through the environment, not argv.
-        env = {k: v for k, v in os.environ.items() if k != "INTEROP_SYNC_PAYLOAD"}
-        if sync_payload is not None:
-            env["INTEROP_SYNC_PAYLOAD"] = json.dumps(sync_payload)
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            *args,
-            cwd=INTEROP_DIR,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Dumps of 1,000 rows plus their events are one long JSON line.
-            limit=64 * 1024 * 1024,
-        )
+        proc = await spawn_node(INTEROP_DIR, args, sync_payload)
         client = cls(name, proc)
         try:
             client.ready_info = await client._expect(
