@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+# The database file inside the data directory.
+DATABASE_NAME = "gateway.sqlite3"
 # Most appends a writer transaction groups together.
 MAX_GROUP = 256
 # Seconds between WAL checkpoints.
@@ -79,7 +81,7 @@ class SqliteStore:
     """The default backend (``[store] backend = "sqlite"``)."""
 
     def __init__(self, data_dir: str | Path, *, synchronous: str = "full", readers: int = 2):
-        self.path = Path(data_dir) / "gateway.sqlite3"
+        self.path = Path(data_dir) / DATABASE_NAME
         self._synchronous = synchronous.upper()
         self._readers = readers
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
