@@ -38,6 +38,7 @@ import orjson
 from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import StoredEvent, StoreMeta, new_backend_id
+from gateway.store.pg_catalog import PostgresCatalog
 from gateway.store.pg_schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _driver_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, GatewayError)
 
 
-class PostgresStore:
+class PostgresStore(PostgresCatalog):
     """The multi-node backend (``[store] backend = "postgres"``)."""
 
     def __init__(
@@ -304,10 +305,13 @@ class PostgresStore:
         notice = orjson.dumps({"s": store_id, "h": new_head}).decode()
         async with self._connection() as conn, conn.transaction():
             updated = await conn.fetchval(
-                "UPDATE stores SET head = $3 WHERE store_id = $1 AND head = $2 RETURNING head",
+                "UPDATE stores SET head = $3, bytes = bytes + $4, last_ms = $5 "
+                "WHERE store_id = $1 AND head = $2 RETURNING head",
                 store_id,
                 expected_head,
                 new_head,
+                sum(len(e.data) for e in events),
+                created_ms,
             )
             if updated is None:
                 head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", store_id)
