@@ -23,6 +23,7 @@ from types import TracebackType
 from prometheus_client.core import Metric
 
 from gateway import metrics, protocol
+from gateway.admin.service import AdminService
 from gateway.admission import Admitted, PayloadContext, ValidatePayload
 from gateway.auth.gate import AuthGate
 from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig
@@ -95,6 +96,8 @@ class Gateway:
         )
         self.auth = AuthGate(config.auth)
         self.sessions = Sessions(self.settings, self.engine, self.auth.wait_push)
+        self.engine.on_retired = self._retired
+        self.admin = AdminService(self.store, self.engine, self.hub, self.sessions)
         self.endpoints = Endpoints(
             self.settings,
             ready=self.ready,
@@ -194,6 +197,11 @@ class Gateway:
             "pushes_accepted": self.engine.counters.pushes_accepted,
             "events_accepted": self.engine.counters.events_accepted,
         }
+
+    def _retired(self, store_id: str, what: str) -> None:
+        """A store was reset or deleted (here or on another node): its clients reconnect."""
+        reason = "store reset" if what == "reset" else "store deleted"
+        self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
         before_push = functools.partial(self.auth.wait_push, admitted.admission)

@@ -174,6 +174,9 @@ class CloseCode(enum.IntEnum):
     """The session's credential expired (``exp`` + grace passed)."""
     FORBIDDEN = 4003
     """After a reload, the session's credentials are no longer accepted."""
+    OPERATOR = 4004
+    """An operator closed the session: its store was reset or deleted, or it was
+    disconnected (admin API). The client may reconnect."""
 
 
 RECONNECT_RANGE = range(4000, 4500)

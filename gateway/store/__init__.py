@@ -121,10 +121,15 @@ class SharedEventStore(EventStore, Protocol):
     """A backend that several nodes write to: it announces every commit."""
 
     def set_commit_listener(
-        self, on_commit: Callable[[str, int], None], on_reconnect: Callable[[], None]
+        self,
+        on_commit: Callable[[str, int], None],
+        on_reconnect: Callable[[], None],
+        on_retired: Callable[[str, str], None] | None = None,
     ) -> None:
         """Call ``on_commit(store_id, head)`` for commits of any node (in any order, maybe
-        twice, maybe never: callers reconcile with :meth:`heads`)."""
+        twice, maybe never: callers reconcile with :meth:`heads`), ``on_reconnect()`` when
+        announcements may have been lost, and ``on_retired(store_id, "reset" | "delete")``
+        when another node reset or deleted a store."""
 
     async def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
         """The current heads of ``store_ids``."""

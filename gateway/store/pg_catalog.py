@@ -2,8 +2,8 @@
 
 A reset or a delete is one transaction that row-locks the store first, so it waits for an
 append in flight on any node and every later append sees the new head (or no store). It
-announces itself on the commit channel (``{"s": storeId, "x": "reset" | "delete"}``) so that
-every node drops what it holds of the store.
+announces itself on the commit channel (``{"s": storeId, "x": "reset" | "delete", "n": node}``)
+so that every other node drops what it holds of the store.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class PostgresCatalog:
     """Mixed into :class:`gateway.store.postgres.PostgresStore` (which provides connections)."""
 
     channel: str
+    node: str
 
     def _connection(self) -> AbstractAsyncContextManager[Conn]:
         raise NotImplementedError
@@ -105,5 +106,5 @@ class PostgresCatalog:
         return found is not None
 
     async def _announce(self, conn: Conn, store_id: str, what: str) -> None:
-        notice = orjson.dumps({"s": store_id, "x": what}).decode()
+        notice = orjson.dumps({"s": store_id, "x": what, "n": self.node}).decode()
         await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,6 +96,9 @@ class PostgresStore(PostgresCatalog):
         self._listen_task: asyncio.Task[None] | None = None
         self._on_commit: CommitListener | None = None
         self._on_reconnect: Callable[[], None] | None = None
+        self._on_retired: Callable[[str, str], None] | None = None
+        # Names this node in its reset/delete announcements (it acts on its own directly).
+        self.node = secrets.token_hex(8)
         self._listening = asyncio.Event()
         self._closed = False
 
@@ -155,24 +159,36 @@ class PostgresStore(PostgresCatalog):
                 await asyncio.wait_for(self._pool.close(), 5)
 
     def set_commit_listener(
-        self, on_commit: CommitListener, on_reconnect: Callable[[], None]
+        self,
+        on_commit: CommitListener,
+        on_reconnect: Callable[[], None],
+        on_retired: Callable[[str, str], None] | None = None,
     ) -> None:
         """``on_commit(store_id, head)`` for every announced commit (any node, this one too);
         ``on_reconnect()`` after the listening connection came back (notifications may have
-        been lost meanwhile)."""
+        been lost meanwhile); ``on_retired(store_id, what)`` for a reset or delete made by
+        another node."""
         self._on_commit = on_commit
         self._on_reconnect = on_reconnect
+        self._on_retired = on_retired
 
     # -- listening ------------------------------------------------------------------------
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
             message = orjson.loads(payload)  # type: ignore[arg-type]
-            store_id, head = message["s"], int(message["h"])
+            store_id = message["s"]
+            if "x" in message:
+                what, node = str(message["x"]), message.get("n")
+            else:
+                head = int(message["h"])
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring a malformed notification")
             return
-        if self._on_commit is not None:
+        if "x" in message:
+            if node != self.node and self._on_retired is not None:
+                self._on_retired(store_id, what)
+        elif self._on_commit is not None:
             self._on_commit(store_id, head)
 
     async def _listen_forever(self) -> None:
