@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.engine import SyncEngine
 from gateway.hub import Hub
-from gateway.store import EventStore, StoreInfo, StoreMeta
+from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta
 from gateway.transport.sessions import Sessions, SessionView
 
 audit = logging.getLogger("gateway.audit")
@@ -72,6 +72,10 @@ class AdminService:
         if info is None:
             return None
         return store_view(info, self._hub.subscriber_count(store_id))
+
+    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+        """Events ``after < seq <= upto`` of the store's log (an export's step)."""
+        return await self._store.read(store_id, after, upto, limit)
 
     async def reset(self, store_id: str, *, actor: str) -> StoreMeta | None:
         """Empty the store's log under a new backendId; None if there is no such store."""
