@@ -23,9 +23,12 @@ from types import TracebackType
 from prometheus_client.core import Metric
 
 from gateway import metrics, protocol
+from gateway.admin.api import AdminApi
+from gateway.admin.server import AdminServer
+from gateway.admin.service import AdminService
 from gateway.admission import Admitted, PayloadContext, ValidatePayload
 from gateway.auth.gate import AuthGate
-from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig
+from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig, parse_listen
 from gateway.engine import SyncEngine
 from gateway.errors import ConfigError, Refusal, StoreError
 from gateway.hub import Hub
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 RESTART_ONLY = (
     ("server", "host"),
     ("server", "port"),
+    ("admin", "listen"),
     *(("store", f.name) for f in dataclasses.fields(StoreConfig) if f.name != "unload_idle_after"),
 )
 
@@ -95,6 +99,9 @@ class Gateway:
         )
         self.auth = AuthGate(config.auth)
         self.sessions = Sessions(self.settings, self.engine, self.auth.wait_push)
+        self.engine.on_retired = self._retired
+        self.admin = AdminService(self.store, self.engine, self.hub, self.sessions)
+        self.admin_server: AdminServer | None = None
         self.endpoints = Endpoints(
             self.settings,
             ready=self.ready,
@@ -127,12 +134,27 @@ class Gateway:
         except BaseException:
             await self.store.close()
             raise
+        if self.config.admin.token:
+            await self._start_admin()
         self.sessions.start()
         loop = asyncio.get_running_loop()
         if self.engine.shared:
             self._background.append(loop.create_task(self.engine.reconcile_forever()))
         self._background.append(loop.create_task(self._unload_forever()))
         self._started = True
+
+    async def _start_admin(self) -> None:
+        """The admin API on its own listener (only when an admin token is configured)."""
+        host, port = parse_listen(self.config.admin.listen)
+        api = AdminApi(self.settings, self.admin, self.auth.failures)
+        self.admin_server = AdminServer(api, host, port, ssl_context=self.listener.tls)
+        try:
+            await self.admin_server.start()
+        except BaseException:
+            await self.listener.close(1.0)
+            await self.store.close()
+            raise
+        logger.info("admin API listening on %s", self.admin_server.url)
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -194,6 +216,11 @@ class Gateway:
             "pushes_accepted": self.engine.counters.pushes_accepted,
             "events_accepted": self.engine.counters.events_accepted,
         }
+
+    def _retired(self, store_id: str, what: str) -> None:
+        """A store was reset or deleted (here or on another node): its clients reconnect."""
+        reason = "store reset" if what == "reset" else "store deleted"
+        self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
         before_push = functools.partial(self.auth.wait_push, admitted.admission)
@@ -263,6 +290,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.listener.stop_accepting()
+        if self.admin_server is not None:
+            await self.admin_server.close()
         self.sessions.stop()
         try:
             async with asyncio.timeout_at(deadline - timeout / 2):

@@ -24,6 +24,7 @@ from websockets.exceptions import InvalidHandshake
 
 from gateway import __version__, frames, log, protocol
 from gateway.app import Gateway
+from gateway.backup import DATABASE_NAME, BackupError, backup
 from gateway.config import HMAC_ALGORITHMS, Config
 from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
 from gateway.errors import ConfigError, StoreError
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
     tail.add_argument("--store", required=True, help="the storeId")
     tail.add_argument("--from", dest="after", type=int, default=0, help="start after this seqNum")
+
+    backup = commands.add_parser(
+        "backup", help="copy the SQLite log consistently, while the server runs"
+    )
+    backup.add_argument("--to", required=True, type=Path, help="the backup file to create")
+    backup.add_argument("--config", help="TOML configuration file (for the data directory)")
+    backup.add_argument("--data-dir", help="directory of the SQLite log (overrides [store])")
+    backup.add_argument("--force", action="store_true", help="replace the backup file if it exists")
 
     token = commands.add_parser("token", help="mint or inspect JWTs")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -199,6 +208,27 @@ async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace, config: Config) -> int:
+    if args.data_dir is None and config.store.backend != "sqlite":
+        print(
+            f"gateway: the store backend is {config.store.backend}: back it up with its own "
+            "tools (pg_dump); gateway backup copies the SQLite log",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    source = Path(args.data_dir or config.store.data_dir) / DATABASE_NAME
+    try:
+        report = backup(source, args.to, overwrite=args.force)
+    except BackupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"backup written to {report.path}: stores={report.stores} events={report.events} "
+        f"bytes={report.size}"
+    )
+    return 0
+
+
 def _claim_value(text: str) -> object:
     try:
         return json.loads(text)
@@ -274,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(config)
     if args.command == "stats":
         return _stats(args, config)
+    if args.command == "backup":
+        return _backup(args, config)
     log.setup(config.log.level, config.log.format)
     if args.command == "tail":
         try:

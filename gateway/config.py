@@ -160,6 +160,35 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    # The admin API's bearer token (at least 24 characters); without one the API is off.
+    # Keep it out of the file: token_file, GATEWAY_ADMIN_TOKEN or the systemd credential
+    # admin_token.
+    token: str = ""
+    token_file: str = ""
+    # host:port of the admin API's own listener; loopback unless you firewall it. Port 0
+    # picks a free one (logged).
+    listen: str = "127.0.0.1:8788"
+
+
+# Shortest admin token accepted: it guards destructive actions on every store.
+MIN_ADMIN_TOKEN = 24
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a (host, port) pair.
+
+    Raises:
+        ValueError: not ``host:port`` with a port in 0-65535.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -167,6 +196,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 class LiveConfig:
@@ -231,6 +261,23 @@ def _validate_server(server: ServerConfig) -> None:
             raise ConfigError(f"server.forward_headers: {name!r} is not a header name")
 
 
+def _validate_admin(config: Config) -> None:
+    admin = config.admin
+    try:
+        parse_listen(admin.listen)
+    except ValueError as exc:
+        raise ConfigError(f"admin.listen: {exc}") from None
+    if not admin.token:
+        return
+    if len(admin.token) < MIN_ADMIN_TOKEN or admin.token.strip() != admin.token:
+        raise ConfigError(
+            f"admin.token: at least {MIN_ADMIN_TOKEN} characters, no surrounding spaces "
+            "(e.g. openssl rand -hex 24)"
+        )
+    if admin.token == config.auth.bypass_token:
+        raise ConfigError("admin.token: must differ from the server bypass token")
+
+
 def validate(config: Config) -> Config:
     """``config`` when every value is acceptable; else ConfigError naming the key."""
     _validate_server(config.server)
@@ -254,6 +301,7 @@ def validate(config: Config) -> Config:
         if getattr(limits, name) < 1:
             raise ConfigError(f"limits.{name}: must be positive")
     _validate_auth(config.auth)
+    _validate_admin(config)
     if config.auth.require_auth and config.auth.cookie_name:
         # A browser attaches the cookie to a WebSocket opened by any site (browsers apply no
         # CORS to WebSockets): cookie auth needs an Origin allowlist.

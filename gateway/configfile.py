@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.config import (
+    AdminConfig,
     AuthConfig,
     Config,
     LimitsConfig,
@@ -38,6 +39,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "admin": AdminConfig,
 }
 
 # Environment names used by the seed deployments, accepted as they are.
@@ -56,6 +58,7 @@ SECRET_KEYS: tuple[tuple[str, str], ...] = (
     ("auth", "jwt_secret"),
     ("auth", "jwt_previous_secret"),
     ("auth", "bypass_token"),
+    ("admin", "token"),
 )
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.follow import READ_BATCH, Follower, StoreState
 from gateway.hub import Hub, Subscription
+from gateway.lifecycle import RetiredHook, StoreLifecycle
 from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
 from gateway.store import EventStore, SharedEventStore
@@ -54,7 +55,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SyncEngine(Follower):
+class SyncEngine(Follower, StoreLifecycle):
     """Push admission and pull catch-up of one node (commits of other nodes: Follower)."""
 
     def __init__(
@@ -71,6 +72,9 @@ class SyncEngine(Follower):
         self.counters = self.metrics.counters
         self._states: dict[str, StoreState] = {}
         self._loading: dict[str, asyncio.Future[StoreState]] = {}
+        self._retiring: dict[str, asyncio.Future[None]] = {}
+        self.on_retired: RetiredHook | None = None
+        """Called after a store was reset or deleted (here or on another node)."""
         self._admissions: set[asyncio.Task[RpcFailure | None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         # Commits announced while a store was loading (shared backends).
@@ -79,7 +83,7 @@ class SyncEngine(Follower):
         self.shared = hasattr(store, "set_commit_listener")
         if self.shared:
             shared: SharedEventStore = store  # type: ignore[assignment]
-            shared.set_commit_listener(self.on_commit, self.on_reconnect)
+            shared.set_commit_listener(self.on_commit, self.on_reconnect, self.on_retired_elsewhere)
 
     @property
     def stores_loaded(self) -> int:
@@ -118,6 +122,9 @@ class SyncEngine(Follower):
         if state is not None:
             state.used = time.monotonic()
             return state
+        if store_id in self._retiring:
+            await self._await_retiring(store_id)
+            return await self.state(store_id)
         loading = self._loading.get(store_id)
         if loading is None:
             loading = asyncio.get_running_loop().create_future()
@@ -189,6 +196,11 @@ class SyncEngine(Follower):
 
     async def _admit(self, state: StoreState, batch: list[NewEvent]) -> RpcFailure | None:
         async with state.lock:
+            if state.retired:
+                # Reset or deleted while this push waited: the client's log is another's.
+                fresh = await self.state(state.store_id)
+                self.counters.pushes_rejected["backend_mismatch"] += 1
+                return BackendIdMismatch(fresh.backend_id, state.backend_id)
             parent = batch[0].parent
             # The head never moves back, so an older parent is stale for sure. A newer one
             # may be right when other nodes wrote meanwhile: the log decides.

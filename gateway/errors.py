@@ -116,6 +116,7 @@ class RefusalCode(enum.StrEnum):
     ORIGIN_FORBIDDEN = "ORIGIN_FORBIDDEN", HTTPStatus.FORBIDDEN
     # 404 and friends: the request does not fit an endpoint
     NOT_FOUND = "NOT_FOUND", HTTPStatus.NOT_FOUND
+    STORE_NOT_FOUND = "STORE_NOT_FOUND", HTTPStatus.NOT_FOUND
     TRANSPORT_DISABLED = "TRANSPORT_DISABLED", HTTPStatus.NOT_FOUND
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED", HTTPStatus.METHOD_NOT_ALLOWED
     LENGTH_REQUIRED = "LENGTH_REQUIRED", HTTPStatus.LENGTH_REQUIRED
@@ -174,6 +175,9 @@ class CloseCode(enum.IntEnum):
     """The session's credential expired (``exp`` + grace passed)."""
     FORBIDDEN = 4003
     """After a reload, the session's credentials are no longer accepted."""
+    OPERATOR = 4004
+    """An operator closed the session: its store was reset or deleted, or it was
+    disconnected (admin API). The client may reconnect."""
 
 
 RECONNECT_RANGE = range(4000, 4500)

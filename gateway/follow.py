@@ -37,6 +37,8 @@ class StoreState:
     empty_tail: bytes = b""
     # time.monotonic() of the last use: unloading waits until a store has been idle.
     used: float = 0.0
+    # Reset or deleted by an operator: whoever still holds this state must let go of it.
+    retired: bool = False
 
 
 class Follower:
@@ -124,7 +126,7 @@ class Follower:
 
         Called with ``state.lock`` held; advances ``state.head`` as it goes.
         """
-        while state.head < target:
+        while state.head < target and not state.retired:
             rows = await self.store.read(state.store_id, state.head, target, READ_BATCH)
             if not rows:
                 # The head moved but no row is visible yet; a later notification retries.

@@ -21,6 +21,7 @@ __all__ = [
     "HeadMismatch",
     "SharedEventStore",
     "StoreError",
+    "StoreInfo",
     "StoreMeta",
     "StoredEvent",
     "new_backend_id",
@@ -39,6 +40,27 @@ class StoredEvent:
 class StoreMeta:
     backend_id: str
     head: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """What the operator sees of a store (``gateway stores``, the admin API).
+
+    Attributes:
+        store_id: The store.
+        backend_id: The identity of its log (changes on reset).
+        head: The seqNum of its last event (0: empty).
+        bytes: The size of its events as stored.
+        created_ms: When it was created (or last reset), in ms since the epoch.
+        last_write_ms: When its last event was written, None if it has none.
+    """
+
+    store_id: str
+    backend_id: str
+    head: int
+    bytes: int
+    created_ms: int
+    last_write_ms: int | None
 
 
 class EventStore(Protocol):
@@ -75,15 +97,39 @@ class EventStore(Protocol):
     def forget(self, store_id: str) -> None:
         """Drop what is cached in memory about ``store_id`` (the engine unloaded it)."""
 
+    # -- the operator's catalog (gateway.admin) --------------------------------------------
+
+    async def list_stores(
+        self, *, prefix: str = "", after: str = "", limit: int = 100
+    ) -> list[StoreInfo]:
+        """Stores whose id starts with ``prefix`` and sorts after ``after`` (a page), in
+        storeId order (byte order of the UTF-8 text), at most ``limit``."""
+
+    async def store_info(self, store_id: str) -> StoreInfo | None:
+        """One store, None if it does not exist (never creates it)."""
+
+    async def reset_store(self, store_id: str) -> StoreMeta | None:
+        """Empty the store's log and give it a new backendId, atomically; None if it does not
+        exist. Appends that expected the old head fail from then on."""
+
+    async def delete_store(self, store_id: str) -> bool:
+        """Remove the store and its log; the next ``ensure_store`` creates a new one with a new
+        backendId. False if it did not exist."""
+
 
 class SharedEventStore(EventStore, Protocol):
     """A backend that several nodes write to: it announces every commit."""
 
     def set_commit_listener(
-        self, on_commit: Callable[[str, int], None], on_reconnect: Callable[[], None]
+        self,
+        on_commit: Callable[[str, int], None],
+        on_reconnect: Callable[[], None],
+        on_retired: Callable[[str, str], None] | None = None,
     ) -> None:
         """Call ``on_commit(store_id, head)`` for commits of any node (in any order, maybe
-        twice, maybe never: callers reconcile with :meth:`heads`)."""
+        twice, maybe never: callers reconcile with :meth:`heads`), ``on_reconnect()`` when
+        announcements may have been lost, and ``on_retired(store_id, "reset" | "delete")``
+        when another node reset or deleted a store."""
 
     async def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
         """The current heads of ``store_ids``."""

@@ -6,7 +6,7 @@ import asyncpg
 
 from gateway.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -24,6 +24,15 @@ MIGRATIONS: dict[int, str] = {
             data        bytea  NOT NULL,
             PRIMARY KEY (store_id, seq)
         );
+    """,
+    # Per-store size and last write, kept by every append (the operator's catalog).
+    2: """
+        ALTER TABLE stores ADD COLUMN IF NOT EXISTS bytes bigint NOT NULL DEFAULT 0;
+        ALTER TABLE stores ADD COLUMN IF NOT EXISTS last_ms bigint;
+        UPDATE stores SET
+            bytes = coalesce((SELECT sum(length(data)) FROM events e
+                              WHERE e.store_id = stores.store_id), 0),
+            last_ms = (SELECT max(created_ms) FROM events e WHERE e.store_id = stores.store_id);
     """,
 }
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,8 @@ import orjson
 from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import StoredEvent, StoreMeta, new_backend_id
+from gateway.store.pg_catalog import PostgresCatalog
+from gateway.store.pg_listen import PostgresListener
 from gateway.store.pg_schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def _driver_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, GatewayError)
 
 
-class PostgresStore:
+class PostgresStore(PostgresCatalog, PostgresListener):
     """The multi-node backend (``[store] backend = "postgres"``)."""
 
     def __init__(
@@ -94,6 +96,9 @@ class PostgresStore:
         self._listen_task: asyncio.Task[None] | None = None
         self._on_commit: CommitListener | None = None
         self._on_reconnect: Callable[[], None] | None = None
+        self._on_retired: Callable[[str, str], None] | None = None
+        # Names this node in its reset/delete announcements (it acts on its own directly).
+        self.node = secrets.token_hex(8)
         self._listening = asyncio.Event()
         self._closed = False
 
@@ -152,58 +157,6 @@ class PostgresStore:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)
-
-    def set_commit_listener(
-        self, on_commit: CommitListener, on_reconnect: Callable[[], None]
-    ) -> None:
-        """``on_commit(store_id, head)`` for every announced commit (any node, this one too);
-        ``on_reconnect()`` after the listening connection came back (notifications may have
-        been lost meanwhile)."""
-        self._on_commit = on_commit
-        self._on_reconnect = on_reconnect
-
-    # -- listening ------------------------------------------------------------------------
-
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            message = orjson.loads(payload)  # type: ignore[arg-type]
-            store_id, head = message["s"], int(message["h"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring a malformed notification")
-            return
-        if self._on_commit is not None:
-            self._on_commit(store_id, head)
-
-    async def _listen_forever(self) -> None:
-        delay = 0.1
-        first = True
-        while not self._closed:
-            lost = asyncio.Event()
-            try:
-                conn = await self._connect()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(self.channel, self._notified)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                logger.warning("postgres listener: cannot connect (%s); retrying", exc)
-                await asyncio.sleep(delay * (1 + random.random()))  # noqa: S311 - jitter
-                delay = min(delay * 2, 10.0)
-                continue
-            self._listener = conn
-            self._listening.set()
-            delay = 0.1
-            if not first:
-                logger.info("postgres listener reconnected; reconciling stores")
-            if not first and self._on_reconnect is not None:
-                self._on_reconnect()
-            first = False
-            try:
-                await lost.wait()
-            finally:
-                self._listening.clear()
-                self._listener = None
-                with contextlib.suppress(Exception):
-                    conn.terminate()
-            logger.warning("postgres listener connection lost")
 
     # -- the contract ---------------------------------------------------------------------
 
@@ -304,10 +257,13 @@ class PostgresStore:
         notice = orjson.dumps({"s": store_id, "h": new_head}).decode()
         async with self._connection() as conn, conn.transaction():
             updated = await conn.fetchval(
-                "UPDATE stores SET head = $3 WHERE store_id = $1 AND head = $2 RETURNING head",
+                "UPDATE stores SET head = $3, bytes = bytes + $4, last_ms = $5 "
+                "WHERE store_id = $1 AND head = $2 RETURNING head",
                 store_id,
                 expected_head,
                 new_head,
+                sum(len(e.data) for e in events),
+                created_ms,
             )
             if updated is None:
                 head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", store_id)

@@ -24,34 +24,19 @@ from typing import Any, TypeVar
 
 from gateway.protocol import NewEvent
 from gateway.store import HeadMismatch, StoredEvent, StoreError, StoreMeta, new_backend_id
+from gateway.store.sqlite_catalog import NEXT_SID, SqliteCatalog
+from gateway.store.sqlite_schema import migrate
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# The database file inside the data directory.
+DATABASE_NAME = "gateway.sqlite3"
 # Most appends a writer transaction groups together.
 MAX_GROUP = 256
 # Seconds between WAL checkpoints.
 CHECKPOINT_INTERVAL = 1.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stores (
-    id          INTEGER PRIMARY KEY,
-    store_id    TEXT    NOT NULL UNIQUE,
-    backend_id  TEXT    NOT NULL,
-    head        INTEGER NOT NULL,
-    created_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    sid         INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    parent      INTEGER NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    data        BLOB    NOT NULL,
-    PRIMARY KEY (sid, seq)
-) WITHOUT ROWID;
-"""
 
 
 class _Job:
@@ -75,11 +60,11 @@ def _resolve(results: _Results) -> None:
             future.set_exception(error)
 
 
-class SqliteStore:
+class SqliteStore(SqliteCatalog):
     """The default backend (``[store] backend = "sqlite"``)."""
 
     def __init__(self, data_dir: str | Path, *, synchronous: str = "full", readers: int = 2):
-        self.path = Path(data_dir) / "gateway.sqlite3"
+        self.path = Path(data_dir) / DATABASE_NAME
         self._synchronous = synchronous.upper()
         self._readers = readers
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -91,6 +76,7 @@ class SqliteStore:
         self._sids: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._purger: asyncio.Task[None] | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
         # Set after each completed checkpoint (operators' tests wait on it).
@@ -127,10 +113,12 @@ class SqliteStore:
             target=self._checkpointer, name="sqlite-checkpoint", daemon=True
         )
         self._checkpoint_thread.start()
+        self._start_purge()  # what a reset or delete left when the server stopped
 
     async def close(self) -> None:
         if self._closed:
             return
+        await self._stop_purge()
         self._closed = True
         self._checkpoint_stop.set()
         if self._checkpoint_thread is not None:
@@ -176,14 +164,7 @@ class SqliteStore:
         assert loop is not None
         try:
             conn = self._connect(readonly=False)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: schema version {version} is newer than this gateway "
-                    f"({SCHEMA_VERSION})"
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(conn, self.path)
         except BaseException as exc:
             failed: _Results = [(ready, None, _as_store_error(exc))]
             loop.call_soon_threadsafe(_resolve, failed)
@@ -294,13 +275,14 @@ class SqliteStore:
                 "SELECT id, backend_id, head FROM stores WHERE store_id = ?", (store_id,)
             ).fetchone()
             if row is None:
-                cursor = conn.execute(
-                    "INSERT INTO stores (store_id, backend_id, head, created_ms) "
-                    "VALUES (?, ?, 0, ?)",
-                    (store_id, new_backend_id(), int(time.time() * 1000)),
+                (sid,) = conn.execute(NEXT_SID).fetchone()
+                conn.execute(
+                    "INSERT INTO stores (id, store_id, backend_id, head, created_ms) "
+                    "VALUES (?, ?, ?, 0, ?)",
+                    (sid, store_id, new_backend_id(), int(time.time() * 1000)),
                 )
                 row = conn.execute(
-                    "SELECT id, backend_id, head FROM stores WHERE id = ?", (cursor.lastrowid,)
+                    "SELECT id, backend_id, head FROM stores WHERE id = ?", (sid,)
                 ).fetchone()
             return int(row[0]), str(row[1]), int(row[2])
 
@@ -333,17 +315,21 @@ class SqliteStore:
         sid = await self._sid(store_id)
         rows = [(sid, e.seq, e.parent, created_ms, e.data) for e in events]
         new_head = events[-1].seq
+        size = sum(len(e.data) for e in events)
 
         def append(conn: sqlite3.Connection) -> None:
             # The head check and the head move in one statement; the inserts follow in the
             # same transaction (a duplicate seqNum rolls the whole job back).
             moved = conn.execute(
-                "UPDATE stores SET head = ? WHERE id = ? AND head = ?",
-                (new_head, sid, expected_head),
+                "UPDATE stores SET head = ?, bytes = bytes + ?, last_ms = ? "
+                "WHERE id = ? AND head = ?",
+                (new_head, size, created_ms, sid, expected_head),
             ).rowcount
             if moved != 1:
-                (head,) = conn.execute("SELECT head FROM stores WHERE id = ?", (sid,)).fetchone()
-                raise HeadMismatch(int(head))
+                row = conn.execute("SELECT head FROM stores WHERE id = ?", (sid,)).fetchone()
+                if row is None:  # reset or deleted since the sid was looked up
+                    raise StoreError(f"store {store_id!r} was reset or deleted")
+                raise HeadMismatch(int(row[0]))
             conn.executemany(
                 "INSERT INTO events (sid, seq, parent, created_ms, data) VALUES (?, ?, ?, ?, ?)",
                 rows,

@@ -39,6 +39,22 @@ PushGate = Callable[[Admission], Awaitable[None]]
 Recheck = Callable[[PayloadContext], Awaitable[Refusal | float | None]]
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SessionView:
+    """One open session as an operator sees it (never its token)."""
+
+    store_id: str
+    subject: str
+    instance_id: str | None
+    reason: str
+    transport: str
+    remote_addr: str | None
+    connected_at: float
+    """Wall-clock time (seconds since the epoch) the session opened."""
+    expires_at: float | None
+    """When its credential stops being accepted (``exp`` + grace), if ever."""
+
+
 class SessionInfo:
     """What a connection's handshake admitted, kept for its session and reload checks."""
 
@@ -83,6 +99,60 @@ class Sessions:
     def sessions(self) -> list[WsConnection]:
         """Open WebSocket sessions."""
         return [c for c in self._open if c.open]
+
+    def describe(self) -> list[SessionView]:
+        """What an operator sees of each open session (``gateway sessions``)."""
+        now, wall = time.monotonic(), time.time()
+        views = []
+        for connection in self.sessions():
+            info = _info(connection)
+            admission = info.admission
+            views.append(
+                SessionView(
+                    store_id=info.context.store_id,
+                    subject=admission.subject,
+                    instance_id=admission.instance_id,
+                    reason=admission.reason,
+                    transport="ws",
+                    remote_addr=info.context.remote_addr,
+                    connected_at=wall - (now - info.started),
+                    expires_at=admission.expires_at,
+                )
+            )
+        return views
+
+    def disconnect(
+        self,
+        *,
+        store_id: str | None = None,
+        subject: str | None = None,
+        instance_id: str | None = None,
+        reason: str,
+    ) -> int:
+        """Close the sessions matching every given filter with close code 4004; returns how
+        many. At least one filter is required."""
+        if store_id is None and subject is None and instance_id is None:
+            raise ValueError("disconnect needs a store, a subject or an instance")
+        closed = 0
+        for connection in self.sessions():
+            info = _info(connection)
+            admission = info.admission
+            if (
+                (store_id is not None and info.context.store_id != store_id)
+                or (subject is not None and admission.subject != subject)
+                or (instance_id is not None and admission.instance_id != instance_id)
+            ):
+                continue
+            logger.info(
+                "closing store=%s subject=%s instance=%s: %s",
+                info.context.store_id,
+                admission.subject,
+                admission.instance_id,
+                reason,
+            )
+            connection.close(CloseCode.OPERATOR, reason)
+            closed += 1
+        return closed
 
     def by_store_and_subject(self) -> tuple[Counter[str], Counter[str]]:
         by_store: Counter[str] = Counter()

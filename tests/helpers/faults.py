@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.protocol import NewEvent
-from gateway.store import StoredEvent, StoreMeta
+from gateway.store import StoredEvent, StoreInfo, StoreMeta
 from gateway.store.sqlite import SqliteStore
 
 _SETUP = """
@@ -109,3 +109,21 @@ class RaisingStore:
 
     def forget(self, store_id: str) -> None:
         self.inner.forget(store_id)
+
+    async def list_stores(
+        self, *, prefix: str = "", after: str = "", limit: int = 100
+    ) -> list[StoreInfo]:
+        self._fault("list_stores")
+        return await self.inner.list_stores(prefix=prefix, after=after, limit=limit)
+
+    async def store_info(self, store_id: str) -> StoreInfo | None:
+        self._fault("store_info")
+        return await self.inner.store_info(store_id)
+
+    async def reset_store(self, store_id: str) -> StoreMeta | None:
+        self._fault("reset_store")
+        return await self.inner.reset_store(store_id)
+
+    async def delete_store(self, store_id: str) -> bool:
+        self._fault("delete_store")
+        return await self.inner.delete_store(store_id)

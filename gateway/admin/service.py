@@ -1,0 +1,145 @@
+"""The operator's actions on one node: list, show, reset and delete stores; list and
+disconnect sessions. Transport-neutral: the admin API and the tests call it directly.
+
+Reset and delete go through the engine (:meth:`gateway.lifecycle.StoreLifecycle.retire`):
+a push in flight finishes first, the store's sessions are closed (4004) on every node, and
+their clients learn the new backendId when they reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from gateway.engine import SyncEngine
+from gateway.hub import Hub
+from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta
+from gateway.transport.sessions import Sessions, SessionView
+
+audit = logging.getLogger("gateway.audit")
+
+MAX_PAGE = 1000
+
+
+def store_view(info: StoreInfo, live_subscribers: int) -> dict[str, Any]:
+    """A store as the admin API shows it (camelCase, like the sync protocol)."""
+    return {
+        "storeId": info.store_id,
+        "backendId": info.backend_id,
+        "head": info.head,
+        "bytes": info.bytes,
+        "createdAt": info.created_ms,
+        "lastWriteAt": info.last_write_ms,
+        "liveSubscribers": live_subscribers,
+    }
+
+
+def session_view(view: SessionView) -> dict[str, Any]:
+    data = asdict(view)
+    return {
+        "storeId": data["store_id"],
+        "subject": data["subject"],
+        "instanceId": data["instance_id"],
+        "reason": data["reason"],
+        "transport": data["transport"],
+        "remoteAddr": data["remote_addr"],
+        "connectedAt": round(data["connected_at"], 3),
+        "expiresAt": data["expires_at"],
+    }
+
+
+class AdminService:
+    """What an operator can do to this node (and, through the shared log, to the others)."""
+
+    def __init__(self, store: EventStore, engine: SyncEngine, hub: Hub, sessions: Sessions):
+        self._store = store
+        self._engine = engine
+        self._hub = hub
+        self._sessions = sessions
+
+    async def stores(
+        self, *, prefix: str = "", after: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """A page of stores in storeId order (``limit`` capped at :data:`MAX_PAGE`)."""
+        infos = await self._store.list_stores(
+            prefix=prefix, after=after, limit=max(1, min(limit, MAX_PAGE))
+        )
+        return [store_view(i, self._hub.subscriber_count(i.store_id)) for i in infos]
+
+    async def store(self, store_id: str) -> dict[str, Any] | None:
+        info = await self._store.store_info(store_id)
+        if info is None:
+            return None
+        return store_view(info, self._hub.subscriber_count(store_id))
+
+    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+        """Events ``after < seq <= upto`` of the store's log (an export's step)."""
+        return await self._store.read(store_id, after, upto, limit)
+
+    async def reset(self, store_id: str, *, actor: str) -> StoreMeta | None:
+        """Empty the store's log under a new backendId; None if there is no such store."""
+        meta = await self._engine.retire(
+            store_id, "reset", lambda: self._store.reset_store(store_id)
+        )
+        audit.info(
+            "action=store.reset store=%s actor=%s outcome=%s",
+            store_id,
+            actor,
+            "done" if meta else "not_found",
+        )
+        return meta
+
+    async def delete(self, store_id: str, *, actor: str) -> bool:
+        """Remove the store; False if there was none."""
+        deleted = await self._engine.retire(
+            store_id, "delete", lambda: self._store.delete_store(store_id)
+        )
+        audit.info(
+            "action=store.delete store=%s actor=%s outcome=%s",
+            store_id,
+            actor,
+            "done" if deleted else "not_found",
+        )
+        return bool(deleted)
+
+    def sessions(
+        self,
+        *,
+        store_id: str | None = None,
+        subject: str | None = None,
+        instance_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """This node's open sessions matching every given filter."""
+        return [
+            session_view(view)
+            for view in self._sessions.describe()
+            if (store_id is None or view.store_id == store_id)
+            and (subject is None or view.subject == subject)
+            and (instance_id is None or view.instance_id == instance_id)
+        ]
+
+    def disconnect(
+        self,
+        *,
+        store_id: str | None = None,
+        subject: str | None = None,
+        instance_id: str | None = None,
+        actor: str,
+    ) -> int:
+        """Close this node's sessions matching every given filter (4004); how many."""
+        closed = self._sessions.disconnect(
+            store_id=store_id,
+            subject=subject,
+            instance_id=instance_id,
+            reason="disconnected by operator",
+        )
+        audit.info(
+            "action=sessions.disconnect store=%s subject=%s instance=%s actor=%s closed=%d",
+            store_id,
+            subject,
+            instance_id,
+            actor,
+            closed,
+        )
+        return closed
