@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl as ssl_module
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -35,6 +33,7 @@ import orjson
 from gateway import frames, protocol
 from gateway.client.connection import Closed, Message, Opener, _refusal_body
 from gateway.client.decode import check_exit
+from gateway.client.http11 import Http11, Response
 from gateway.client.model import ClientError, ProtocolViolation, Refused
 
 POLL_INTERVAL: Final = 1.0
@@ -42,9 +41,6 @@ POLL_INTERVAL: Final = 1.0
 CONNECT_TIMEOUT: Final = 10.0
 REQUEST_TIMEOUT: Final = 60.0
 """The bound on one exchange (request written, whole answer read), in seconds."""
-# How long an idle connection is reused when the server did not say (Keep-Alive: timeout=N;
-# then half of N): reusing one the server is closing loses the request.
-_IDLE_REUSE: Final = 2.0
 _HTTP_TAGS: Final = {
     protocol.TAG_WS_PULL: protocol.TAG_HTTP_PULL,
     protocol.TAG_WS_PUSH: protocol.TAG_HTTP_PUSH,
@@ -57,76 +53,6 @@ class _Lost(Exception):
     def __init__(self, closed: Closed) -> None:
         super().__init__(closed.reason)
         self.closed = closed
-
-
-@dataclass(frozen=True, slots=True)
-class _Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    keep_alive: bool
-
-
-class _Http11:
-    """One HTTP/1.1 connection: one exchange at a time, kept alive between them."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.answered = False
-        """Whether a response head arrived during the current exchange."""
-        self.reusable_until = 0.0
-
-    @property
-    def reusable(self) -> bool:
-        return (
-            time.monotonic() < self.reusable_until
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
-        )
-
-    async def exchange(self, data: bytes) -> _Response:
-        """Write one request and read its answer (OSError, EOFError: the connection failed)."""
-        self.answered = False
-        self.writer.write(data)
-        await self.writer.drain()
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise ProtocolViolation("the server's response head is too large") from None
-        self.answered = True
-        lines = head[:-4].decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status_text = rest[:3]
-        if not version.startswith("HTTP/1.") or not status_text.isdigit():
-            raise ProtocolViolation(f"not an HTTP/1.1 response: {lines[0]!r:.100}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ProtocolViolation(f"malformed response header: {line!r:.100}")
-            headers[name.strip().lower()] = value.strip()
-        length = headers.get("content-length")
-        if length is None or "transfer-encoding" in headers:
-            # Only a Content-Length body is read; an error status needs none, a 200 does.
-            return _Response(int(status_text), headers, b"", keep_alive=False)
-        if not length.isdigit():
-            raise ProtocolViolation(f"invalid Content-Length: {length!r:.50}")
-        body = await self.reader.readexactly(int(length))
-        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        return _Response(int(status_text), headers, body, keep_alive)
-
-    def idle(self, headers: dict[str, str]) -> None:
-        """The exchange is over and the connection may be reused for a while."""
-        window = _IDLE_REUSE
-        for param in headers.get("keep-alive", "").split(","):
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "timeout" and value.isdigit():
-                window = int(value) / 2
-        self.reusable_until = time.monotonic() + window
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 class HttpSession:
@@ -168,8 +94,8 @@ class HttpSession:
         self._ids = itertools.count()
         self._requests: dict[str, asyncio.Queue[Message]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._idle: list[_Http11] = []
-        self._busy: set[_Http11] = set()
+        self._idle: list[Http11] = []
+        self._busy: set[Http11] = set()
         self._push_lock = asyncio.Lock()
 
     @classmethod
@@ -289,7 +215,7 @@ class HttpSession:
         except _Lost as exc:
             self._end(exc.closed, None)
         except ClientError as exc:
-            self._end(Closed(1002, "protocol violation or refusal"), exc)
+            self._end(Closed(1002, type(exc).__name__), exc)
         except Exception as exc:  # a bug here: say so rather than retry forever
             self._end(Closed(1011, "client error"), ClientError(f"HTTP transport: {exc!r}"))
 
@@ -340,7 +266,7 @@ class HttpSession:
             raise ProtocolViolation(f"the server answered HTTP {status} without a sized body")
         return _answer(rid, response.body)
 
-    async def _exchange(self, body: bytes, idempotent: bool) -> _Response:
+    async def _exchange(self, body: bytes, idempotent: bool) -> Response:
         data = self._head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
         while True:
             conn = self._take_idle()
@@ -368,7 +294,7 @@ class HttpSession:
                 conn.close()
             return response
 
-    def _take_idle(self) -> _Http11 | None:
+    def _take_idle(self) -> Http11 | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.reusable:
@@ -376,7 +302,7 @@ class HttpSession:
             conn.close()
         return None
 
-    async def _dial(self) -> _Http11:
+    async def _dial(self) -> Http11:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 reader, writer = await asyncio.open_connection(
@@ -384,7 +310,7 @@ class HttpSession:
                 )
         except OSError as exc:  # TimeoutError and ssl.SSLError included
             raise _Lost(Closed(1006, f"cannot connect ({type(exc).__name__}: {exc})")) from None
-        return _Http11(reader, writer)
+        return Http11(reader, writer)
 
     def _end(self, closed: Closed, failure: ClientError | None) -> None:
         """End the session (once): every open request receives ``closed``."""
