@@ -39,8 +39,9 @@ from gateway.client.model import ClientError, ProtocolViolation, Refused
 POLL_INTERVAL: Final = 1.0
 """The default wait between two pulls of a live ``events()`` at the head, in seconds."""
 CONNECT_TIMEOUT: Final = 10.0
-REQUEST_TIMEOUT: Final = 60.0
-"""The bound on one exchange (request written, whole answer read), in seconds."""
+PATIENCE: Final = 60.0
+"""The longest a request waits for the server's progress (its answer's head, the next part of
+its body), in seconds; past it the connection counts as lost. A whole answer may take longer."""
 _HTTP_TAGS: Final = {
     protocol.TAG_WS_PULL: protocol.TAG_HTTP_PULL,
     protocol.TAG_WS_PUSH: protocol.TAG_HTTP_PUSH,
@@ -275,8 +276,7 @@ class HttpSession:
                 conn = await self._dial()
             self._busy.add(conn)
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    response = await conn.exchange(data)
+                response = await conn.exchange(data, PATIENCE)
             except (OSError, EOFError) as exc:
                 conn.close()
                 if reused and idempotent and not conn.answered and type(exc) is not TimeoutError:

@@ -17,6 +17,7 @@ from gateway.client.model import ProtocolViolation
 # How long an idle connection is reused: half the server's Keep-Alive timeout, or this when it
 # did not say. Reusing a connection the server is closing would lose the request.
 _IDLE_REUSE: Final = 2.0
+_READ_SIZE: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +51,25 @@ class Http11:
             and not self.writer.is_closing()
         )
 
-    async def exchange(self, data: bytes) -> Response:
-        """Write one request and read its answer (OSError, EOFError: the connection failed)."""
+    async def exchange(self, data: bytes, patience: float) -> Response:
+        """Write one request and read its answer.
+
+        Args:
+            data: The whole request.
+            patience: The longest the server may make no progress, in seconds: a large
+                answer may take longer than this in all.
+
+        Raises:
+            OSError: The connection failed (TimeoutError: the server made no progress).
+            EOFError: The server closed the connection before the answer was complete.
+            ProtocolViolation: The answer is not HTTP/1.x.
+        """
         self.answered = False
         self.writer.write(data)
-        await self.writer.drain()
         try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            async with asyncio.timeout(patience):
+                await self.writer.drain()
+                head = await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             raise ProtocolViolation("the server's response head is too large") from None
         self.answered = True
@@ -77,9 +90,21 @@ class Http11:
             return Response(int(status_text), headers, b"", keep_alive=False)
         if not length.isdigit():
             raise ProtocolViolation(f"invalid Content-Length: {length!r:.50}")
-        body = await self.reader.readexactly(int(length))
+        body = await self._read_body(int(length), patience)
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         return Response(int(status_text), headers, body, keep_alive)
+
+    async def _read_body(self, length: int, patience: float) -> bytes:
+        parts: list[bytes] = []
+        remaining = length
+        while remaining:
+            async with asyncio.timeout(patience):
+                part = await self.reader.read(min(remaining, _READ_SIZE))
+            if not part:
+                raise asyncio.IncompleteReadError(b"".join(parts), length)
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
 
     def idle(self, headers: dict[str, str]) -> None:
         """The exchange is over and the connection may be reused for a while."""
