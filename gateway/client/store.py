@@ -1,5 +1,6 @@
 """The client of one store: follow its log (:meth:`StoreClient.events`) and write to it
-(:meth:`StoreClient.commit`), over one WebSocket session that is reopened when it drops."""
+(:meth:`StoreClient.commit`), over one session (a WebSocket, or the HTTP transport) that is
+reopened when it drops."""
 
 from __future__ import annotations
 
