@@ -8,7 +8,8 @@ travel over a small pool of keep-alive HTTP/1.1 connections (asyncio streams, TL
 ``https://``); pushes are sent one at a time, in the order they were started.
 
 A live pull is polled: a non-live pull from the cursor, which the server answers up to its
-head, then a wait of ``poll_interval`` seconds and a pull again from the last event received.
+head, then a wait of ``poll_interval`` seconds and a pull again from the last event received
+(and not before the consumer took the previous answer: a slow consumer is not buried).
 New events therefore arrive up to ``poll_interval`` (plus a round trip) late, and each idle
 follower costs one request per interval; the WebSocket transport has neither cost.
 
@@ -56,6 +57,25 @@ class _Lost(Exception):
         self.closed = closed
 
 
+class _Window:
+    """The Chunks of a live pull its consumer has not taken yet (it acks each one it takes)."""
+
+    def __init__(self) -> None:
+        self.unacked = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def sent(self, count: int) -> None:
+        self.unacked += count
+        if self.unacked > 0:
+            self.drained.clear()
+
+    def acked(self) -> None:
+        self.unacked -= 1
+        if self.unacked <= 0:
+            self.drained.set()
+
+
 class HttpSession:
     """A session over the HTTP transport; see the module docstring.
 
@@ -95,6 +115,7 @@ class HttpSession:
         self._ids = itertools.count()
         self._requests: dict[str, asyncio.Queue[Message]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._windows: dict[str, _Window] = {}
         self._idle: list[Http11] = []
         self._busy: set[Http11] = set()
         self._push_lock = asyncio.Lock()
@@ -177,7 +198,11 @@ class HttpSession:
             self._spawn(rid, self._unary(rid, queue, tag, payload))
 
     async def ack(self, rid: str) -> None:
-        """Nothing to do: an HTTP answer arrives whole."""
+        """The consumer took a Chunk of ``rid``: a live pull polls again only once it took
+        them all (its backpressure; an HTTP answer itself arrives whole)."""
+        window = self._windows.get(rid)
+        if window is not None:
+            window.acked()
 
     async def interrupt(self, rid: str) -> None:
         """Stop request ``rid`` (a live pull stops polling) and forget it."""
@@ -223,19 +248,26 @@ class HttpSession:
     async def _pull(self, rid: str, queue: asyncio.Queue[Message], payload: dict[str, Any]) -> None:
         live = payload.get("live") is True
         request = {key: value for key, value in payload.items() if key != "live"}
-        while True:
-            *chunks, exit_ = await self._call(rid, protocol.TAG_HTTP_PULL, request)
-            for chunk in chunks:
-                queue.put_nowait(chunk)
-                request["cursor"] = _advance(request.get("cursor"), chunk)
-            succeeded = isinstance(exit_.get("exit"), dict) and exit_["exit"].get("_tag") == (
-                "Success"
-            )
-            if not live or not succeeded:
-                queue.put_nowait(exit_)
-                return
-            # At the head: the one timed wait of the transport (see the module docstring).
-            await asyncio.sleep(self.poll_interval)
+        window = self._windows[rid] = _Window()
+        try:
+            while True:
+                *chunks, exit_ = await self._call(rid, protocol.TAG_HTTP_PULL, request)
+                window.sent(len(chunks))
+                for chunk in chunks:
+                    queue.put_nowait(chunk)
+                    request["cursor"] = _advance(request.get("cursor"), chunk)
+                exit_value = exit_.get("exit")
+                succeeded = isinstance(exit_value, dict) and exit_value.get("_tag") == "Success"
+                if not live or not succeeded:
+                    queue.put_nowait(exit_)
+                    return
+                # At the head: the one timed wait of the transport (see the module docstring).
+                await asyncio.sleep(self.poll_interval)
+                # A slow consumer is not buried: the next pull waits until it took this one.
+                await window.drained.wait()
+        finally:
+            if self._windows.get(rid) is window:
+                del self._windows[rid]
 
     async def _push(self, rid: str, queue: asyncio.Queue[Message], payload: dict[str, Any]) -> None:
         # One push at a time, in the order they were started (asyncio.Lock is FIFO; tasks

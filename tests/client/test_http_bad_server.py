@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
 
 import orjson
 import pytest
@@ -16,9 +17,9 @@ from tests.helpers.timeouts import TIMEOUT_UNIT
 
 WITHIN = 5 * TIMEOUT_UNIT
 
-# Answers the request with id ``rid`` on the ``n``th request of a connection (from 0): the
-# raw response, or None to close the connection without answering.
-Script = Callable[[str, str, int], bytes | None]
+# Answers a request frame, the ``n``th request of its connection (from 0): the raw response,
+# or None to close the connection without answering.
+Script = Callable[[dict[str, Any], int], bytes | None]
 
 
 def ok(body: bytes, length: str | None = None) -> bytes:
@@ -33,8 +34,23 @@ def pong(rid: str) -> bytes:
     return ok(orjson.dumps([{"_tag": "Exit", "requestId": rid, "exit": exit_}]))
 
 
-def empty_pull(rid: str) -> bytes:
-    value = {"batch": [], "pageInfo": {"_tag": "NoMore"}, "backendId": "b"}
+def pull_answer(rid: str, seqs: list[int]) -> bytes:
+    """A Pull's answer: one Chunk with events ``seqs``, then Exit."""
+    batch = [
+        {
+            "eventEncoded": {
+                "name": "e",
+                "args": {},
+                "seqNum": seq,
+                "parentSeqNum": seq - 1,
+                "clientId": "c",
+                "sessionId": "s",
+            },
+            "metadata": {"_tag": "None"},
+        }
+        for seq in seqs
+    ]
+    value = {"batch": batch, "pageInfo": {"_tag": "NoMore"}, "backendId": "b"}
     return ok(
         orjson.dumps(
             [
@@ -61,7 +77,7 @@ async def scripted(script: Script) -> AsyncIterator[list[int]]:
                     if line.lower().startswith(b"content-length:")
                 )
                 frame = orjson.loads(await reader.readexactly(length))
-                answer = script(frame["tag"], frame["id"], n)
+                answer = script(frame, n)
                 if answer is None:
                     return
                 writer.write(answer)
@@ -83,8 +99,9 @@ def pull_answered_with(raw: bytes) -> Script:
     """Pings are answered; anything else gets ``raw``, where ``RID`` is the request id (and
     ``%d`` the length of the body once it is substituted)."""
 
-    def script(tag: str, rid: str, _n: int) -> bytes:
-        if tag == "SyncHttpRpc.Ping":
+    def script(frame: dict[str, Any], _n: int) -> bytes:
+        rid = frame["id"]
+        if frame["tag"] == "SyncHttpRpc.Ping":
             return pong(rid)
         head, sep, body = raw.replace(b"RID", rid.encode()).partition(b"\r\n\r\n")
         return head.replace(b"%d", str(len(body)).encode()) + sep + body
@@ -157,10 +174,11 @@ async def test_a_kept_alive_connection_closed_by_the_server_is_replaced() -> Non
     """The server keeps each connection alive for one request, then closes it when the next
     arrives: pulls (idempotent) go again on a new connection, without a reconnect delay."""
 
-    def script(tag: str, rid: str, n: int) -> bytes | None:
+    def script(frame: dict[str, Any], n: int) -> bytes | None:
         if n > 0:
             return None
-        return pong(rid) if tag == "SyncHttpRpc.Ping" else empty_pull(rid)
+        rid = frame["id"]
+        return pong(rid) if frame["tag"] == "SyncHttpRpc.Ping" else pull_answer(rid, [])
 
     async with scripted(script) as state:
         store = connect(f"http://127.0.0.1:{state[0]}", "s", transport="http", backoff_base=60)
@@ -168,3 +186,34 @@ async def test_a_kept_alive_connection_closed_by_the_server_is_replaced() -> Non
             for _ in range(3):
                 assert await asyncio.wait_for(drain(store.events(live=False)), WITHIN) == []
         assert state[1] == 4  # the Ping's connection, then one per pull
+
+
+async def test_a_live_follower_that_stops_reading_stops_polling() -> None:
+    """Each poll finds one new event. While the consumer does not take the batches, the
+    client pulls no further than one answer ahead; when it reads again, the events follow
+    in order."""
+    pulls: list[int] = []
+    third = asyncio.Event()
+
+    def script(frame: dict[str, Any], _n: int) -> bytes:
+        rid = frame["id"]
+        if frame["tag"] == "SyncHttpRpc.Ping":
+            return pong(rid)
+        cursor = frame["payload"]["cursor"]
+        after = cursor["value"]["eventSequenceNumber"] if cursor["_tag"] == "Some" else 0
+        pulls.append(after)
+        if len(pulls) >= 3:
+            third.set()
+        return pull_answer(rid, [after + 1])
+
+    interval = 0.01
+    async with scripted(script) as (port, _):
+        store = connect(f"http://127.0.0.1:{port}", "s", transport="http", poll_interval=interval)
+        async with store, aclosing(store.events()) as stream:
+            first = await asyncio.wait_for(anext(stream), WITHIN)
+            with pytest.raises(TimeoutError):  # no third pull while the second is unread
+                await asyncio.wait_for(third.wait(), 30 * interval * TIMEOUT_UNIT)
+            assert pulls == [0, 1]
+            later = [await asyncio.wait_for(anext(stream), WITHIN) for _ in range(3)]
+    assert [e.seq_num for b in [first, *later] for e in b.events] == [1, 2, 3, 4]
+    assert pulls[:4] == [0, 1, 2, 3]
