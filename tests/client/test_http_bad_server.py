@@ -5,7 +5,9 @@ closed is replaced without losing the session."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -13,13 +15,15 @@ import orjson
 import pytest
 
 from gateway.client import Batch, ProtocolViolation, Refused, connect
+from gateway.client.connection import sync_url
+from gateway.client.http import HttpSession
 from tests.helpers.timeouts import TIMEOUT_UNIT
 
 WITHIN = 5 * TIMEOUT_UNIT
 
 # Answers a request frame, the ``n``th request of its connection (from 0): the raw response,
 # or None to close the connection without answering.
-Script = Callable[[dict[str, Any], int], bytes | None]
+Script = Callable[[dict[str, Any], int], bytes | Awaitable[bytes | None] | None]
 
 
 def ok(body: bytes, length: str | None = None) -> bytes:
@@ -78,6 +82,8 @@ async def scripted(script: Script) -> AsyncIterator[list[int]]:
                 )
                 frame = orjson.loads(await reader.readexactly(length))
                 answer = script(frame, n)
+                if inspect.isawaitable(answer):
+                    answer = await answer
                 if answer is None:
                     return
                 writer.write(answer)
@@ -114,6 +120,7 @@ def templated(body: bytes) -> bytes:
     return ok(body, "%d")
 
 
+SUCCESS = {"_tag": "Success", "value": {}}
 EXIT = b'{"_tag":"Exit","requestId":"RID","exit":{"_tag":"Success"}}'
 CHUNK = b'{"_tag":"Chunk","requestId":"RID","values":[]}'
 
@@ -217,3 +224,47 @@ async def test_a_live_follower_that_stops_reading_stops_polling() -> None:
             later = [await asyncio.wait_for(anext(stream), WITHIN) for _ in range(3)]
     assert [e.seq_num for b in [first, *later] for e in b.events] == [1, 2, 3, 4]
     assert pulls[:4] == [0, 1, 2, 3]
+
+
+async def test_pushes_started_back_to_back_are_sent_one_at_a_time_in_order() -> None:
+    """Pipelined pushes (each started before the previous one is answered) reach the server
+    one at a time, in the order they were started: a later batch, which continues an
+    earlier one, never overtakes it. The server holds each answer until another push arrives
+    or a while has passed (only then can it tell none will)."""
+    arrived: list[int] = []
+    in_flight = 0
+    most_in_flight = 0
+    another = asyncio.Event()
+
+    async def script(frame: dict[str, Any], _n: int) -> bytes:
+        nonlocal in_flight, most_in_flight
+        rid = frame["id"]
+        if frame["tag"] == "SyncHttpRpc.Ping":
+            return pong(rid)
+        arrived.append(frame["payload"]["batch"][0]["seqNum"])
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        another.set()
+        another.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(another.wait(), 0.05 * TIMEOUT_UNIT)
+        in_flight -= 1
+        return ok(orjson.dumps([{"_tag": "Exit", "requestId": rid, "exit": SUCCESS}]))
+
+    async with scripted(script) as (port, _):
+        url = sync_url(f"http://127.0.0.1:{port}", "s", instance_id="t", transport="http")
+        session = await HttpSession.open(url, "s")
+        try:
+            requests = [session.request() for _ in range(5)]
+            for n, (rid, _queue) in enumerate(requests):
+                batch = [{"name": "e", "seqNum": 1 + n, "parentSeqNum": n}]
+                payload = {"storeId": "s", "batch": batch, "backendId": {"_tag": "None"}}
+                await session.send_request(rid, "SyncWsRpc.Push", payload)
+            for rid, queue in requests:
+                answer = await asyncio.wait_for(queue.get(), WITHIN)
+                assert isinstance(answer, dict), answer
+                assert answer["requestId"] == rid
+        finally:
+            await session.close()
+    assert arrived == [1, 2, 3, 4, 5]
+    assert most_in_flight == 1
