@@ -1,6 +1,7 @@
 """A client library for internal services: follow a store's event log and write to it.
 
-Speaks LiveStore's sync-cf 0.4.0 WebSocket protocol to gateway (or any conforming server)::
+Speaks LiveStore's sync-cf 0.4.0 protocol to gateway (or any conforming server), over a
+WebSocket or, with ``transport="http"``, one POST per request (:mod:`gateway.client.http`)::
 
     async with connect("ws://127.0.0.1:8787", "store-1", bypass_token=TOKEN) as store:
         async for batch in store.events(after=None, live=True):

@@ -4,6 +4,9 @@ A :class:`Connection` reads frames in a background task and routes each to the q
 request it answers (by request id). When the socket closes, every open request receives a
 :class:`Closed` marker; the owner (:class:`gateway.client.store.StoreClient`) decides whether
 to reconnect (:func:`retryable`) and with which delay (:class:`Backoff`).
+
+:class:`Session` is the interface the owner uses; :class:`Connection` and the HTTP transport's
+:class:`gateway.client.http.HttpSession` implement it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Mapping
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -21,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from gateway.client.model import ProtocolViolation, Refused
+from gateway.client.model import ClientError, ProtocolViolation, Refused
 from gateway.frames import ack_frame, request_frame
 
 # Close codes after which reconnecting can help (the server restarts, is overloaded, or the
@@ -42,11 +46,12 @@ def sync_url(
     instance_id: str,
     bypass_token: str | None = None,
     auth_token: str | None = None,
+    transport: Literal["ws", "http"] = "ws",
 ) -> str:
     """The sync URL as the 0.4.0 LiveStore client builds it (spec §2.1-2.2).
 
-    ``?storeId=…&payload=…&transport=ws``, where the payload is JSON percent-encoded twice
-    (``encodeURIComponent`` then the query's form encoding).
+    ``?storeId=…&payload=…&transport=ws`` (or ``=http``), where the payload is JSON
+    percent-encoded twice (``encodeURIComponent`` then the query's form encoding).
 
     Args:
         url: The server's base URL (``ws://``, ``wss://``, ``http://`` or ``https://``),
@@ -55,9 +60,11 @@ def sync_url(
         instance_id: Identifies this process in the server's logs and metrics.
         bypass_token: The server bypass token (internal services), sent as ``serverBypass``.
         auth_token: A JWT, sent as ``authToken``.
+        transport: ``ws`` (WebSocket) or ``http`` (one POST per request, spec §10).
 
     Returns:
-        The full URL with a ``ws``/``wss`` scheme.
+        The full URL, with a ``ws``/``wss`` scheme for the WebSocket transport and an
+        ``http``/``https`` one for the HTTP transport.
 
     Raises:
         ValueError: ``url`` already has a query string or an unknown scheme.
@@ -65,8 +72,8 @@ def sync_url(
     if "?" in url:
         raise ValueError("the server URL must not contain a query string")
     scheme, sep, rest = url.partition("://")
-    schemes = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}
-    if not sep or scheme not in schemes:
+    secure = {"ws": False, "http": False, "wss": True, "https": True}
+    if not sep or scheme not in secure:
         raise ValueError(f"unsupported URL scheme: {url!r}")
     payload: dict[str, str] = {"instanceId": instance_id}
     if auth_token is not None:
@@ -74,10 +81,11 @@ def sync_url(
     if bypass_token is not None:
         payload["serverBypass"] = bypass_token
     encoded = quote(orjson.dumps(payload).decode(), safe="")
-    query = urlencode([("storeId", store_id), ("payload", encoded), ("transport", "ws")])
+    query = urlencode([("storeId", store_id), ("payload", encoded), ("transport", transport)])
     if "/" not in rest:
         rest += "/"
-    return f"{schemes[scheme]}://{rest}?{query}"
+    new_scheme = ("http" if transport == "http" else "ws") + ("s" if secure[scheme] else "")
+    return f"{new_scheme}://{rest}?{query}"
 
 
 class Backoff:
@@ -117,6 +125,56 @@ class Closed:
 Message = dict[str, Any] | Closed
 
 
+class Session(Protocol):
+    """What :class:`gateway.client.store.StoreClient` needs of a session with the server.
+
+    A request is registered with :meth:`request` and started with :meth:`send_request`; its
+    answer frames (``Chunk``s, then its ``Exit``) arrive on its queue, or a :class:`Closed`
+    marker when the session ends first. A closed session stays closed: the owner opens a new
+    one (:data:`Opener`).
+    """
+
+    counted: bool
+    """Whether the owner counted this session's loss as a failure (once per session)."""
+
+    @property
+    def closed(self) -> Closed | None:
+        """Why the session ended, once it has."""
+
+    @property
+    def failure(self) -> ClientError | None:
+        """The error that ended the session, when retrying cannot help."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether requests can still be sent."""
+
+    def request(self) -> tuple[str, asyncio.Queue[Message]]:
+        """Register a new request id and its queue."""
+
+    async def send_request(self, rid: str, tag: str, payload: dict[str, Any]) -> None:
+        """Start request ``rid`` (a ``SyncWsRpc.*`` tag)."""
+
+    async def ack(self, rid: str) -> None:
+        """Acknowledge a Chunk of stream ``rid``."""
+
+    async def interrupt(self, rid: str) -> None:
+        """Stop request ``rid`` and forget it."""
+
+    def forget(self, rid: str) -> None:
+        """Stop routing answers to request ``rid``."""
+
+    async def close(self) -> None:
+        """End the session; open requests receive :class:`Closed`."""
+
+
+Opener = Callable[[str], Awaitable[Session]]
+"""Opens a session on a sync URL (:meth:`Connection.open`, ``HttpSession.opener(...)``).
+
+Raises :class:`Refused` when the server refuses (terminal), ``OSError`` when it cannot be
+reached (worth retrying)."""
+
+
 class Connection:
     """An open WebSocket session; see the module docstring."""
 
@@ -131,13 +189,22 @@ class Connection:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str, headers: Mapping[str, str] | None = None) -> Connection:
-        """Open the WebSocket.
+    async def open(
+        cls,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> Connection:
+        """Open the WebSocket (``ssl``: the TLS context of a ``wss://`` URL; default: the
+        system's trusted CAs).
 
         Raises:
             Refused: The server answered the handshake with a 4xx status.
             OSError: The server cannot be reached (or answered 5xx): worth retrying.
         """
+        # websockets refuses ssl=None for wss://: pass it only when given.
+        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
         try:
             ws = await connect(
                 url,
@@ -146,6 +213,7 @@ class Connection:
                 compression=None,
                 proxy=None,
                 open_timeout=10,
+                **tls,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

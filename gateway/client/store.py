@@ -1,16 +1,28 @@
 """The client of one store: follow its log (:meth:`StoreClient.events`) and write to it
-(:meth:`StoreClient.commit`), over one WebSocket session that is reopened when it drops."""
+(:meth:`StoreClient.commit`), over one session (a WebSocket, or the HTTP transport) that is
+reopened when it drops."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
+import ssl as ssl_module
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
-from gateway.client.connection import Backoff, Closed, Connection, Message, retryable, sync_url
+from gateway.client.connection import (
+    Backoff,
+    Closed,
+    Connection,
+    Message,
+    Opener,
+    Session,
+    retryable,
+    sync_url,
+)
 from gateway.client.decode import (
     check_exit,
     decode_batch,
@@ -18,6 +30,7 @@ from gateway.client.decode import (
     pull_payload,
     raise_failure,
 )
+from gateway.client.http import POLL_INTERVAL, HttpSession
 from gateway.client.model import (
     BackendIdMismatch,
     Batch,
@@ -46,13 +59,15 @@ class StoreClient:
         client_id: str,
         session_id: str,
         backoff: Backoff,
+        opener: Opener = Connection.open,
     ) -> None:
         self.url = url
         self.store_id = store_id
         self.client_id = client_id
         self.session_id = session_id
         self._backoff = backoff
-        self._conn: Connection | None = None
+        self._open = opener
+        self._conn: Session | None = None
         self._conn_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._closing = False
@@ -80,7 +95,7 @@ class StoreClient:
     # -----------------------------------------------------------------------------------------
     # Connection
 
-    async def _connection(self) -> Connection:
+    async def _connection(self) -> Session:
         """The open session, reconnecting (with backoff) when it closed."""
         async with self._conn_lock:
             while True:
@@ -93,13 +108,13 @@ class StoreClient:
                     _raise_if_terminal(conn)
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
-                    self._conn = await Connection.open(self.url)
+                    self._conn = await self._open(self.url)
                 except OSError:
                     self._backoff.failed()
                     continue
                 return self._conn
 
-    def _lost(self, conn: Connection) -> None:
+    def _lost(self, conn: Session) -> None:
         """A request saw ``conn`` close: raise if that is terminal, else count a failure."""
         _raise_if_terminal(conn)
         if not conn.counted:
@@ -295,7 +310,7 @@ async def _exit_of(queue: asyncio.Queue[Message]) -> Message:
             return message
 
 
-def _raise_if_terminal(conn: Connection) -> None:
+def _raise_if_terminal(conn: Session) -> None:
     if conn.failure is not None:
         raise conn.failure
     if conn.closed is not None and not retryable(conn.closed.code):
@@ -313,6 +328,9 @@ def connect(
     session_id: str | None = None,
     backoff_base: float = 1.0,
     backoff_cap: float = 30.0,
+    transport: Literal["ws", "http"] = "ws",
+    poll_interval: float = POLL_INTERVAL,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> StoreClient:
     """A client of one store; use it as ``async with connect(...) as store:``.
 
@@ -326,10 +344,24 @@ def connect(
         session_id: Their sessionId (default: random).
         backoff_base: The first reconnect delay in seconds; it doubles on each failure.
         backoff_cap: The longest reconnect delay.
+        transport: ``"ws"`` (a WebSocket) or ``"http"`` (one POST per request; a live
+            ``events()`` polls, see :mod:`gateway.client.http`).
+        poll_interval: Over HTTP, the wait between two pulls of a live ``events()`` at the
+            head: the latency of new events, and one request per interval while idle.
+        ssl: The TLS context for ``wss://`` / ``https://`` (default: the system's CAs).
 
     Returns:
         The client; entering it opens the session.
+
+    Raises:
+        ValueError: ``transport`` is neither ``"ws"`` nor ``"http"``.
     """
+    if transport == "http":
+        opener = HttpSession.opener(store_id, ssl=ssl, poll_interval=poll_interval)
+    elif transport == "ws":
+        opener = functools.partial(Connection.open, ssl=ssl)
+    else:
+        raise ValueError(f'transport must be "ws" or "http", not {transport!r}')
     return StoreClient(
         sync_url(
             url,
@@ -337,9 +369,11 @@ def connect(
             instance_id=instance_id,
             bypass_token=bypass_token,
             auth_token=auth_token,
+            transport=transport,
         ),
         store_id,
         client_id=client_id or f"py-{secrets.token_urlsafe(6)}",
         session_id=session_id or secrets.token_urlsafe(6),
         backoff=Backoff(backoff_base, backoff_cap),
+        opener=opener,
     )
