@@ -1,7 +1,8 @@
 """Command line: parse arguments, call the right function, map failures to exit codes.
 
-``gateway serve`` hands over to :meth:`gateway.app.Gateway.run`; ``tail`` follows a store
-as an internal service; ``token`` mints and decodes JWTs.
+``gateway serve`` hands over to :meth:`gateway.app.Gateway.run`; ``tail``, ``push`` and
+``store export`` are internal-service clients (:mod:`gateway.cli_client`); ``token`` mints and
+decodes JWTs.
 """
 
 from __future__ import annotations

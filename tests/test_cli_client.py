@@ -16,7 +16,7 @@ import pytest
 from gateway.cli_client import EXIT_REFUSED, EXIT_RESET, EXIT_UNREACHABLE, EXIT_USAGE, scrub
 from gateway.client import Cursor, Refused, connect
 from gateway.client import sync as sync_client
-from tests.helpers.daemon import Tail, free_port, run_cli, write_toml
+from tests.helpers.daemon import Daemon, Tail, free_port, run_cli, write_toml
 from tests.helpers.harness import GatewayHarness, MakeGateway
 from tests.helpers.keys import BYPASS, SECRET
 from tests.helpers.timeouts import TIMEOUT_UNIT
@@ -251,6 +251,31 @@ async def test_tail_follows_what_push_commits(secured: GatewayHarness, tails: li
     live = await tail.event()
     assert (live["name"], live["args"], live["seqNum"], live["parentSeqNum"]) == ("c", 3, 3, 2)
     assert live == (await export(secured, store, "--from", "2"))[0]
+    assert await tail.interrupt() == 0
+
+
+async def test_tail_continues_across_a_server_restart(
+    daemons: list[Daemon], tails: list[Tail], tmp_path: Path
+) -> None:
+    """``gateway tail`` outlives a restart of the server: it reconnects (with backoff) and
+    continues after the last event it printed, with no gap and no duplicate."""
+    serve = ("--port", str(free_port()), "--data-dir", str(tmp_path))
+    daemons.append(await Daemon.start(*serve))
+    url = f"ws://127.0.0.1:{daemons[0].port}"
+    rc, _, err = await run_cli(
+        "push", "--url", url, "--store", "s", "--stdin", stdin=jsonl(("a", 1))
+    )
+    assert rc == 0, err
+    tail = await Tail.start("--store", "s", "--url", url, env={})
+    tails.append(tail)
+    assert (await tail.event())["seqNum"] == 1
+
+    assert await daemons[0].terminate() == 0
+    daemons.append(await Daemon.start(*serve))
+    rc, _, err = await run_cli("push", "--url", url, "--store", "s", "--name", "b", "--args", "2")
+    assert rc == 0, err
+    after = await tail.event(within=20 * TIMEOUT_UNIT)
+    assert (after["name"], after["seqNum"]) == ("b", 2)
     assert await tail.interrupt() == 0
 
 
