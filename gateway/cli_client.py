@@ -45,6 +45,10 @@ EXIT_REFUSED: Final = 4  # the server refused the credential at the handshake (4
 EXIT_UNREACHABLE: Final = 5  # no session, or no progress, within --timeout
 EXIT_RESET: Final = 6  # --from N:BACKENDID names another backendId: the store was reset
 
+# Events per commit of `push`: its seqNums are printed as each commit is acknowledged (a
+# push of the sync protocol holds at most 100 events).
+PUSH_BATCH: Final = 100
+
 # A backendId no store has: the server answers with its own (BackendIdMismatchError), which
 # turns a bare ``--from N`` into a cursor.
 _PROBE: Final = "?"
@@ -245,16 +249,20 @@ def _parse_event(line: bytes, where: str) -> tuple[str, Any]:
 
 async def push(args: argparse.Namespace, session: Session) -> int:
     """``gateway push``: commit events (numbered after the server's head, rebased when another
-    writer got there first) and print the final seqNum of each, one per line."""
+    writer got there first) and print the final seqNum of each, one per line, as each batch of
+    :data:`PUSH_BATCH` events is acknowledged (``--timeout`` bounds each wait)."""
     events = _pushed_events(args)
     options = {"client_id": args.client_id} if args.client_id else {}
     async with session.open(**options) as store:
-        try:
-            async with asyncio.timeout(session.timeout):
-                seqs = await store.commit_many(events)
-        except TimeoutError:
-            raise session.stalled("no acknowledgement (the events may be written)") from None
-    _write(b"".join(b"%d\n" % seq for seq in seqs))
+        for start in range(0, len(events), PUSH_BATCH):
+            try:
+                async with asyncio.timeout(session.timeout):
+                    seqs = await store.commit_many(events[start : start + PUSH_BATCH])
+            except TimeoutError:
+                raise session.stalled(
+                    f"no acknowledgement of events {start + 1}.. (they may be written)"
+                ) from None
+            _write(b"".join(b"%d\n" % seq for seq in seqs))
     return EXIT_OK
 
 

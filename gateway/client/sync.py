@@ -17,34 +17,39 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from gateway.client import Batch, Cursor, StoreClient
+from gateway.client import Batch, Cursor
 from gateway.client import connect as connect_async
 
 T = TypeVar("T")
 
 
 class SyncStore:
-    """The blocking client of one store; create it with :func:`connect`."""
+    """The blocking client of one store; create it with :func:`connect`.
+
+    Attributes:
+        timeout: Seconds allowed for each call, or None (see :func:`connect`).
+    """
 
     def __init__(self, url: str, store_id: str, timeout: float | None, **options: Any) -> None:
         self.timeout = timeout
+        self._store = connect_async(url, store_id, **options)  # binds to no loop until used
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
-        async def make() -> StoreClient:
-            return connect_async(url, store_id, **options)
-
-        self._store = self._run(make())
-
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        async def bounded() -> T:
+            # The timeout acts in the loop, so the work has been cancelled (and has cleaned
+            # up) by the time TimeoutError reaches the caller.
+            async with asyncio.timeout(self.timeout):
+                return await coro
+
+        future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
         try:
-            return future.result(self.timeout)
-        except BaseException:  # a timeout or Ctrl-C here: stop the work in the loop too
+            return future.result()
+        except BaseException:  # Ctrl-C while waiting: stop the work in the loop too
             future.cancel()
             raise
 
@@ -61,12 +66,7 @@ class SyncStore:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
