@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_client.run(cli_client.tail, args, config)
     if args.command == "push":
         return cli_client.run(cli_client.push, args, config)
-    if args.command == "store":
+    if args.command == "store" and args.store_command == "export":
         return cli_client.run(cli_client.export, args, config)
     if args.command == "serve":
         return uvloop.run(_serve(args, config))

@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 from urllib.parse import quote, quote_plus, urlsplit
@@ -170,7 +170,9 @@ def scrub(text: str, token: str | None) -> str:
     return text
 
 
-async def _batches(store: StoreClient, after: int | Cursor, *, live: bool) -> AsyncIterator[Batch]:
+async def _batches(
+    store: StoreClient, after: int | Cursor, *, live: bool
+) -> AsyncGenerator[Batch, None]:
     """The store's batches after ``after``; a bare seqNum learns the backendId first."""
     cursor = after if isinstance(after, Cursor) else None
     if isinstance(after, int) and after > 0:
@@ -195,8 +197,8 @@ def _write(data: bytes) -> None:
 async def tail(args: argparse.Namespace, session: Session) -> int:
     """``gateway tail``: print the store's events after ``--from`` and then each new one, as
     JSON lines, until interrupted; reconnects (with backoff) when the session drops."""
-    async with session.open() as store:
-        async for batch in _batches(store, args.after, live=True):
+    async with session.open() as store, aclosing(_batches(store, args.after, live=True)) as stream:
+        async for batch in stream:
             _write(b"".join(event_line(e, batch.cursor.backend_id) for e in batch.events))
     return EXIT_OK  # pragma: no cover - a live stream ends only with an error
 
@@ -208,10 +210,11 @@ async def export(args: argparse.Namespace, session: Session) -> int:
     async with session.open() as store:
         try:
             async with asyncio.timeout(session.timeout) as deadline:
-                async for batch in _batches(store, args.after, live=False):
-                    lines = (event_line(e, batch.cursor.backend_id) for e in batch.events)
-                    _write(b"".join(lines))
-                    deadline.reschedule(loop.time() + session.timeout)
+                async with aclosing(_batches(store, args.after, live=False)) as stream:
+                    async for batch in stream:
+                        lines = (event_line(e, batch.cursor.backend_id) for e in batch.events)
+                        _write(b"".join(lines))
+                        deadline.reschedule(loop.time() + session.timeout)
         except TimeoutError:
             raise session.stalled("no events") from None
     return EXIT_OK
@@ -275,7 +278,7 @@ def run(command: Command, args: argparse.Namespace, config: Config) -> int:
     try:
         session = Session(args, config)
     except CommandError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+        print(f"gateway: {scrub(str(exc), token)}", file=sys.stderr)
         return exc.status
     try:
         return uvloop.run(command(args, session))
