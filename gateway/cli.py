@@ -1,7 +1,8 @@
 """Command line: parse arguments, call the right function, map failures to exit codes.
 
-``gateway serve`` hands over to :meth:`gateway.app.Gateway.run`; ``tail`` follows a store
-as an internal service; ``token`` mints and decodes JWTs.
+``gateway serve`` hands over to :meth:`gateway.app.Gateway.run`; ``tail``, ``push`` and
+``store export`` are internal-service clients (:mod:`gateway.cli_client`); ``token`` mints and
+decodes JWTs.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import jwt
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake
 
-from gateway import __version__, frames, log, protocol
+from gateway import __version__, cli_client, log
 from gateway.app import Gateway
 from gateway.backup import DATABASE_NAME, BackupError, backup
+from gateway.cli_client import position
 from gateway.config import HMAC_ALGORITHMS, Config
 from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
 from gateway.errors import ConfigError, StoreError
@@ -53,11 +52,30 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--config", help="TOML configuration file (for the bypass token)")
     stats.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
 
-    tail = commands.add_parser("tail", help="print a store's events as they are accepted")
-    tail.add_argument("--config", help="TOML configuration file (for the bypass token)")
-    tail.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
+    tail = _client_command(commands, "tail", "print a store's events as they are accepted")
     tail.add_argument("--store", required=True, help="the storeId")
-    tail.add_argument("--from", dest="after", type=int, default=0, help="start after this seqNum")
+    tail.add_argument(
+        "--from", dest="after", type=position, default=0, help="start after this seqNum"
+    )
+
+    push = _client_command(commands, "push", "commit events; print their seqNums")
+    push.add_argument("--store", required=True, help="the storeId")
+    push.add_argument("--name", help="the event's name (todoCreated-v1)")
+    push.add_argument("--args", help="the event's arguments, as JSON")
+    push.add_argument(
+        "--stdin",
+        action="store_true",
+        help='events from stdin, {"name":…, "args":…} per line',
+    )
+    push.add_argument("--client-id", help="the clientId the events carry (default: random)")
+
+    store = commands.add_parser("store", help="a store's data")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    export = _client_command(store_commands, "export", "write a store's log as JSON lines")
+    export.add_argument("store", help="the storeId")
+    export.add_argument(
+        "--from", dest="after", type=position, default=0, help="only events after this seqNum"
+    )
 
     backup = commands.add_parser(
         "backup", help="copy the SQLite log consistently, while the server runs"
@@ -82,6 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     decode = token_commands.add_parser("decode", help="show a JWT's header and claims, unverified")
     decode.add_argument("token")
     return parser
+
+
+def _client_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str
+) -> argparse.ArgumentParser:
+    """A subcommand that connects to the daemon as an internal service (cli_client)."""
+    command = commands.add_parser(name, help=help_)
+    command.add_argument("--config", help="TOML configuration file (for the bypass token)")
+    command.add_argument("--url", help="the daemon's base URL (default: from the configuration)")
+    command.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds allowed to connect, and between answers (default 30)",
+    )
+    return command
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -159,52 +193,6 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
         print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2))
-    return 0
-
-
-async def _tail(args: argparse.Namespace, config: Config) -> int:
-    payload: dict[str, str] = {"instanceId": "gateway-tail"}
-    if config.auth.bypass_token:
-        payload["serverBypass"] = config.auth.bypass_token
-    query = urlencode(
-        [
-            ("storeId", args.store),
-            ("payload", quote(json.dumps(payload, separators=(",", ":")), safe="")),
-            ("transport", "ws"),
-        ]
-    )
-    url = f"{_base_url(args, config, 'ws')}/?{query}"
-    try:
-        async with connect(url, max_size=None, compression=None, proxy=None) as ws:
-            return await _tail_session(ws, args.store, args.after)
-    except (OSError, InvalidHandshake) as exc:
-        print(f"gateway: cannot connect: {exc}", file=sys.stderr)
-        return 1
-
-
-async def _tail_session(ws: ClientConnection, store: str, after: int) -> int:
-    async def pull(rid: str, cursor: protocol.Cursor | None) -> None:
-        payload = frames.pull_payload(store, cursor, live=True)
-        await ws.send(frames.request_frame(rid, protocol.TAG_WS_PULL, payload), text=True)
-
-    # A cursor needs the backendId: a deliberately wrong one makes the server name it.
-    await pull("0", protocol.Cursor("?", after) if after else None)
-    async for raw in ws:
-        frame = json.loads(raw)
-        tag = frame.get("_tag")
-        if tag == "Chunk":
-            await ws.send(frames.ack_frame(frame["requestId"]), text=True)
-            for item in frame["values"]:
-                for entry in item["batch"]:
-                    print(json.dumps(entry["eventEncoded"], separators=(",", ":")), flush=True)
-        elif tag == "Exit":
-            cause = frame["exit"].get("cause", {})
-            error = cause.get("error", {}) if isinstance(cause, dict) else {}
-            if error.get("_tag") == "BackendIdMismatchError" and frame["requestId"] == "0":
-                await pull("1", protocol.Cursor(error["expected"], after))
-                continue
-            print(f"gateway: pull ended: {json.dumps(frame['exit'])}", file=sys.stderr)
-            return 1
     return 0
 
 
@@ -308,10 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _backup(args, config)
     log.setup(config.log.level, config.log.format)
     if args.command == "tail":
-        try:
-            return uvloop.run(_tail(args, config))
-        except KeyboardInterrupt:
-            return 0
+        return cli_client.run(cli_client.tail, args, config)
+    if args.command == "push":
+        return cli_client.run(cli_client.push, args, config)
+    if args.command == "store" and args.store_command == "export":
+        return cli_client.run(cli_client.export, args, config)
     if args.command == "serve":
         return uvloop.run(_serve(args, config))
     return 1  # pragma: no cover - argparse enforces a command

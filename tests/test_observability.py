@@ -11,12 +11,10 @@ import asyncio
 import json
 import logging
 import re
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -25,10 +23,10 @@ from tests.helpers.clients import RpcClient
 from tests.helpers.daemon import (
     REPO,
     Daemon,
+    Tail,
     free_port,
     none_contain,
     run_cli,
-    spawn,
     write_toml,
     ws_url,
 )
@@ -348,40 +346,6 @@ async def test_cli_stats(make_gateway: MakeGateway) -> None:
     assert rc == 1
     assert "403" in err
     await client.close()
-
-
-class Tail:
-    """``gateway tail`` as a subprocess, its stdout read line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, *args: str, env: dict[str, str]) -> Tail:
-        return cls(await spawn("tail", *args, env=env))
-
-    async def event(self, within: float = 10 * TIMEOUT_UNIT) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        except TimeoutError:
-            raise AssertionError("gateway tail printed nothing") from None
-        assert line, f"gateway tail ended: {await self._stderr()}"
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    async def _stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return (await self.proc.stderr.read()).decode()
-
-    async def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10 * TIMEOUT_UNIT):
-            return await self.proc.wait()
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
 
 
 @pytest.fixture(name="tails")

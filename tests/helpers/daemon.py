@@ -105,15 +105,16 @@ async def spawn(
     env: Mapping[str, str] | None = None,
     drop_prefixes: tuple[str, ...] = ("GATEWAY_",),
     command: Sequence[str] = GATEWAY,
+    stdin: int | IO[Any] = asyncio.subprocess.DEVNULL,
     stdout: int | IO[Any] = asyncio.subprocess.PIPE,
     stderr: int | IO[Any] = asyncio.subprocess.PIPE,
 ) -> asyncio.subprocess.Process:
-    """Start ``COMMAND ARGS`` (``python -m gateway ARGS``) in the repository, without stdin,
-    with ``env`` added to :func:`clean_env` (given ``drop_prefixes``)."""
+    """Start ``COMMAND ARGS`` (``python -m gateway ARGS``) in the repository, without stdin
+    unless given, with ``env`` added to :func:`clean_env` (given ``drop_prefixes``)."""
     return await asyncio.create_subprocess_exec(
         *command,
         *args,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         env=clean_env(env, drop_prefixes=drop_prefixes),
@@ -311,12 +312,15 @@ async def run_cli(
     *args: str,
     env: Mapping[str, str] | None = None,
     within: float = 15 * TIMEOUT_UNIT,
+    stdin: bytes | None = None,
 ) -> tuple[int, str, str]:
-    """Run ``python -m gateway ARGS`` to completion: (exit status, stdout, stderr)."""
-    proc = await spawn(*args, env=env)
+    """Run ``python -m gateway ARGS`` to completion, ``stdin`` as its input if given:
+    (exit status, stdout, stderr)."""
+    pipe = asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE
+    proc = await spawn(*args, env=env, stdin=pipe)
     try:
         async with asyncio.timeout(within):
-            out, err = await proc.communicate()
+            out, err = await proc.communicate(stdin)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -329,3 +333,39 @@ def none_contain(texts: Iterable[str], secrets: Iterable[str]) -> list[str]:
     """The secrets that appear in any of ``texts`` (should be empty)."""
     joined = "\n".join(texts)
     return [secret for secret in secrets if secret in joined]
+
+
+class Tail:
+    """A long-running ``gateway tail ...`` whose stdout is read one JSON line at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, *args: str, env: Mapping[str, str]) -> Tail:
+        return cls(await spawn("tail", *args, env=env))
+
+    async def event(self, within: float = 10 * TIMEOUT_UNIT) -> dict[str, Any]:
+        """The next line, decoded; fails if none comes within ``within`` or the output ends."""
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        except TimeoutError:
+            raise AssertionError("gateway tail printed nothing") from None
+        assert line, f"gateway tail ended: {await self._stderr()}"
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    async def _stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return (await self.proc.stderr.read()).decode()
+
+    async def interrupt(self) -> int:
+        """SIGINT, as Ctrl-C does; the exit status."""
+        self.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10 * TIMEOUT_UNIT):
+            return await self.proc.wait()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
