@@ -298,9 +298,9 @@ async def test_gateway_sigkill_mid_stream(
     """The gateway is SIGKILLed while a Python writer commits without pause and two Python
     services follow, then restarted on the same port and data dir. One follower's stream
     resumes by itself from its cursor; the other service stops with the gateway and resumes
-    from its saved cursor string. Neither sees a gap or a duplicate; the commit in flight at the
-    kill is acked once and every event is in the log once, at the seqNum its commit returned;
-    an app booting afterwards holds the same log."""
+    from its saved cursor string. Neither sees a gap or a duplicate. The commit in flight at the
+    kill and five queued behind it are acked once each: every event is in the log once, at the
+    seqNum its commit returned. An app booting afterwards holds the same log."""
     gw = auth_gateway
     port = gw.port
     async with (
@@ -321,6 +321,9 @@ async def test_gateway_sigkill_mid_stream(
         in_flight = writer.in_flight
         assert in_flight is not None
         done_before_kill = writer.count()
+        # Five more commits queue behind it; they start running only once the SIGKILL is sent
+        # (no await in between), so the old process cannot have acked any of them.
+        queued = [asyncio.ensure_future(store.commit(*todo(f"Q-{i}"))) for i in range(1, 6)]
         assert await gw.kill() == -9
         await gw.start(port=port)
         assert gw.port == port
@@ -329,7 +332,8 @@ async def test_gateway_sigkill_mid_stream(
             lambda: writer.count() >= done_before_kill + 20, "20 events committed after"
         )
         await writer.stop()
-        head = writer.committed[-1][1][-1]
+        queued_seqs = await asyncio.wait_for(asyncio.gather(*queued), WITHIN)
+        head = max(writer.committed[-1][1][-1], *queued_seqs)
         await follower.wait(head, WITHIN)
 
         async with (
@@ -341,13 +345,23 @@ async def test_gateway_sigkill_mid_stream(
 
     assert [e.seq_num for e in log] == list(range(1, head + 1))
     assert [e.parent_seq_num for e in log] == list(range(head))
-    # Every commit returned, in order, so each id was written exactly once, where it said.
-    written = [todo_id for todo_ids, _ in writer.committed for todo_id in todo_ids]
-    assert [e.args["id"] for e in log] == written
     assert {e.client_id for e in log} == {"py-writer"}
-    for todo_ids, seqs in writer.committed:
-        assert [log[seq - 1].args["id"] for seq in seqs] == todo_ids
-    assert in_flight in [todo_ids for todo_ids, _ in writer.committed]
+    # Every commit returned the seqNums where its events are, and nothing else is in the log:
+    # each event was written exactly once.
+    returned = {
+        todo_id: seq
+        for todo_ids, seqs in writer.committed
+        for todo_id, seq in zip(todo_ids, seqs, strict=True)
+    }
+    returned.update((f"Q-{i}", seq) for i, seq in enumerate(queued_seqs, start=1))
+    assert {e.args["id"]: e.seq_num for e in log} == returned
+    assert len(log) == len(returned)
+    # In each caller's order: the writer's commits one after the other, the queued ones as
+    # they queued (asyncio.Lock is fair), and all of those after the one in flight at the kill.
+    written = [todo_id for todo_ids, _ in writer.committed for todo_id in todo_ids]
+    assert [e.args["id"] for e in log if e.args["id"].startswith("P-")] == written
+    assert queued_seqs == sorted(queued_seqs)
+    assert returned[in_flight[-1]] < queued_seqs[0], (in_flight, queued_seqs)
     # The followers: no gap, no duplicate (the client would have raised), nothing missing.
     assert follower.events == log
     assert [*before.events, *after.events] == log
