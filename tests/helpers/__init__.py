@@ -11,5 +11,6 @@
 - ``notify``: the systemd end of ``NOTIFY_SOCKET``.
 - ``keys``: key material and JWT building blocks.
 - ``postgres``: the test PostgreSQL server.
+- ``follower``: a ``gateway.client`` follower in a background task, for waits on its events.
 - ``fakes``: a recording ``Outbox`` (the hub's connection edge) and engine-level batches.
 """

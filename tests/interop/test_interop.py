@@ -152,6 +152,16 @@ class GatewayProcess:
         self.daemon = None
         return code
 
+    async def kill(self) -> int:
+        """SIGKILL: a crash, with no close frames and no shutdown; returns the exit status."""
+        assert self.daemon is not None, "the gateway is not running"
+        await self.daemon.kill()
+        code = self.daemon.proc.returncode
+        assert code is not None
+        self.history.append(f"--- gateway #{self.generation} killed ({code}) ---")
+        self.daemon = None
+        return code
+
     async def restart(self) -> None:
         """Stop, then start a new process on the SAME port and data dir."""
         port = self.port
