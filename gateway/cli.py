@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 import uvloop
 
-from gateway import __version__, cli_client, log
+from gateway import __version__, cli_admin, cli_client, log
 from gateway.app import Gateway
 from gateway.backup import DATABASE_NAME, BackupError, backup
 from gateway.cli_client import position
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--from", dest="after", type=position, default=0, help="only events after this seqNum"
     )
+
+    cli_admin.add_commands(commands, store_commands)
 
     backup = commands.add_parser(
         "backup", help="copy the SQLite log consistently, while the server runs"
@@ -299,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_client.run(cli_client.tail, args, config)
     if args.command == "push":
         return cli_client.run(cli_client.push, args, config)
+    if cli_admin.handles(args):
+        return cli_admin.run(args, config)
     if args.command == "store" and args.store_command == "export":
         return cli_client.run(cli_client.export, args, config)
     if args.command == "serve":
