@@ -16,9 +16,11 @@ import functools
 import gc
 import logging
 import signal
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -34,6 +36,7 @@ from gateway.errors import ConfigError, Refusal, StoreError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.peer import http_call
+from gateway.revocation import Revocation
 from gateway.store import EventStore
 from gateway.store.sqlite import SqliteStore
 from gateway.systemd import Notifier
@@ -100,7 +103,9 @@ class Gateway:
         self.auth = AuthGate(config.auth)
         self.sessions = Sessions(self.settings, self.engine, self.auth.wait_push)
         self.engine.on_retired = self._retired
-        self.admin = AdminService(self.store, self.engine, self.hub, self.sessions)
+        self.admin = AdminService(
+            self.store, self.engine, self.hub, self.sessions, revoke=self.revoke
+        )
         self.admin_server: AdminServer | None = None
         self.endpoints = Endpoints(
             self.settings,
@@ -119,6 +124,7 @@ class Gateway:
         self.metrics.add_source(self._collect)
         self._started = False
         self._background: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -130,6 +136,7 @@ class Gateway:
     async def start(self) -> None:
         await self.store.open()
         try:
+            self.auth.revoked.replace(await self.store.list_revocations(time.time()))
             await self.listener.start()
         except BaseException:
             await self.store.close()
@@ -140,6 +147,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self.engine.shared:
             self._background.append(loop.create_task(self.engine.reconcile_forever()))
+            self._background.append(loop.create_task(self._reload_revocations_forever()))
+            listen = getattr(self.store, "set_revocation_listener", None)
+            if listen is not None:
+                listen(lambda: self._spawn(self.reload_revocations()))
         self._background.append(loop.create_task(self._unload_forever()))
         self._started = True
 
@@ -216,6 +227,37 @@ class Gateway:
             "pushes_accepted": self.engine.counters.pushes_accepted,
             "events_accepted": self.engine.counters.events_accepted,
         }
+
+    # -- revocations ----------------------------------------------------------------------
+
+    async def revoke(self, entry: Revocation) -> int:
+        """Record ``entry`` and close the sessions it covers (4003); how many were closed."""
+        await self.store.add_revocation(entry)
+        self.auth.revoked.add(entry)
+        return await self.sessions.recheck(self._recheck, why="after a revocation")
+
+    async def reload_revocations(self) -> int:
+        """Take the store's revocations (another node recorded one); close what they cover."""
+        try:
+            entries = await self.store.list_revocations(time.time())
+        except StoreError as exc:
+            logger.warning("cannot read the revocations: %s", exc)
+            return 0
+        if set(entries) == set(self.auth.revoked):
+            return 0
+        self.auth.revoked.replace(entries)
+        return await self.sessions.recheck(self._recheck, why="after a revocation")
+
+    async def _reload_revocations_forever(self) -> None:
+        """Revocations whose announcement was lost (shared backends) arrive this way."""
+        while True:
+            await asyncio.sleep(self.config.store.reconcile_interval)
+            await self.reload_revocations()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _retired(self, store_id: str, what: str) -> None:
         """A store was reset or deleted (here or on another node): its clients reconnect."""

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 from gateway.cli_client import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from gateway.config import Config, parse_listen
+from gateway.errors import RefusalCode
 
 EXIT_NOT_FOUND: Final = 7  # the store does not exist (404 STORE_NOT_FOUND)
 
@@ -58,6 +59,15 @@ def add_commands(
         command.add_argument("--instance", help="only sessions of this instanceId")
     sessions.add_argument("--json", action="store_true", help="JSON lines instead of columns")
     disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    revoke = _admin(commands, "revoke", "revoke a subject's tokens, or one token (jti)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sub", help="revoke this subject's tokens issued before --before")
+    which.add_argument("--jti", help="revoke the one token with this jti")
+    revoke.add_argument(
+        "--before", type=when, help="with --sub: tokens issued before this (default: now)"
+    )
+    revoke.add_argument("--expires", type=when, help="with --jti: when that token expires")
+    _admin(commands, "revocations", "list the revocations in force (JSON lines)")
 
 
 def _admin(
@@ -70,9 +80,24 @@ def _admin(
     return command
 
 
+def when(text: str) -> float:
+    """A time: seconds since the epoch, or ISO 8601 (``2026-12-04T10:00:00Z``)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
 def handles(args: argparse.Namespace) -> bool:
     """Whether ``args`` is one of the admin commands."""
-    if args.command in ("stores", "sessions", "disconnect"):
+    if args.command in ("stores", "sessions", "disconnect", "revoke", "revocations"):
         return True
     return args.command == "store" and args.store_command in ("show", "reset", "delete")
 
@@ -87,6 +112,12 @@ def run(args: argparse.Namespace, config: Config, *, stdin: TextIO = sys.stdin) 
             return _sessions(api, args)
         if args.command == "disconnect":
             return _disconnect(api, args, stdin)
+        if args.command == "revoke":
+            return _revoke(api, args)
+        if args.command == "revocations":
+            for entry in api.call("GET", "/v1/revocations")["revocations"]:
+                print(json.dumps(entry))
+            return EXIT_OK
         if args.store_command == "show":
             print(json.dumps(api.call("GET", _store_path(args.store)), indent=2))
             return EXIT_OK
@@ -142,7 +173,7 @@ def _failure(exc: urllib.error.HTTPError) -> AdminError:
     status = {401: EXIT_REFUSED, 403: EXIT_REFUSED, 429: EXIT_REFUSED, 404: EXIT_FAILED}.get(
         exc.code, EXIT_FAILED
     )
-    if code == "STORE_NOT_FOUND":
+    if code == RefusalCode.STORE_NOT_FOUND:
         status = EXIT_NOT_FOUND
     return AdminError(status, f"HTTP {exc.code} {code}: {message}".replace(" : ", ": "))
 
@@ -245,6 +276,32 @@ def _destroy(api: _Api, args: argparse.Namespace, stdin: TextIO) -> int:
     else:
         api.call("DELETE", _store_path(args.store))
         print(f"deleted {args.store}")
+    return EXIT_OK
+
+
+def _revoke(api: _Api, args: argparse.Namespace) -> int:
+    if args.sub is not None:
+        if args.expires is not None:
+            raise AdminError(EXIT_USAGE, "--expires goes with --jti (--sub takes --before)")
+        body: dict[str, Any] = {"subject": args.sub}
+        if args.before is not None:
+            body["before"] = args.before
+    else:
+        if args.before is not None:
+            raise AdminError(EXIT_USAGE, "--before goes with --sub (--jti takes --expires)")
+        body = {"jti": args.jti}
+        if args.expires is not None:
+            body["expiresAt"] = args.expires
+    done = api.call("POST", "/v1/revocations", body)
+    entry = done["revocation"]
+    what = (
+        f"subject {entry['subject']} before {_when(entry['before'])}"
+        if args.sub
+        else (f"jti {entry['jti']}")
+    )
+    print(
+        f"revoked {what}; kept until {_when(entry['expiresAt'])}; closed {done['closed']} sessions"
+    )
     return EXIT_OK
 
 

@@ -123,6 +123,9 @@ class AuthConfig:
     leeway: float = 10.0
     # Expired tokens are still accepted this long after `exp` (0 disables).
     grace_period: float = 86400.0
+    # The longest lifetime (exp - iat) of the tokens you issue: a revocation is kept this long
+    # (plus grace_period) after the tokens it covers were issued, then forgotten.
+    max_token_lifetime: float = 30 * 86400.0
     # Insecure development tokens: accepted as subject "dev" only when require_auth is false.
     dev_tokens: tuple[str, ...] = ("insecure-token-change-me",)
     # Internal services send {"serverBypass": <token>}; >= 32 characters in production.

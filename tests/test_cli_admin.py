@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,3 +130,24 @@ async def test_url_and_token_come_from_the_configuration(admin: Admin, tmp_path:
     assert status == 0, err
     assert out.startswith("configured\t")
     await client.close()
+
+
+async def test_revoke_and_list_revocations(admin: Admin) -> None:
+    status, out, err = await admin.cli(
+        "revoke", "--sub", "alice", "--before", "2026-12-01T00:00:00Z"
+    )
+    assert status == 0, err
+    assert out.startswith("revoked subject alice before 2026-12-01T00:00:00Z; kept until ")
+    assert out.rstrip().endswith("closed 0 sessions")
+    status, out, err = await admin.cli("revoke", "--jti", "tok-9", "--expires", "1900000000")
+    assert status == 0, err
+    status, out, _ = await admin.cli("revocations")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert [(e["subject"], e["jti"]) for e in entries] == [("alice", None), (None, "tok-9")]
+    assert entries[0]["before"] == 1_796_083_200.0  # 2026-12-01T00:00:00Z
+    status, _, err = await admin.cli("revoke", "--sub", "x", "--expires", "5")
+    assert status == 2
+    assert "--expires goes with --jti" in err
+    status, _, err = await admin.cli("revoke", "--sub", "x", "--before", "yesterday")
+    assert status == 2
+    assert "not a time" in err

@@ -17,6 +17,8 @@ POST       /v1/stores/{storeId}/reset       ``{"storeId", "backendId", "head": 0
 DELETE     /v1/stores/{storeId}             ``{"storeId", "deleted": true}``
 GET        /v1/sessions?store=&subject=&instance=  ``{"sessions": [...]}``
 POST       /v1/sessions/disconnect          body ``{"store"?, "subject"?, "instance"?}``
+GET        /v1/revocations                  ``{"revocations": [...]}`` (those in force)
+POST       /v1/revocations                  ``{"subject", "before"?}`` / ``{"jti", "expiresAt"?}``
 =========  ===============================  ===========================================
 """
 
@@ -29,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
 
 import orjson
@@ -39,6 +41,7 @@ from gateway.auth.limits import FailureTracker
 from gateway.auth.policy import fingerprint
 from gateway.config import LiveConfig
 from gateway.errors import Refusal, RefusalCode, StoreError
+from gateway.revocation import Revocation
 
 logger = logging.getLogger("gateway.admin")
 security = logging.getLogger("gateway.security")
@@ -194,6 +197,8 @@ class AdminApi:
                 routes = {"GET": self._sessions}
             case ["sessions", "disconnect"]:
                 routes = {"POST": self._disconnect}
+            case ["revocations"]:
+                routes = {"GET": self._revocations, "POST": self._revoke}
             case _:
                 return _refuse(RefusalCode.NOT_FOUND, "no such endpoint")
         handler = routes.get(request.method)
@@ -264,6 +269,50 @@ class AdminApi:
             after = rows[-1].seq
             yield bytes(out)
 
+    # -- revocations --------------------------------------------------------------------------
+
+    async def _revocations(self, _request: AdminRequest, _target: _Target) -> AdminResponse:
+        entries = await self._service.revocations(self._clock())
+        return AdminResponse.json({"revocations": [entry.as_json() for entry in entries]})
+
+    async def _revoke(self, request: AdminRequest, target: _Target) -> AdminResponse:
+        try:
+            body = orjson.loads(request.body or b"null")
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return _refuse(RefusalCode.BAD_REQUEST, "the body must be a JSON object")
+        subject, token_id = body.get("subject"), body.get("jti")
+        if (subject is None) == (token_id is None) or not isinstance(subject or token_id, str):
+            return _refuse(RefusalCode.BAD_REQUEST, 'give a "subject" or a "jti" (a string)')
+        before = _number(body, "before")
+        if isinstance(before, AdminResponse):
+            return before
+        expires = _number(body, "expiresAt")
+        if isinstance(expires, AdminResponse):
+            return expires
+        auth = self._settings.current.auth
+        now = self._clock()
+        if subject is not None:
+            cutoff = now if before is None else before
+            entry = Revocation(
+                subject=subject,
+                before=cutoff,
+                expires_at=cutoff + auth.max_token_lifetime + auth.grace_period,
+                created_at=now,
+                actor=target.actor,
+            )
+        else:
+            until = now + auth.max_token_lifetime if expires is None else expires
+            entry = Revocation(
+                token_id=token_id,
+                expires_at=until + auth.grace_period,
+                created_at=now,
+                actor=target.actor,
+            )
+        closed = await self._service.revoke(entry)
+        return AdminResponse.json({"revocation": entry.as_json(), "closed": closed})
+
     # -- sessions -----------------------------------------------------------------------------
 
     async def _sessions(self, request: AdminRequest, _target: _Target) -> AdminResponse:
@@ -299,6 +348,15 @@ class AdminApi:
             actor=target.actor,
         )
         return AdminResponse.json({"closed": closed})
+
+
+def _number(body: dict[str, Any], key: str) -> float | AdminResponse | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return _refuse(RefusalCode.BAD_REQUEST, f"{key} must be seconds since the epoch")
+    return float(value)
 
 
 def _int_param(

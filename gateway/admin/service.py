@@ -9,11 +9,13 @@ their clients learn the new backendId when they reconnect.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 from gateway.engine import SyncEngine
 from gateway.hub import Hub
+from gateway.revocation import Revocation
 from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta
 from gateway.transport.sessions import Sessions, SessionView
 
@@ -52,11 +54,22 @@ def session_view(view: SessionView) -> dict[str, Any]:
 class AdminService:
     """What an operator can do to this node (and, through the shared log, to the others)."""
 
-    def __init__(self, store: EventStore, engine: SyncEngine, hub: Hub, sessions: Sessions):
+    def __init__(
+        self,
+        store: EventStore,
+        engine: SyncEngine,
+        hub: Hub,
+        sessions: Sessions,
+        *,
+        revoke: Callable[[Revocation], Awaitable[int]],
+    ) -> None:
+        """``revoke`` records an entry and closes the sessions it covers (the composition
+        root's, which owns the auth gate)."""
         self._store = store
         self._engine = engine
         self._hub = hub
         self._sessions = sessions
+        self._revoke = revoke
 
     async def stores(
         self, *, prefix: str = "", after: str = "", limit: int = 100
@@ -102,6 +115,25 @@ class AdminService:
             "done" if deleted else "not_found",
         )
         return bool(deleted)
+
+    async def revoke(self, entry: Revocation) -> int:
+        """Record a revocation (durably, for every node) and close the sessions it covers on
+        this node; the others close theirs when they hear of it. Returns how many closed."""
+        closed = await self._revoke(entry)
+        audit.info(
+            "action=token.revoke subject=%s before=%s jti=%s expires=%.0f actor=%s closed=%d",
+            entry.subject,
+            entry.before,
+            entry.token_id,
+            entry.expires_at,
+            entry.actor,
+            closed,
+        )
+        return closed
+
+    async def revocations(self, now: float) -> list[Revocation]:
+        """The revocations in force."""
+        return await self._store.list_revocations(now)
 
     def sessions(
         self,

@@ -29,6 +29,7 @@ from gateway.auth import policy as auth
 from gateway.auth.limits import FailureTracker, PushLimiter
 from gateway.config import HMAC_ALGORITHMS, AuthConfig
 from gateway.errors import ConfigError, Refusal, RefusalCode
+from gateway.revocation import RevocationSet
 
 logger = logging.getLogger("gateway.auth")
 security = logging.getLogger("gateway.security")
@@ -36,7 +37,9 @@ security = logging.getLogger("gateway.security")
 Clock = Callable[[], float]
 
 # Refusals that are no evidence of guessing: they never count towards (nor meet) a lockout.
-_NOT_GUESSING = frozenset({RefusalCode.TOKEN_EXPIRED, RefusalCode.STORE_FORBIDDEN})
+_NOT_GUESSING = frozenset(
+    {RefusalCode.TOKEN_EXPIRED, RefusalCode.TOKEN_REVOKED, RefusalCode.STORE_FORBIDDEN}
+)
 
 
 def _load_public_keys(paths: tuple[str, ...]) -> tuple[Any, ...]:
@@ -154,6 +157,8 @@ class AuthGate:
         # Lockouts by the refusal that triggered them.
         self.lockouts: Counter[str] = Counter()
         self.failures = FailureTracker(config.lockout_failures, config.lockout_window)
+        # Revoked tokens in force (the store's, kept current by the composition root).
+        self.revoked = RevocationSet()
         self.apply(config)
 
     def apply(self, config: AuthConfig) -> None:
@@ -320,6 +325,11 @@ class AuthGate:
             )
         if not auth.store_allowed(decision, context.store_id, self.policy):
             denied = Refusal(code=RefusalCode.STORE_FORBIDDEN, message="this store is not allowed")
+            return self._refuse(context, ip, credentials, denied, verification, record=record)
+        if isinstance(verification, auth.Verified | auth.Expired) and self.revoked.covers(
+            decision.subject, verification.claims, self._clock()
+        ):
+            denied = Refusal(code=RefusalCode.TOKEN_REVOKED, message="this token was revoked")
             return self._refuse(context, ip, credentials, denied, verification, record=record)
         if record:
             self.decisions[decision.reason] += 1

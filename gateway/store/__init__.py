@@ -15,6 +15,7 @@ from typing import Protocol
 
 from gateway.errors import HeadMismatch, StoreError
 from gateway.protocol import NewEvent
+from gateway.revocation import Revocation
 
 __all__ = [
     "EventStore",
@@ -115,6 +116,14 @@ class EventStore(Protocol):
     async def delete_store(self, store_id: str) -> bool:
         """Remove the store and its log; the next ``ensure_store`` creates a new one with a new
         backendId. False if it did not exist."""
+
+    # -- revoked tokens (gateway.revocation) --------------------------------------------------
+
+    async def add_revocation(self, entry: Revocation) -> None:
+        """Record ``entry`` durably (and forget entries expired by its ``created_at``)."""
+
+    async def list_revocations(self, now: float) -> list[Revocation]:
+        """The entries still in force at ``now``."""
 
 
 class SharedEventStore(EventStore, Protocol):

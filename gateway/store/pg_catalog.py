@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
+from gateway.revocation import Revocation
 from gateway.store import StoreInfo, StoreMeta, new_backend_id
 
 if TYPE_CHECKING:
@@ -99,6 +100,31 @@ class PostgresCatalog:
             await conn.execute("DELETE FROM stores WHERE store_id = $1", store_id)
             await self._announce(conn, store_id, "delete")
         return True
+
+    async def add_revocation(self, entry: Revocation) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM revocations WHERE expires_s <= $1", entry.created_at)
+            await conn.execute(
+                "INSERT INTO revocations (subject, before_s, jti, expires_s, created_s, actor) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                entry.subject,
+                entry.before,
+                entry.token_id,
+                entry.expires_at,
+                entry.created_at,
+                entry.actor,
+            )
+            await self._announce(conn, "", "revoke")
+
+    async def list_revocations(self, now: float) -> list[Revocation]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT subject, before_s, jti, expires_s, created_s, actor FROM revocations "
+                "WHERE expires_s > $1 ORDER BY id",
+                now,
+            )
+        )
+        return [Revocation.from_row(*row) for row in rows]
 
     async def _lock(self, conn: Conn, store_id: str) -> bool:
         """Row-lock the store (waiting for appends in flight); False if it does not exist."""

@@ -35,6 +35,11 @@ class PostgresListener:
     _on_commit: CommitListener | None
     _on_reconnect: Callable[[], None] | None
     _on_retired: Callable[[str, str], None] | None
+    _on_revoked: Callable[[], None] | None = None
+
+    def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
+        """``on_revoked()`` when another node recorded a revocation."""
+        self._on_revoked = on_revoked
 
     async def _connect(self) -> asyncpg.Connection:
         raise NotImplementedError
@@ -65,7 +70,12 @@ class PostgresListener:
             logger.warning("ignoring a malformed notification")
             return
         if "x" in message:
-            if node != self.node and self._on_retired is not None:
+            if node == self.node:
+                return  # this node acted on its own change already
+            if what == "revoke":
+                if self._on_revoked is not None:
+                    self._on_revoked()
+            elif self._on_retired is not None:
                 self._on_retired(store_id, what)
         elif self._on_commit is not None:
             self._on_commit(store_id, head)

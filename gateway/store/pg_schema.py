@@ -6,7 +6,7 @@ import asyncpg
 
 from gateway.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -33,6 +33,18 @@ MIGRATIONS: dict[int, str] = {
             bytes = coalesce((SELECT sum(length(data)) FROM events e
                               WHERE e.store_id = stores.store_id), 0),
             last_ms = (SELECT max(created_ms) FROM events e WHERE e.store_id = stores.store_id);
+    """,
+    # Revoked tokens (gateway.revocation), kept until the tokens they cover expire.
+    3: """
+        CREATE TABLE IF NOT EXISTS revocations (
+            id          bigserial PRIMARY KEY,
+            subject     text,
+            before_s    double precision,
+            jti         text,
+            expires_s   double precision NOT NULL,
+            created_s   double precision NOT NULL,
+            actor       text NOT NULL DEFAULT ''
+        );
     """,
 }
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from gateway.errors import StoreError
+from gateway.revocation import Revocation
 from gateway.store import StoreInfo, StoreMeta, new_backend_id
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,37 @@ class SqliteCatalog:
         if deleted:
             self._start_purge()
         return deleted
+
+    # -- revoked tokens -----------------------------------------------------------------------
+
+    async def add_revocation(self, entry: Revocation) -> None:
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM revocations WHERE expires_s <= ?", (entry.created_at,))
+            conn.execute(
+                "INSERT INTO revocations (subject, before_s, jti, expires_s, created_s, actor) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    entry.subject,
+                    entry.before,
+                    entry.token_id,
+                    entry.expires_at,
+                    entry.created_at,
+                    entry.actor,
+                ),
+            )
+
+        await self._write(add)
+
+    async def list_revocations(self, now: float) -> list[Revocation]:
+        def select(conn: sqlite3.Connection) -> list[Revocation]:
+            rows = conn.execute(
+                "SELECT subject, before_s, jti, expires_s, created_s, actor FROM revocations "
+                "WHERE expires_s > ? ORDER BY id",
+                (now,),
+            ).fetchall()
+            return [Revocation.from_row(*row) for row in rows]
+
+        return await self._read(select)
 
     # -- purging ------------------------------------------------------------------------------
 

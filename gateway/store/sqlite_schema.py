@@ -11,7 +11,7 @@ import sqlite3
 
 from gateway.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -40,6 +40,18 @@ MIGRATIONS: dict[int, str] = {
             bytes = coalesce((SELECT sum(length(data)) FROM events WHERE sid = stores.id), 0),
             last_ms = (SELECT max(created_ms) FROM events WHERE sid = stores.id);
         CREATE TABLE IF NOT EXISTS purge (sid INTEGER PRIMARY KEY);
+    """,
+    # Revoked tokens (gateway.revocation), kept until the tokens they cover expire.
+    3: """
+        CREATE TABLE IF NOT EXISTS revocations (
+            id          INTEGER PRIMARY KEY,
+            subject     TEXT,
+            before_s    REAL,
+            jti         TEXT,
+            expires_s   REAL    NOT NULL,
+            created_s   REAL    NOT NULL,
+            actor       TEXT    NOT NULL DEFAULT ''
+        );
     """,
 }
 

@@ -299,8 +299,9 @@ class Sessions:
 
     # -- reload ---------------------------------------------------------------------------
 
-    async def recheck(self, check: Recheck) -> int:
-        """After a reload: close sessions the new policy refuses; returns how many.
+    async def recheck(self, check: Recheck, *, why: str = "after reload") -> int:
+        """After a reload (or a revocation): close sessions the policy now refuses; returns
+        how many.
 
         The others get the expiry their credential has under the new policy.
         """
@@ -314,9 +315,10 @@ class Sessions:
                 expired = outcome.code is RefusalCode.TOKEN_EXPIRED
                 code = CloseCode.TOKEN_EXPIRED if expired else CloseCode.FORBIDDEN
                 logger.info(
-                    "closing store=%s subject=%s after reload: %s",
+                    "closing store=%s subject=%s %s: %s",
                     info.context.store_id,
                     info.admission.subject,
+                    why,
                     outcome.code,
                 )
                 connection.close(code, outcome.code.lower())

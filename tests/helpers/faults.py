@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.protocol import NewEvent
+from gateway.revocation import Revocation
 from gateway.store import StoredEvent, StoreInfo, StoreMeta
 from gateway.store.sqlite import SqliteStore
 
@@ -127,3 +128,11 @@ class RaisingStore:
     async def delete_store(self, store_id: str) -> bool:
         self._fault("delete_store")
         return await self.inner.delete_store(store_id)
+
+    async def add_revocation(self, entry: Revocation) -> None:
+        self._fault("add_revocation")
+        await self.inner.add_revocation(entry)
+
+    async def list_revocations(self, now: float) -> list[Revocation]:
+        self._fault("list_revocations")
+        return await self.inner.list_revocations(now)
