@@ -368,10 +368,14 @@ def table_lines(res: dict[str, Any]) -> list[str]:
             + f"); generator {fmt(gen.get('events_per_s'))} ev/s; client/generator "
             f"{fmt(_ratio(cl.get('events_per_s'), gen.get('events_per_s')), 2)}"
         )
+        # What one CPU would follow if the client had it to itself: steadier than the rate
+        # on a loaded machine.
+        per_cpu = _ratio(1e6, cl.get("client_cpu_us_per_event"))
         lines.append(
-            f"    CPU per event: client {fmt(cl.get('client_cpu_us_per_event'), 2)} us, "
-            f"generator {fmt(gen_cpu, 2)} us; server {fmt(cl.get('server_cpu_us_per_event'), 2)}"
-            f" us (client pull), {fmt(gen.get('server_cpu_us_per_event'), 2)} us (generator's)"
+            f"    CPU per event: client {fmt(cl.get('client_cpu_us_per_event'), 2)} us "
+            f"({fmt(per_cpu)} events per client CPU-second), generator {fmt(gen_cpu, 2)} us; "
+            f"server {fmt(cl.get('server_cpu_us_per_event'), 2)} us (client pull), "
+            f"{fmt(gen.get('server_cpu_us_per_event'), 2)} us (generator's)"
         )
     for scenario in ("client_commit", "client_commit_many"):
         by = res.get(scenario)
