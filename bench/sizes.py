@@ -60,7 +60,7 @@ class Sizes:
     client_batch: int = 100  # events per commit_many()
     client_batch_tasks: int = 4  # tasks calling commit_many() concurrently
     client_window: int = 16  # the generator's pushes in flight (its pipelined writer)
-    client_commit_s: float = 2.0
+    client_commit_s: float = 1.5
     client_commit_max: int = 500_000  # events per commit window, whatever the rate
     client_rounds: int = 2
     concurrency: int = 64

@@ -7,8 +7,9 @@ process to the generator's CPU), as a service runs beside its server; the genera
 here. Each pair alternates, round by round. ``--only client`` runs this alone (< 60 s).
 
 - ``client_follow``: a store of ``client_events`` events (pushed by the generator, 100 per
-  push), read to its head by ``events(after=None, live=False)`` and by the generator's
-  catch-up (:mod:`bench.rigs.catchup`). Medians of ``client_follow_runs`` runs each.
+  push, ``client_window`` pushes in flight), read to its head by
+  ``events(after=None, live=False)`` and by the generator's catch-up
+  (:mod:`bench.rigs.catchup`). Medians of ``client_follow_runs`` runs each.
   Target: the client >= 100,000 events/s.
 - ``client_commit``: single-event commits from one client: ``client_tasks`` tasks call
   ``commit()`` back to back. The reference is the generator's single writer pushing
@@ -42,7 +43,7 @@ from bench.frames import EXIT_START, PING
 from bench.procs import Server
 from bench.pyclient import BYPASS_ENV, ROOT_ENV, CommitRun, FollowRun, commit_run_from_json
 from bench.results import dig, fmt, percentiles
-from bench.rigs.catchup import catchup_once, populate, summarise
+from bench.rigs.catchup import catchup_once, summarise
 from bench.rigs.common import HOST, Auth, Meter, store_ids
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class FollowResult:
     client_cpu_us_per_event: float | None
     server_cpu_us_per_event: float | None
     order_errors: int
-    # how long the generator took to push the store's events
+    # how long the generator took to push the store's events (pipelined)
     populate_s: float
     client_module: str
 
@@ -74,7 +75,7 @@ class FollowResult:
 class PipelinedPusher:
     """The load generator's single writer: one connection, one store, up to ``window``
     pushes in flight. Acks come back in push order (one store's pushes are admitted in
-    order), so each pops the oldest send time."""
+    order), so each pops the oldest push (send time, events)."""
 
     __slots__ = (
         "acked",
@@ -97,8 +98,8 @@ class PipelinedPusher:
         self.client_id = client_id
         self.ids = IdSource()
         self.seq = 0
-        self.acked = 0  # pushes
-        self.sent: deque[int] = deque()
+        self.acked = 0  # events
+        self.sent: deque[tuple[int, int]] = deque()
         self.latencies: list[int] = []
         self.failure: bytes | None = None
         self.wake: asyncio.Future[None] | None = None
@@ -107,9 +108,10 @@ class PipelinedPusher:
     def on_text(self, data: bytes, now: int) -> None:
         if not data.startswith(EXIT_START) or not self.sent:
             return
-        self.latencies.append(now - self.sent.popleft())
+        sent_at, events = self.sent.popleft()
+        self.latencies.append(now - sent_at)
         if SUCCESS in data:
-            self.acked += 1
+            self.acked += events
         elif self.failure is None:
             self.failure = data
         wake = self.wake
@@ -123,22 +125,44 @@ class PipelinedPusher:
             raise RuntimeError(f"push refused: {self.failure[:300]!r}")
 
     async def run(self, batch: int, window: int, deadline: float, max_events: int) -> int:
-        """Push ``batch``-event batches, ``window`` in flight, until ``deadline`` or
-        ``max_events``; then wait for the last acks. Returns the acked events."""
+        """Push batches of ``batch`` events (the last one smaller to stop at
+        ``max_events``), ``window`` in flight, until ``deadline``; then wait for the last
+        acks. Returns the acked events."""
         acked_before = self.acked
         pushed = 0
         while time.monotonic() < deadline and pushed < max_events:
             if len(self.sent) >= window:
                 await self._wait()
                 continue
-            events = frames.make_events(self.seq + 1, batch, monotonic_ns(), self.client_id)
-            self.sent.append(monotonic_ns())
+            n = min(batch, max_events - pushed)
+            events = frames.make_events(self.seq + 1, n, monotonic_ns(), self.client_id)
+            self.sent.append((monotonic_ns(), n))
             self.conn.send(frames.push_frame(self.ids(), self.store_id, self.payload, events))
-            self.seq += batch
-            pushed += batch
+            self.seq += n
+            pushed += n
         while self.sent:
             await self._wait()
-        return (self.acked - acked_before) * batch
+        return self.acked - acked_before
+
+
+async def open_writer(server: Server, auth: Auth, store_id: str, client_id: str) -> PipelinedPusher:
+    payload = auth.payload(500_000)
+    conn = await connect(HOST, server.port, frames.resource(store_id, payload))
+    conn.send(PING)
+    return PipelinedPusher(conn, store_id, payload, client_id)
+
+
+async def fill(server: Server, auth: Auth, store_id: str, events: int, window: int) -> float:
+    """Push ``events`` events into a new store (100 per push, ``window`` in flight);
+    returns the seconds it took."""
+    started = time.monotonic()
+    pusher = await open_writer(server, auth, store_id, "bench-history")
+    try:
+        async with asyncio.timeout(GRACE):
+            await pusher.run(100, window, started + GRACE, events)
+    finally:
+        pusher.conn.abort()
+    return time.monotonic() - started
 
 
 async def generator_commits(
@@ -152,11 +176,8 @@ async def generator_commits(
 ) -> CommitRun:
     """The generator's single writer on a fresh store: ``window`` pushes in flight."""
     (store_id,) = store_ids(f"client-gen-w{window}-b{batch}", 1)
-    payload = auth.payload(500_000 + window)
-    conn = await connect(HOST, server.port, frames.resource(store_id, payload))
+    pusher = await open_writer(server, auth, store_id, "bench-generator")
     try:
-        conn.send(PING)
-        pusher = PipelinedPusher(conn, store_id, payload, "bench-generator")
         async with asyncio.timeout(GRACE):
             await pusher.run(batch, 1, time.monotonic() + GRACE, batch)  # creates the store
         await server.quiet()
@@ -166,7 +187,7 @@ async def generator_commits(
             acked = await pusher.run(batch, window, time.monotonic() + duration, max_events)
         usage = meter.read()
     finally:
-        conn.abort()
+        pusher.conn.abort()
     return CommitRun(
         writer="generator",
         concurrency=window,
@@ -219,7 +240,7 @@ async def follow(bench: Bench, server: Server) -> dict[str, object]:
     s = bench.sizes
     (store_id,) = store_ids("client-follow", 1)
     bench.log(f"client_follow: pushing {s.client_events} events into the gateway ...")
-    populate_s = await populate(server, bench.auth, store_id, s.client_events)
+    populate_s = await fill(server, bench.auth, store_id, s.client_events, s.client_window)
     generator, client = [], []
     for run in range(s.client_follow_runs):
         await server.quiet()
