@@ -10,9 +10,11 @@ The gateway package imported is the one in ``GATEWAY_BENCH_CLIENT_ROOT`` when se
 bench's ``--gateway-root``: A/B-test a client change), else the installed one; the result
 names the file (``client_module``).
 
-Every loop is bounded in time and count. With ``"profile": PATH`` in the spec, the measured
-part runs under cProfile and its stats are written to PATH (``.pstats``, and a ``.txt``
-summary beside it); numbers measured that way are not benchmark numbers.
+The client runs as a service would run it: garbage collection on, nothing tuned (the load
+generator's catch-up turns gc off while it measures). Every loop is bounded in time and
+count. With ``"profile": PATH`` in the spec, the measured part runs under cProfile and its
+stats are written to PATH (``.pstats``, and a ``.txt`` summary beside it); numbers measured
+that way are not benchmark numbers.
 """
 
 from __future__ import annotations
