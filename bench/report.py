@@ -18,7 +18,7 @@ import orjson
 
 from bench.machine import Machine, SourceState
 from bench.results import dig, fmt, to_json
-from bench.rigs import handshake_tls
+from bench.rigs import client, handshake_tls
 from bench.sizes import Sizes
 from bench.studies import compression, floor
 
@@ -80,7 +80,34 @@ TARGETS: list[tuple[str, str, tuple[str, ...], str, float, str]] = [
         50000.0,
         "catch-up of the history >= 50,000 events/s",
     ),
+    (
+        "client_follow",
+        "client_follow",
+        ("events_per_s",),
+        ">=",
+        100_000.0,
+        "Python client: events(live=False) over a 100k-event store >= 100,000 events/s",
+    ),
+    (
+        "client_commit",
+        "client_commit",
+        ("acked_events_per_s",),
+        "ratio>=",
+        0.5,
+        "Python client: commit() from concurrent tasks >= 0.5x the generator's pipelined writer",
+    ),
+    (
+        "client_many",
+        "client_commit_many",
+        ("acked_events_per_s",),
+        "ratio>=",
+        0.5,
+        "Python client: commit_many() batches >= 0.5x the generator's pipelined writer",
+    ),
 ]
+# The pair a scenario's targets compare (results.<scenario>.<name>); the rest compare
+# gateway with baseline.
+PAIRS: dict[str, tuple[str, str]] = {scenario: client.PAIR for scenario in client.SCENARIOS}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,8 +128,9 @@ def targets(res: dict[str, Any], *, smoke: bool) -> list[Target]:
     """Every target, judged on the results (never at toy sizes: ``met`` is None)."""
     out = []
     for name, scenario, path, op, limit, meaning in TARGETS:
-        gw_value = dig(res.get(scenario, {}).get("gateway"), path)
-        base_value = dig(res.get(scenario, {}).get("baseline"), path)
+        over, under = PAIRS.get(scenario, ("gateway", "baseline"))
+        gw_value = dig(res.get(scenario, {}).get(over), path)
+        base_value = dig(res.get(scenario, {}).get(under), path)
         if op.startswith("ratio"):
             value = gw_value / base_value if gw_value is not None and base_value else None
             met = None if value is None else (value <= limit if op == "ratio<=" else value >= limit)
@@ -119,7 +147,7 @@ def targets(res: dict[str, Any], *, smoke: bool) -> list[Target]:
                 gateway=gw_value,
                 baseline=base_value,
                 value=value,
-                kind="gateway/baseline" if op.startswith("ratio") else "absolute",
+                kind=f"{over}/{under}" if op.startswith("ratio") else "absolute",
                 limit=limit,
                 comparison="<=" if op.endswith("<=") else ">=",
                 met=met,
@@ -174,7 +202,7 @@ def build(
             continue
         if "gateway" in by_server and "baseline" in by_server:
             ratios[scenario] = _ratios(by_server["gateway"], by_server["baseline"])
-    for scenario, extra in handshake_tls.ratios(res).items():
+    for scenario, extra in (handshake_tls.ratios(res) | client.ratios(res)).items():
         ratios.setdefault(scenario, {}).update(extra)
     return {
         "mode": "smoke" if smoke else "full",
@@ -349,12 +377,13 @@ def table(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         value = fmt(t["value"], 2)
-        kind = "x baseline" if t["kind"] == "gateway/baseline" else ""
+        kind = f"x {t['kind'].partition('/')[2]}" if "/" in t["kind"] else ""
         lines.append(
             f"  [{verdict:>6}] {t['name']:<13} {value}{kind} (need {t['comparison']} "
             f"{fmt(t['limit'], 2)})  {t['meaning']}"
         )
     lines.extend(floor.table_lines(res))
+    lines.extend(client.table_lines(res))
     lines.extend(compression.table_lines(res))
     noise = []
     for scenario in ("handshake", "handshake_tls", "fanout"):

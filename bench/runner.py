@@ -30,6 +30,7 @@ from bench.procs import Server, baseline_server, gateway_server, plan_cpus, rais
 from bench.profiling import Profiler
 from bench.results import Picked
 from bench.rigs.catchup import catchup, populate
+from bench.rigs.client import client_rig
 from bench.rigs.common import Auth
 from bench.rigs.durable import DurableResult, durable_push
 from bench.rigs.fanout import FanoutPhase, FanoutRig, PacedSlices
@@ -360,6 +361,8 @@ class Bench:
             )
         if self.wants("idle"):
             res["idle"] = await self.idle()
+        if any(self.wants(name) for name in ("client", "client_follow", "client_commit")):
+            res.update(await client_rig(self))
         if self.wants("compression") and not self.args.no_compression:
             res["compression"] = await compression_study(self)
         self.timings["total"] = time.monotonic() - started

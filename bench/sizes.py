@@ -53,6 +53,16 @@ class Sizes:
     # take ~10 ms (a PostgreSQL commit), so far above ~70/s per store the pushers fall behind.
     mn_rate: float = 50.0
     mn_s: float = 4.0
+    # 7. the Python client (gateway.client) against the load generator
+    client_events: int = 100_000  # the store the follow measurement reads
+    client_follow_runs: int = 3
+    client_tasks: int = 32  # tasks calling commit() concurrently
+    client_batch: int = 100  # events per commit_many()
+    client_batch_tasks: int = 4  # tasks calling commit_many() concurrently
+    client_window: int = 16  # the generator's pushes in flight (its pipelined writer)
+    client_commit_s: float = 1.5
+    client_commit_max: int = 500_000  # events per commit window, whatever the rate
+    client_rounds: int = 2
     concurrency: int = 64
     settle_s: float = 1.0  # wait before reading RSS
 
@@ -87,6 +97,14 @@ SMOKE = Sizes(
     mn_subscribers=4,
     mn_rate=20.0,
     mn_s=0.3,
+    client_events=1000,
+    client_follow_runs=1,
+    client_tasks=4,
+    client_batch=5,
+    client_batch_tasks=2,
+    client_window=4,
+    client_commit_s=0.3,
+    client_rounds=1,
     rounds=1,
     fan_saturated_rounds=1,
     concurrency=8,

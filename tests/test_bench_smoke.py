@@ -130,6 +130,23 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     else:
         assert "not reachable" in f2["skipped"]
 
+    # The Python client (its own process) next to the load generator, on one gateway.
+    follow = res["client_follow"]
+    for run in follow["client"]["runs"]:
+        assert run["events_received"] == follow["client"]["events"]
+        assert run["order_errors"] == 0
+    assert follow["client"]["events_per_s"] > 0
+    assert follow["generator"]["events_per_s"] > 0
+    for scenario in ("client_commit", "client_commit_many"):
+        for writer in ("client", "generator", "generator_serial"):
+            run = res[scenario][writer]
+            assert run["acked_events"] > 0, (scenario, writer)
+            assert run["acked_events"] == run["calls"] * run["batch"], (scenario, writer)
+            assert _number(run["acked_events_per_s"])
+            _latency_ok(run["ack_latency"])
+        assert _number(report["ratios"][scenario]["acked_events_per_s"])
+    assert "Python client" in proc.stdout
+
     for key in ("none", "deflate"):
         study = res["compression"][key]
         assert study["wire_bytes_per_event"] > 0
@@ -140,6 +157,7 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     assert _number(report["ratios"]["handshake_tls_vs_plain"]["gateway.handshakes_per_s"])
     names = {t["name"] for t in report["targets"]}
     assert {"fanout_cpu", "fanout_p99", "handshakes", "idle_memory", "catchup"} <= names
+    assert {"client_follow", "client_commit", "client_many"} <= names
     for target in report["targets"]:
         assert target["met"] is None
         if target["name"] != "durable_push_b1":  # skipped at smoke size

@@ -60,9 +60,8 @@ def decode_batch(value: Any, cursor: Cursor | None) -> Batch:
     """Decode one PullResponse, checking it continues ``cursor`` without a gap or duplicate."""
     try:
         backend_id = value["backendId"]
-        entries = value["batch"]
-        events = [decode_event(entry) for entry in entries]
-    except (KeyError, TypeError, ValueError) as exc:
+        events = list(map(decode_event, value["batch"]))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ProtocolViolation(f"malformed PullResponse ({exc!r}): {value!r:.200}") from None
     if not isinstance(backend_id, str):
         raise ProtocolViolation("PullResponse.backendId is not a string")
@@ -75,21 +74,27 @@ def decode_batch(value: Any, cursor: Cursor | None) -> Batch:
 
 
 def decode_event(entry: dict[str, Any]) -> Event:
-    """One ``PullResponse.batch`` entry (``eventEncoded`` and ``metadata``)."""
+    """One ``PullResponse.batch`` entry (``eventEncoded`` and ``metadata``).
+
+    Runs once per event of every pull (about a third of a follower's CPU): one lookup per
+    key, and :class:`Event` built with positional arguments (a frozen dataclass's
+    ``__init__`` costs a third less without keywords; the order is its fields').
+    """
     data = entry["eventEncoded"]
+    seq = data["seqNum"]
+    parent = data["parentSeqNum"]
+    if type(seq) is not int or type(parent) is not int:
+        raise ValueError("seqNum and parentSeqNum must be integers")
     metadata = entry.get("metadata")
     created_at = None
     if isinstance(metadata, dict) and metadata.get("_tag") == "Some":
         created_at = metadata["value"].get("createdAt")
-    seq, parent = data["seqNum"], data["parentSeqNum"]
-    if type(seq) is not int or type(parent) is not int:
-        raise ValueError("seqNum and parentSeqNum must be integers")
     return Event(
-        name=data["name"],
-        args=data.get("args"),
-        seq_num=seq,
-        parent_seq_num=parent,
-        client_id=data["clientId"],
-        session_id=data["sessionId"],
-        created_at=created_at,
+        data["name"],
+        data.get("args"),
+        seq,
+        parent,
+        data["clientId"],
+        data["sessionId"],
+        created_at,
     )
