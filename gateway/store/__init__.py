@@ -117,6 +117,13 @@ class EventStore(Protocol):
         """Remove the store and its log; the next ``ensure_store`` creates a new one with a new
         backendId. False if it did not exist."""
 
+    async def create_store(self, store_id: str, backend_id: str) -> bool:
+        """Create an empty store with the given backendId; False if it exists already."""
+
+    async def rename_store(self, store_id: str, new_id: str) -> bool:
+        """Give a store (and its log) another storeId, atomically; False if ``new_id`` exists
+        (nothing changes then)."""
+
     # -- revoked tokens (gateway.revocation) --------------------------------------------------
 
     async def add_revocation(self, entry: Revocation) -> None:

@@ -101,6 +101,37 @@ class PostgresCatalog:
             await self._announce(conn, store_id, "delete")
         return True
 
+    async def create_store(self, store_id: str, backend_id: str) -> bool:
+        status = await self._read(
+            lambda conn: conn.execute(
+                "INSERT INTO stores (store_id, backend_id, head, created_ms) "
+                "VALUES ($1, $2, 0, $3) ON CONFLICT (store_id) DO NOTHING",
+                store_id,
+                backend_id,
+                int(time.time() * 1000),
+            )
+        )
+        return bool(status.endswith(" 1"))
+
+    async def rename_store(self, store_id: str, new_id: str) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            if await conn.fetchval("SELECT 1 FROM stores WHERE store_id = $1", new_id):
+                return False
+            if not await self._lock(conn, store_id):
+                return False
+            await conn.execute(
+                "INSERT INTO stores (store_id, backend_id, head, created_ms, bytes, last_ms) "
+                "SELECT $2, backend_id, head, created_ms, bytes, last_ms FROM stores "
+                "WHERE store_id = $1",
+                store_id,
+                new_id,
+            )
+            await conn.execute(
+                "UPDATE events SET store_id = $2 WHERE store_id = $1", store_id, new_id
+            )
+            await conn.execute("DELETE FROM stores WHERE store_id = $1", store_id)
+        return True
+
     async def add_revocation(self, entry: Revocation) -> None:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM revocations WHERE expires_s <= $1", entry.created_at)

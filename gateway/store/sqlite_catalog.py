@@ -121,6 +121,34 @@ class SqliteCatalog:
             self._start_purge()
         return deleted
 
+    async def create_store(self, store_id: str, backend_id: str) -> bool:
+        def create(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (store_id,)).fetchone():
+                return False
+            (sid,) = conn.execute(NEXT_SID).fetchone()
+            conn.execute(
+                "INSERT INTO stores (id, store_id, backend_id, head, created_ms) "
+                "VALUES (?, ?, ?, 0, ?)",
+                (sid, store_id, backend_id, int(time.time() * 1000)),
+            )
+            return True
+
+        return await self._write(create)
+
+    async def rename_store(self, store_id: str, new_id: str) -> bool:
+        def rename(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (new_id,)).fetchone():
+                return False
+            moved = conn.execute(
+                "UPDATE stores SET store_id = ? WHERE store_id = ?", (new_id, store_id)
+            ).rowcount
+            return bool(moved)
+
+        renamed = await self._write(rename)
+        self._sids.pop(store_id, None)
+        self._sids.pop(new_id, None)
+        return renamed
+
     # -- revoked tokens -----------------------------------------------------------------------
 
     async def add_revocation(self, entry: Revocation) -> None:

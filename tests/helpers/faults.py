@@ -129,6 +129,14 @@ class RaisingStore:
         self._fault("delete_store")
         return await self.inner.delete_store(store_id)
 
+    async def create_store(self, store_id: str, backend_id: str) -> bool:
+        self._fault("create_store")
+        return await self.inner.create_store(store_id, backend_id)
+
+    async def rename_store(self, store_id: str, new_id: str) -> bool:
+        self._fault("rename_store")
+        return await self.inner.rename_store(store_id, new_id)
+
     async def add_revocation(self, entry: Revocation) -> None:
         self._fault("add_revocation")
         await self.inner.add_revocation(entry)

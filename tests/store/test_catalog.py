@@ -12,6 +12,7 @@ import pytest
 
 from gateway.store import EventStore, HeadMismatch, StoreError
 from gateway.store.sqlite import DATABASE_NAME, SqliteStore
+from gateway.store.sqlite_schema import SCHEMA_VERSION
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.store.conftest import StoreFactory, events
 
@@ -122,6 +123,24 @@ class TestCatalogContract:
         await store.append("s", 0, events(1, 1), 1)
         assert [r.seq for r in await store.read("s", 0, 100, 100)] == [1]
 
+    async def test_create_with_a_backend_id_and_rename(self, store: EventStore) -> None:
+        assert await store.create_store("staging", "given-backend-id") is True
+        assert await store.create_store("staging", "other") is False
+        assert (await store.ensure_store("staging")).backend_id == "given-backend-id"
+        await store.append("staging", 0, events(1, 3), 7)
+        await fill(store, "taken", 1)
+        assert await store.rename_store("staging", "taken") is False
+        assert [r.seq for r in await store.read("staging", 0, 10, 10)] == [1, 2, 3]
+        assert await store.rename_store("staging", "final") is True
+        assert await store.store_info("staging") is None
+        info = await store.store_info("final")
+        assert info is not None
+        assert (info.backend_id, info.head, info.last_write_ms) == ("given-backend-id", 3, 7)
+        assert [r.seq for r in await store.read("final", 0, 10, 10)] == [1, 2, 3]
+        assert await store.read("staging", 0, 10, 10) == []
+        await store.append("final", 3, events(4, 1), 8)
+        assert await store.rename_store("missing", "elsewhere") is False
+
     async def test_reset_and_delete_survive_reopen(self, open_store: StoreFactory) -> None:
         first = await open_store()
         await fill(first, "r", 3)
@@ -205,7 +224,7 @@ async def test_sqlite_schema_1_database_is_migrated_with_its_sizes(tmp_path: Pat
     finally:
         await store.close()
     with raw(tmp_path / DATABASE_NAME) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 async def test_sqlite_database_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
