@@ -157,9 +157,9 @@ def _site(app_dir: Path) -> Iterator[Site]:
         yield site
 
 
-@pytest.fixture(name="foreign_site")
-def _foreign_site(app_dir: Path) -> Iterator[Site]:
-    """The same app on another port: another origin, the one no allowlist names."""
+@pytest.fixture(name="other_site")
+def _other_site(app_dir: Path) -> Iterator[Site]:
+    """The same app on another port: another origin (foreign, or a second allowed one)."""
     with _serving(app_dir) as site:
         yield site
 
@@ -350,7 +350,7 @@ async def test_browser_app_syncs_over_websocket(
 async def test_browser_origin_allowlist(
     tmp_path: Path,
     site: Site,
-    foreign_site: Site,
+    other_site: Site,
     browser: Browser,
     store: str,
 ) -> None:
@@ -366,12 +366,12 @@ async def test_browser_origin_allowlist(
         assert accepted[0]["requestHeaders"]["origin"] == site.origin
 
         foreign = await browser.open(
-            "foreign", foreign_site.page_url(sync=gw.ws_url(), store=store, client="browser-evil")
+            "foreign", other_site.page_url(sync=gw.ws_url(), store=store, client="browser-evil")
         )
         await foreign.commit("F", 1)
         # LiveStore retries; wait for two refusals, so the retry was refused as well.
         refused = await foreign.wait_requests("websocket", status=403, count=2)
-        assert {r["requestHeaders"]["origin"] for r in refused} == {foreign_site.origin}
+        assert {r["requestHeaders"]["origin"] for r in refused} == {other_site.origin}
         # None was let through (a retry still under way has no status yet).
         sockets = [r for r in await foreign.requests() if r["kind"] == "websocket"]
         assert all(r["status"] in (403, None) for r in sockets), sockets
@@ -393,7 +393,7 @@ async def test_browser_origin_allowlist(
 async def test_browser_app_syncs_over_http(
     tmp_path: Path,
     site: Site,
-    foreign_site: Site,
+    other_site: Site,
     browser: Browser,
     store: str,
 ) -> None:
@@ -440,13 +440,13 @@ async def test_browser_app_syncs_over_http(
 
         foreign = await browser.open(
             "foreign",
-            foreign_site.page_url(
+            other_site.page_url(
                 sync=gw.http_url(), store=store, client="browser-evil", transport="http"
             ),
         )
         await foreign.commit("F", 1)
         refused = await foreign.wait_requests("preflight", status=403, count=2)
-        assert {r["requestHeaders"]["origin"] for r in refused} == {foreign_site.origin}
+        assert {r["requestHeaders"]["origin"] for r in refused} == {other_site.origin}
         # The browser never sent a POST itself: the refused preflight stopped each one.
         posts = [
             r
@@ -464,6 +464,30 @@ async def test_browser_app_syncs_over_http(
         assert [ev["args"]["id"] for ev in await gateway_log(gw, store)] == event_ids(
             await page.dump()
         )
+
+
+async def test_browser_http_from_a_second_allowed_origin(
+    tmp_path: Path, site: Site, other_site: Site, browser: Browser, store: str
+) -> None:
+    """With two allowed origins and ``cors_allow_origin`` naming the first, a page from the
+    second syncs over HTTP too: its preflight gets its own origin back."""
+    allowed = f"{site.origin},{other_site.origin}"
+    async with _gateway(tmp_path, allowed_origins=allowed, cors_allow_origin=site.origin) as gw:
+        page = await browser.open(
+            "second",
+            other_site.page_url(
+                sync=gw.http_url(), store=store, client="browser-2", transport="http"
+            ),
+        )
+        await page.commit("S", 2)
+        await page.wait_rows(2)
+        (preflight, *_) = await page.wait_requests("preflight", status=204)
+        assert preflight["requestHeaders"]["origin"] == other_site.origin
+        answer = preflight["responseHeaders"]
+        assert answer["access-control-allow-origin"] == other_site.origin
+        assert answer["vary"] == "Origin"
+        log = await gateway_log(gw, store)
+        assert [ev["args"]["id"] for ev in log] == ids("S", 1, 2)
 
 
 async def test_browser_http_transport_with_default_cors(
