@@ -7,6 +7,9 @@ INTEROP := tests/interop
 NODE_STAMP := $(INTEROP)/node_modules/.installed
 EFFECT4 := $(INTEROP)/effect4
 EFFECT4_STAMP := $(EFFECT4)/node_modules/.installed
+BROWSER := $(INTEROP)/browser
+BROWSER_STAMP := $(BROWSER)/node_modules/.installed
+CHROMIUM_STAMP := $(BROWSER)/node_modules/.chromium
 
 .PHONY: install install-node run test cov test-fast lint fmt types check bench clean
 
@@ -30,7 +33,19 @@ $(EFFECT4_STAMP): $(EFFECT4)/package.json $(EFFECT4)/package-lock.json
 	cd $(EFFECT4) && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
 	touch $@
 
-install-node: $(NODE_STAMP) $(EFFECT4_STAMP)
+# The browser test's app and driver (LiveStore's adapter-web, esbuild, playwright-core; its own
+# lockfile; see tests/interop/browser/README.md).
+$(BROWSER_STAMP): $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	cd $(BROWSER) && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund)
+	touch $@
+
+# Debian's Chromium, which playwright-core drives (`npx playwright install` cannot download a
+# browser here). Installing it needs root, as CI runs; a machine that has it installs nothing.
+$(CHROMIUM_STAMP): $(BROWSER_STAMP)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+	touch $@
+
+install-node: $(NODE_STAMP) $(EFFECT4_STAMP) $(BROWSER_STAMP) $(CHROMIUM_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/gateway serve --config gateway.toml
@@ -44,10 +59,10 @@ run: $(STAMP)
 COV_FLOOR := 93
 COV := --cov --cov-fail-under=$(COV_FLOOR)
 
-test: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP) $(BROWSER_STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest $(COV) --cov-report=
 
-cov: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP)
+cov: $(STAMP) $(NODE_STAMP) $(EFFECT4_STAMP) $(BROWSER_STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest $(COV) --cov-report=term-missing:skip-covered
 
 test-fast: $(STAMP)
@@ -72,4 +87,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(INTEROP)/node_modules $(EFFECT4)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(INTEROP)/node_modules $(EFFECT4)/node_modules $(BROWSER)/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -218,6 +218,26 @@ def origin_allowed(origin: str | None, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def cors_headers(
+    origin: str | None, allow_origin: str, patterns: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """The CORS headers of an HTTP-transport answer to a request from ``origin``.
+
+    ``allow_origin`` is ``server.cors_allow_origin``: empty sends none; ``*`` goes out as is;
+    so does a named origin, except with an allowlist (``server.allowed_origins``): then a
+    request whose ``Origin`` the allowlist admits gets that origin back, so every allowed origin
+    can use the HTTP transport from a browser, not only the named one. Those answers depend on
+    the request's ``Origin``, hence ``Vary: Origin``.
+    """
+    if not allow_origin:
+        return ()
+    if allow_origin == "*" or not patterns:
+        return (("Access-Control-Allow-Origin", allow_origin),)
+    if origin is not None and origin_allowed(origin, patterns):
+        allow_origin = origin
+    return (("Access-Control-Allow-Origin", allow_origin), ("Vary", "Origin"))
+
+
 def _wants_websocket(headers: Mapping[str, str]) -> bool:
     value = headers.get("upgrade", "")
     return any(token.strip().lower() == "websocket" for token in value.split(","))

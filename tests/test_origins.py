@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from gateway.admission import origin_allowed
+from gateway.admission import cors_headers, origin_allowed
 from gateway.configfile import build_config
 from gateway.errors import ConfigError
 from tests.helpers.clients import RpcClient
@@ -96,6 +96,64 @@ async def test_allowlist_is_live_on_reload(make_gateway: MakeGateway) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await RpcClient.open(gw.ws_url(store), store, additional_headers=evil)
     assert_error_body(refusal_of(refused.value), 403, "ORIGIN_FORBIDDEN")
+
+
+OTHER = "https://staging.example.com"
+ACAO = "Access-Control-Allow-Origin"
+VARY = ("Vary", "Origin")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allow", "patterns", "expected"),
+    [
+        (None, "*", (), ((ACAO, "*"),)),
+        (APP, "*", (APP,), ((ACAO, "*"),)),
+        (APP, "", (APP,), ()),
+        (OTHER, APP, (), ((ACAO, APP),)),
+        (APP, APP, (APP, OTHER), ((ACAO, APP), VARY)),
+        (OTHER, APP, (APP, OTHER), ((ACAO, OTHER), VARY)),
+        ("https://x.corp.example", APP, PATTERNS, ((ACAO, "https://x.corp.example"), VARY)),
+        ("https://evil.test", APP, (APP, OTHER), ((ACAO, APP), VARY)),
+        (None, APP, (APP, OTHER), ((ACAO, APP), VARY)),
+    ],
+)
+def test_cors_headers_table(
+    origin: str | None,
+    allow: str,
+    patterns: tuple[str, ...],
+    expected: tuple[tuple[str, str], ...],
+) -> None:
+    """``*`` and a named origin without an allowlist go out as configured; with an allowlist
+    and a named origin, an allowed request origin is echoed (``Vary: Origin``); empty: none."""
+    assert cors_headers(origin, allow, patterns) == expected
+
+
+async def test_every_allowed_origin_passes_cors(make_gateway: MakeGateway) -> None:
+    """With two allowed origins and a named ``cors_allow_origin``, the other allowed origin's
+    preflight and POST get its own origin back, so a browser lets the HTTP transport through."""
+    gw = await make_gateway(allowed_origins=(APP, OTHER), cors_allow_origin=APP)
+    store = new_store_id()
+    url = gw.http_url(store)
+    ping = request_frame("0", HTTP_PING, {"storeId": store})
+    for origin in (APP, OTHER):
+        preflight = await http_request(
+            "OPTIONS",
+            url,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status == 204
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert preflight.headers["vary"] == "Origin"
+        answer = await http_post_json(url, ping, headers={"Origin": origin})
+        assert answer.status == 200
+        assert answer.headers["access-control-allow-origin"] == origin
+    refused = await http_request("OPTIONS", url, headers={"Origin": "https://evil.test"})
+    assert_error_body(refused, 403, "ORIGIN_FORBIDDEN")
+    assert refused.headers["access-control-allow-origin"] == APP
 
 
 PRODUCTION = {"require_auth": True, "jwt_secret": "s" * 32, "cookie_name": "session"}

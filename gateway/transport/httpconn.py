@@ -21,6 +21,7 @@ from gateway.admission import (
     Incoming,
     NotSync,
     Transport,
+    cors_headers,
     origin_allowed,
     redact_target,
 )
@@ -225,7 +226,7 @@ class HttpConnection(asyncio.Protocol):
         if self._transport.is_closing():
             return
         keep_alive = keep_alive and not self._closing and not self._owner.closing
-        self._write(response, keep_alive=keep_alive)
+        self._write(response, keep_alive=keep_alive, origin=request.headers.get("origin"))
         self._busy = False
         if keep_alive:
             self._arm_idle()
@@ -260,7 +261,7 @@ class HttpConnection(asyncio.Protocol):
         frames = await self._owner.call(admitted, message)
         return Answer(200, b"[" + b",".join(frames) + b"]")
 
-    def _write(self, response: Answer, *, keep_alive: bool) -> None:
+    def _write(self, response: Answer, *, keep_alive: bool, origin: str | None = None) -> None:
         status = http.HTTPStatus(response.status)
         lines = [
             f"HTTP/1.1 {status.value} {status.phrase}",
@@ -271,8 +272,8 @@ class HttpConnection(asyncio.Protocol):
         if response.body or response.status != 204:
             lines.append(f"Content-Type: {response.content_type}")
         server_config = self._settings.current.server
-        if server_config.cors_allow_origin:
-            lines.append(f"Access-Control-Allow-Origin: {server_config.cors_allow_origin}")
+        cors = cors_headers(origin, server_config.cors_allow_origin, server_config.allowed_origins)
+        lines.extend(f"{name}: {value}" for name, value in cors)
         lines.extend(f"{name}: {value}" for name, value in response.headers)
         lines.extend(f"{name}: {value}" for name, value in server_config.response_headers.items())
         timeout = int(server_config.http_keepalive_timeout)
