@@ -137,6 +137,9 @@ class Gateway:
         await self.store.open()
         try:
             self.auth.revoked.replace(await self.store.list_revocations(time.time()))
+            dropped = await self.admin.drop_unfinished_imports()
+            if dropped:
+                logger.warning("removed %d imports a stop interrupted", dropped)
             await self.listener.start()
         except BaseException:
             await self.store.close()
@@ -261,7 +264,7 @@ class Gateway:
 
     def _retired(self, store_id: str, what: str) -> None:
         """A store was reset or deleted (here or on another node): its clients reconnect."""
-        reason = "store reset" if what == "reset" else "store deleted"
+        reason = {"reset": "store reset", "import": "store imported"}.get(what, "store deleted")
         self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import ssl
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 from urllib.parse import quote, urlencode
 
 from gateway.cli_client import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
@@ -51,6 +53,9 @@ def add_commands(
         command = _admin(store_commands, name, what)
         command.add_argument("store", help="the storeId")
         command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    load = _admin(store_commands, "import", "create a store from a JSON-lines log on stdin")
+    load.add_argument("store", help="the storeId (must not exist)")
+    load.add_argument("--backend-id", help="the store's backendId (default: the log's)")
     sessions = _admin(commands, "sessions", "list open sessions (one per line)")
     disconnect = _admin(commands, "disconnect", "close matching sessions (4004)")
     for command in (sessions, disconnect):
@@ -99,7 +104,7 @@ def handles(args: argparse.Namespace) -> bool:
     """Whether ``args`` is one of the admin commands."""
     if args.command in ("stores", "sessions", "disconnect", "revoke", "revocations"):
         return True
-    return args.command == "store" and args.store_command in ("show", "reset", "delete")
+    return args.command == "store" and args.store_command in ("show", "reset", "delete", "import")
 
 
 def run(args: argparse.Namespace, config: Config, *, stdin: TextIO = sys.stdin) -> int:
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace, config: Config, *, stdin: TextIO = sys.stdin) 
             for entry in api.call("GET", "/v1/revocations")["revocations"]:
                 print(json.dumps(entry))
             return EXIT_OK
+        if args.store_command == "import":
+            return _import(api, args, stdin)
         if args.store_command == "show":
             print(json.dumps(api.call("GET", _store_path(args.store)), indent=2))
             return EXIT_OK
@@ -143,18 +150,28 @@ class _Api:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         return json.loads(self._open(method, path, body).read())
 
-    def _open(self, method: str, path: str, body: Any) -> Any:
+    def upload(self, path: str, stream: BinaryIO, length: int) -> Any:
+        """POST ``length`` bytes of ``stream`` (a file: sent as it is read)."""
+        return json.loads(self._open("POST", path, stream, length=length).read())
+
+    def _open(self, method: str, path: str, body: Any, *, length: int | None = None) -> Any:
         if not self.token:
             raise AdminError(
                 EXIT_USAGE, "no admin token: set GATEWAY_ADMIN_TOKEN or admin.token_file"
             )
-        data = None if body is None else json.dumps(body).encode()
+        if length is not None:
+            data, content_type = body, "application/x-ndjson"
+        else:
+            data = None if body is None else json.dumps(body).encode()
+            content_type = "application/json"
         request = urllib.request.Request(  # noqa: S310 - the operator's own admin URL
             self.base + path, data=data, method=method
         )
         request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
+        if length is not None:
+            request.add_header("Content-Length", str(length))
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310
         except urllib.error.HTTPError as exc:
@@ -276,6 +293,18 @@ def _destroy(api: _Api, args: argparse.Namespace, stdin: TextIO) -> int:
     else:
         api.call("DELETE", _store_path(args.store))
         print(f"deleted {args.store}")
+    return EXIT_OK
+
+
+def _import(api: _Api, args: argparse.Namespace, stdin: TextIO) -> int:
+    """Spool stdin to a temporary file (the API needs the length up front), then send it."""
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(stdin.buffer, spool, 1024 * 1024)
+        length = spool.tell()
+        spool.seek(0)
+        query = f"?{urlencode({'backendId': args.backend_id})}" if args.backend_id else ""
+        done = api.upload(_store_path(args.store, "/import") + query, spool, length)
+    print(f"imported {done['storeId']}: head={done['head']} backendId={done['backendId']}")
     return EXIT_OK
 
 

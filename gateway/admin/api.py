@@ -30,17 +30,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from gateway.admin.service import MAX_PAGE, AdminService
+from gateway.admin.service import MAX_PAGE, AdminService, StoreExists
 from gateway.auth.limits import FailureTracker
 from gateway.auth.policy import fingerprint
 from gateway.config import LiveConfig
 from gateway.errors import Refusal, RefusalCode, StoreError
+from gateway.logfile import LineError, export_line
 from gateway.revocation import Revocation
 
 logger = logging.getLogger("gateway.admin")
@@ -64,6 +64,8 @@ class AdminRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     remote_addr: str | None = None
+    lines: AsyncIterator[bytes] | None = None
+    """A large body (an import), read line by line as it arrives instead of into ``body``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +92,6 @@ def _refuse(code: RefusalCode, message: str, *headers: tuple[str, str]) -> Admin
 
 def _not_found(store_id: str) -> AdminResponse:
     return _refuse(RefusalCode.STORE_NOT_FOUND, f"no store {store_id!r}")
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _ip(remote: str | None) -> str:
@@ -193,6 +191,8 @@ class AdminApi:
                 routes = {"GET": self._export}
             case ["stores", store_id, "reset"]:
                 routes = {"POST": self._reset}
+            case ["stores", store_id, "import"]:
+                routes = {"POST": self._import}
             case ["sessions"]:
                 routes = {"GET": self._sessions}
             case ["sessions", "disconnect"]:
@@ -252,9 +252,36 @@ class AdminApi:
         if info is None:
             return _not_found(store_id)
         logger.info("admin export store=%s from=%d head=%d", store_id, after, info["head"])
-        return AdminResponse(200, self._lines(store_id, after, int(info["head"])), NDJSON)
+        lines = self._lines(store_id, str(info["backendId"]), after, int(info["head"]))
+        return AdminResponse(200, lines, NDJSON)
 
-    async def _lines(self, store_id: str, after: int, upto: int) -> AsyncIterator[bytes]:
+    async def _import(self, request: AdminRequest, target: _Target) -> AdminResponse:
+        backend_id = request.query.get("backendId") or None
+        lines = request.lines if request.lines is not None else _split(request.body)
+        try:
+            imported = await self._service.import_store(
+                target.store_id, lines, backend_id=backend_id, actor=target.actor
+            )
+        except StoreExists:
+            return _refuse(
+                RefusalCode.STORE_EXISTS,
+                f"store {target.store_id!r} exists: import only creates new stores",
+            )
+        except LineError as exc:
+            return _refuse(RefusalCode.BAD_REQUEST, f"nothing imported: {exc}")
+        except (EOFError, TimeoutError):
+            return _refuse(RefusalCode.BAD_REQUEST, "nothing imported: the body ended early")
+        return AdminResponse.json(
+            {
+                "storeId": imported.store_id,
+                "backendId": imported.backend_id,
+                "head": imported.head,
+            }
+        )
+
+    async def _lines(
+        self, store_id: str, backend_id: str, after: int, upto: int
+    ) -> AsyncIterator[bytes]:
         """The events ``(after, upto]`` as JSON lines, read a batch at a time."""
         while after < upto:
             rows = await self._service.read(store_id, after, upto, EXPORT_BATCH)
@@ -262,10 +289,7 @@ class AdminApi:
                 return
             out = bytearray()
             for row in rows:
-                event = orjson.loads(row.data)
-                if isinstance(event, dict):
-                    event.setdefault("createdAt", _iso(row.created_ms))
-                out += orjson.dumps(event) + b"\n"
+                out += export_line(row.data, row.created_ms, backend_id)
             after = rows[-1].seq
             yield bytes(out)
 
@@ -357,6 +381,11 @@ def _number(body: dict[str, Any], key: str) -> float | AdminResponse | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return _refuse(RefusalCode.BAD_REQUEST, f"{key} must be seconds since the epoch")
     return float(value)
+
+
+async def _split(body: bytes) -> AsyncIterator[bytes]:
+    for line in body.split(b"\n"):
+        yield line
 
 
 def _int_param(

@@ -21,6 +21,7 @@ from typing import Final
 
 from gateway.admin.api import MAX_BODY, AdminApi, AdminRequest, AdminResponse, query_of
 from gateway.errors import Refusal, RefusalCode
+from gateway.logfile import MAX_LINE
 from gateway.transport.answer import SERVER_HEADER
 
 logger = logging.getLogger("gateway.admin")
@@ -128,17 +129,48 @@ async def _read_request(reader: asyncio.StreamReader, remote: str | None) -> Adm
     if not length_text.isdigit():
         return _bad(RefusalCode.BAD_REQUEST, "malformed Content-Length")
     length = int(length_text)
-    if length > MAX_BODY:
-        return _bad(RefusalCode.PAYLOAD_TOO_LARGE, f"the body exceeds {MAX_BODY} bytes")
-    async with asyncio.timeout(READ_TIMEOUT):
-        body = await reader.readexactly(length) if length else b""
     path, _, query_text = target.partition("?")
     query = query_of(query_text)
     if query is None:
         return _bad(RefusalCode.BAD_REQUEST, "the query string is not valid UTF-8")
+    if method == "POST" and path.endswith("/import"):
+        # An import's body is a whole log: read it line by line as the import goes.
+        return AdminRequest(
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            remote_addr=remote,
+            lines=_body_lines(reader, length),
+        )
+    if length > MAX_BODY:
+        return _bad(RefusalCode.PAYLOAD_TOO_LARGE, f"the body exceeds {MAX_BODY} bytes")
+    async with asyncio.timeout(READ_TIMEOUT):
+        body = await reader.readexactly(length) if length else b""
     return AdminRequest(
         method=method, path=path, query=query, headers=headers, body=body, remote_addr=remote
     )
+
+
+async def _body_lines(reader: asyncio.StreamReader, length: int) -> AsyncIterator[bytes]:
+    """The ``length`` bytes of a body, a line at a time (a line longer than
+    :data:`~gateway.logfile.MAX_LINE` comes whole, for the import to refuse by its size)."""
+    remaining = length
+    pending = b""
+    while remaining:
+        async with asyncio.timeout(READ_TIMEOUT):
+            chunk = await reader.read(min(remaining, 64 * 1024))
+        if not chunk:
+            raise asyncio.IncompleteReadError(pending, remaining)
+        remaining -= len(chunk)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line
+        if len(pending) > MAX_LINE:
+            yield pending  # refused by the import as too long
+            return
+    if pending:
+        yield pending
 
 
 async def _write(writer: asyncio.StreamWriter, response: AdminResponse) -> None:

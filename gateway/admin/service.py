@@ -9,19 +9,38 @@ their clients learn the new backendId when they reconnect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.engine import SyncEngine
 from gateway.hub import Hub
+from gateway.logfile import ImportedEvent, ImportReader, LineError
 from gateway.revocation import Revocation
-from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta
+from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta, new_backend_id
 from gateway.transport.sessions import Sessions, SessionView
 
 audit = logging.getLogger("gateway.audit")
 
 MAX_PAGE = 1000
+# Events appended per write while importing.
+IMPORT_BATCH = 1000
+# Where an import builds its store until it is complete: never listed, never served, and
+# removed at the next start if the server stopped half-way.
+STAGING_PREFIX = "\x00gateway-import:"
+
+
+class StoreExists(Exception):
+    """An import into a store that exists already."""
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    store_id: str
+    backend_id: str
+    head: int
 
 
 def store_view(info: StoreInfo, live_subscribers: int) -> dict[str, Any]:
@@ -78,7 +97,100 @@ class AdminService:
         infos = await self._store.list_stores(
             prefix=prefix, after=after, limit=max(1, min(limit, MAX_PAGE))
         )
-        return [store_view(i, self._hub.subscriber_count(i.store_id)) for i in infos]
+        return [
+            store_view(i, self._hub.subscriber_count(i.store_id))
+            for i in infos
+            if not i.store_id.startswith(STAGING_PREFIX)
+        ]
+
+    async def drop_unfinished_imports(self) -> int:
+        """Remove what imports interrupted by a stop left (at start); how many."""
+        unfinished = await self._store.list_stores(prefix=STAGING_PREFIX, limit=MAX_PAGE)
+        for info in unfinished:
+            await self._store.delete_store(info.store_id)
+        return len(unfinished)
+
+    async def import_store(
+        self,
+        store_id: str,
+        lines: AsyncIterator[bytes],
+        *,
+        backend_id: str | None,
+        actor: str,
+    ) -> Imported:
+        """Create ``store_id`` from a JSON-lines log (:mod:`gateway.logfile`), all or nothing.
+
+        The log is written to a hidden staging store while it is read and checked; only a
+        complete, valid log is renamed into place, and nobody can load the store meanwhile.
+        It keeps the given backendId (else the lines', else a new one), so clients that synced
+        it elsewhere continue.
+
+        Raises:
+            StoreExists: the store exists (nothing written).
+            LineError: a line is malformed or breaks the chain (nothing written).
+        """
+        staging = f"{STAGING_PREFIX}{store_id}:{secrets.token_hex(4)}"
+
+        async def change() -> Imported:
+            if await self._store.store_info(store_id) is not None:
+                raise StoreExists(store_id)
+            reader = ImportReader(backend_id, now_ms=int(time.time() * 1000))
+            created = False
+            try:
+                batch: list[ImportedEvent] = []
+                async for raw in lines:
+                    item = reader.read(raw)
+                    if item is None:
+                        continue
+                    if not created:
+                        created = await self._create(staging, reader.backend_id)
+                    if batch and (
+                        item.created_ms != batch[0].created_ms or len(batch) >= IMPORT_BATCH
+                    ):
+                        await self._append(staging, batch)
+                        batch = []
+                    batch.append(item)
+                if not created:
+                    created = await self._create(staging, reader.backend_id)
+                if batch:
+                    await self._append(staging, batch)
+                if not await self._store.rename_store(staging, store_id):
+                    raise StoreExists(store_id)
+            except BaseException:
+                if created:
+                    await self._store.delete_store(staging)
+                raise
+            meta = await self._store.ensure_store(store_id)
+            return Imported(store_id, meta.backend_id, meta.head)
+
+        try:
+            imported = await self._engine.retire(store_id, "import", change)
+        except (StoreExists, LineError) as exc:
+            audit.info(
+                "action=store.import store=%s actor=%s outcome=refused why=%s",
+                store_id,
+                actor,
+                exc,
+            )
+            raise
+        assert imported is not None
+        audit.info(
+            "action=store.import store=%s actor=%s outcome=done head=%d backend=%s",
+            store_id,
+            actor,
+            imported.head,
+            imported.backend_id,
+        )
+        return imported
+
+    async def _create(self, staging: str, backend_id: str | None) -> bool:
+        if not await self._store.create_store(staging, backend_id or new_backend_id()):
+            raise StoreExists(staging)
+        return True
+
+    async def _append(self, staging: str, batch: list[ImportedEvent]) -> None:
+        events = [item.event for item in batch]
+        await self._store.append(staging, events[0].parent, events, batch[0].created_ms)
 
     async def store(self, store_id: str) -> dict[str, Any] | None:
         info = await self._store.store_info(store_id)
