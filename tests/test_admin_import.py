@@ -81,6 +81,12 @@ async def test_import_refuses_an_existing_store_and_bad_logs_writing_nothing(
     result = await call(admin_gateway, "POST", "/v1/stores/taken/import", exported)
     assert_error_body(result, 409, "STORE_EXISTS")
     assert (await call(admin_gateway, "GET", "/v1/stores/taken")).body["head"] == 3
+    # Refused before its body is read, a large import still gets its answer (not a reset).
+    big = exported * 20_000
+    assert len(big) > 8_000_000
+    assert_error_body(
+        await call(admin_gateway, "POST", "/v1/stores/taken/import", big), 409, "STORE_EXISTS"
+    )
 
     good = exported.splitlines()
     gap = lines_of(exported)[2] | {"seqNum": 5, "parentSeqNum": 4}

@@ -29,6 +29,9 @@ logger = logging.getLogger("gateway.admin")
 MAX_HEAD: Final = 16 * 1024
 READ_TIMEOUT: Final = 10.0
 MAX_HEADERS: Final = 64
+# The most of an unread import body read (and dropped) after a refusal, so that the client
+# sees the answer; a larger rest is cut off.
+MAX_DRAIN: Final = 64 * 1024 * 1024
 
 
 class AdminServer:
@@ -78,12 +81,14 @@ class AdminServer:
         peer = writer.get_extra_info("peername")
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
         try:
-            request = await _read_request(reader, remote)
-            if isinstance(request, AdminRequest):
-                response = await self._api.handle(request)
-            else:
-                response = AdminResponse.refusal(request)
-            await _write(writer, response)
+            read = await _read_request(reader, remote)
+            if isinstance(read, Refusal):
+                await _write(writer, AdminResponse.refusal(read))
+                return
+            request, body = read
+            await _write(writer, await self._api.handle(request))
+            if body is not None:
+                await body.drain()
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or stalled: nothing to answer to
         except Exception:
@@ -99,7 +104,9 @@ def _bad(code: RefusalCode, message: str) -> Refusal:
     return Refusal(code=code, message=message)
 
 
-async def _read_request(reader: asyncio.StreamReader, remote: str | None) -> AdminRequest | Refusal:
+async def _read_request(
+    reader: asyncio.StreamReader, remote: str | None
+) -> tuple[AdminRequest, _Body | None] | Refusal:
     try:
         async with asyncio.timeout(READ_TIMEOUT):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -135,42 +142,63 @@ async def _read_request(reader: asyncio.StreamReader, remote: str | None) -> Adm
         return _bad(RefusalCode.BAD_REQUEST, "the query string is not valid UTF-8")
     if method == "POST" and path.endswith("/import"):
         # An import's body is a whole log: read it line by line as the import goes.
-        return AdminRequest(
+        body = _Body(reader, length)
+        request = AdminRequest(
             method=method,
             path=path,
             query=query,
             headers=headers,
             remote_addr=remote,
-            lines=_body_lines(reader, length),
+            lines=body.lines(),
         )
+        return request, body
     if length > MAX_BODY:
         return _bad(RefusalCode.PAYLOAD_TOO_LARGE, f"the body exceeds {MAX_BODY} bytes")
     async with asyncio.timeout(READ_TIMEOUT):
-        body = await reader.readexactly(length) if length else b""
-    return AdminRequest(
-        method=method, path=path, query=query, headers=headers, body=body, remote_addr=remote
+        content = await reader.readexactly(length) if length else b""
+    request = AdminRequest(
+        method=method, path=path, query=query, headers=headers, body=content, remote_addr=remote
     )
+    return request, None
 
 
-async def _body_lines(reader: asyncio.StreamReader, length: int) -> AsyncIterator[bytes]:
-    """The ``length`` bytes of a body, a line at a time (a line longer than
-    :data:`~gateway.logfile.MAX_LINE` comes whole, for the import to refuse by its size)."""
-    remaining = length
-    pending = b""
-    while remaining:
+class _Body:
+    """An import's body of ``length`` bytes, a line at a time (:meth:`lines`); whatever the
+    answer left unread is drained (:meth:`drain`) so the client reads the answer instead of a
+    reset connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, length: int) -> None:
+        self._reader = reader
+        self.remaining = length
+
+    async def _read(self) -> bytes:
         async with asyncio.timeout(READ_TIMEOUT):
-            chunk = await reader.read(min(remaining, 64 * 1024))
+            chunk = await self._reader.read(min(self.remaining, 64 * 1024))
         if not chunk:
-            raise asyncio.IncompleteReadError(pending, remaining)
-        remaining -= len(chunk)
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            yield line
-        if len(pending) > MAX_LINE:
-            yield pending  # refused by the import as too long
-            return
-    if pending:
-        yield pending
+            raise asyncio.IncompleteReadError(b"", self.remaining)
+        self.remaining -= len(chunk)
+        return chunk
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The lines (one longer than :data:`~gateway.logfile.MAX_LINE` comes whole, for the
+        import to refuse by its size)."""
+        pending = b""
+        while self.remaining:
+            *lines, pending = (pending + await self._read()).split(b"\n")
+            for line in lines:
+                yield line
+            if len(pending) > MAX_LINE:
+                yield pending
+                return
+        if pending:
+            yield pending
+
+    async def drain(self) -> None:
+        if self.remaining > MAX_DRAIN:
+            return  # not worth reading: the client gets its answer, or a reset
+        with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
+            while self.remaining:
+                await self._read()
 
 
 async def _write(writer: asyncio.StreamWriter, response: AdminResponse) -> None:

@@ -28,8 +28,9 @@ MAX_PAGE = 1000
 # Events appended per write while importing.
 IMPORT_BATCH = 1000
 # Where an import builds its store until it is complete: never listed, never served, and
-# removed at the next start if the server stopped half-way.
-STAGING_PREFIX = "\x00gateway-import:"
+# removed at the next start if the server stopped half-way. A control character no app puts
+# in a storeId starts it (not NUL, which PostgreSQL text refuses).
+STAGING_PREFIX = "\x01gateway-import:"
 
 
 class StoreExists(Exception):

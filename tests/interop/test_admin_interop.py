@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.daemon import run_cli
 from tests.helpers.http_client import http_request
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.interop.test_interop import (
     ClientError,
     ClientFactory,
@@ -92,3 +94,55 @@ async def test_a_store_reset_resets_the_real_client_and_it_syncs_again_from_scra
     assert [event["seqNum"] for event in dump["events"]] == [1, 2]
     after = await admin_call(admin_gateway, "GET", f"/v1/stores/{store_id}")
     assert (after["backendId"], after["head"]) == (reset["backendId"], 2)
+
+
+@pytest.mark.postgres
+async def test_a_client_that_synced_on_sqlite_continues_on_postgres_after_migrate(
+    tmp_path: Path, store_id: str
+) -> None:
+    """The app keeps running while its server is stopped, migrated and started again on
+    PostgreSQL on the same port: it reconnects, its cursor's backendId is still the store's,
+    so it does not reset, and its next commits land on top of the migrated log."""
+    await require_postgres()
+    schema = fresh_schema()
+    gateway = GatewayProcess(tmp_path / "data")
+    await gateway.start()
+    try:
+        async with _client_pool(gateway) as clients:
+            app = await clients("app-m", store_id=store_id)
+            await app.commit("M", 3)
+            await app.wait_rows(3)
+            port = gateway.port
+            assert await gateway.stop() == 0
+            status, out, err = await run_cli(
+                "migrate",
+                "--to",
+                POSTGRES_DSN,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--schema",
+                schema,
+            )
+            assert status == 0, err
+            assert "verified" in out
+            gateway.data_dir = tmp_path / "pg-data"
+            gateway.env.update(
+                {
+                    "GATEWAY_STORE_BACKEND": "postgres",
+                    "GATEWAY_STORE_DSN": POSTGRES_DSN,
+                    "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
+                }
+            )
+            await gateway.start(port=port)
+            await app.commit("M", 2, start=4)
+            await app.wait_rows(5)
+            dump = await app.dump()
+            assert event_ids(dump) == ids("M", 1, 5)
+            assert [event["seqNum"] for event in dump["events"]] == [1, 2, 3, 4, 5]
+            # A second app boots from the PostgreSQL log alone.
+            other = await clients("app-n", store_id=store_id)
+            await other.wait_rows(5)
+            assert event_ids(await other.dump()) == ids("M", 1, 5)
+    finally:
+        await gateway.stop()
+        await drop_schema(schema)
