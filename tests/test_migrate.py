@@ -136,21 +136,19 @@ async def test_conflicting_stores_stop_the_migration_before_any_copy(
         await sqlite.stop()
     status, _, err = await migrate_cli(data, schema)  # creates the schema and copies
     assert status == 0, err
-    conn = await asyncpg.connect(POSTGRES_DSN)
+    conn = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": schema})
     try:
         await conn.execute(
-            f'UPDATE "{schema}".stores SET backend_id = $1 WHERE store_id = $2',
-            "someone-else",
-            "clash",
+            "UPDATE stores SET backend_id = $1 WHERE store_id = $2", "someone-else", "clash"
         )
-        await conn.execute(f'DELETE FROM "{schema}".events WHERE store_id = $1', "other")
-        await conn.execute(f'DELETE FROM "{schema}".stores WHERE store_id = $1', "other")
+        await conn.execute("DELETE FROM events WHERE store_id = $1", "other")
+        await conn.execute("DELETE FROM stores WHERE store_id = $1", "other")
         status, _, err = await migrate_cli(data, schema)
         assert status == 1
         assert "conflicting stores, nothing copied" in err
         assert "clash: PostgreSQL has backendId someone-else" in err
         # "other" was not copied again: the conflict stopped everything first.
-        count = await conn.fetchval(f'SELECT count(*) FROM "{schema}".stores')
+        count = await conn.fetchval("SELECT count(*) FROM stores")
         assert count == 1
     finally:
         await conn.close()
