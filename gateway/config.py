@@ -172,6 +172,9 @@ class AdminConfig:
     # host:port of the admin API's own listener; loopback unless you firewall it. Port 0
     # picks a free one (logged).
     listen: str = "127.0.0.1:8788"
+    # Networks (CIDRs) the admin API answers; from elsewhere 403 before the token is read.
+    # Empty: any address that reaches the listener.
+    allowed_networks: tuple[str, ...] = ()
 
 
 # Shortest admin token accepted: it guards destructive actions on every store.
@@ -270,6 +273,13 @@ def _validate_admin(config: Config) -> None:
         parse_listen(admin.listen)
     except ValueError as exc:
         raise ConfigError(f"admin.listen: {exc}") from None
+    for network in admin.allowed_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"admin.allowed_networks: {network!r} is not an IP address or network"
+            ) from None
     if not admin.token:
         return
     if len(admin.token) < MIN_ADMIN_TOKEN or admin.token.strip() != admin.token:

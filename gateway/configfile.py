@@ -61,6 +61,9 @@ SECRET_KEYS: tuple[tuple[str, str], ...] = (
     ("admin", "token"),
 )
 
+# systemd credential names that are not the key's own name.
+_CREDENTIAL_NAMES: dict[tuple[str, str], str] = {("admin", "token"): "admin_token"}
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -220,10 +223,11 @@ def _load_secrets(sections: dict[str, dict[str, Any]], env: Mapping[str, str]) -
         if values.get(key):
             continue
         file_key = f"{key}_file"
+        credential = Path(credentials) / _CREDENTIAL_NAMES.get((section, key), key)
         if values.get(file_key):
             values[key] = _read_secret(f"{section}.{file_key}", values[file_key])
-        elif credentials and (Path(credentials) / key).is_file():
-            values[key] = _read_secret(f"{section}.{key}", str(Path(credentials) / key))
+        elif credentials and credential.is_file():
+            values[key] = _read_secret(f"{section}.{key}", str(credential))
 
 
 def load_config(

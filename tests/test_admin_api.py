@@ -209,3 +209,16 @@ async def test_the_sync_listener_does_not_answer_admin_paths(
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert result.status == 404
+
+
+async def test_allowed_networks_confine_the_admin_api(make_gateway: MakeGateway) -> None:
+    elsewhere = await make_gateway(
+        token=ADMIN_TOKEN, listen="127.0.0.1:0", allowed_networks=("10.0.0.0/8",)
+    )
+    for _ in range(6):  # refused before the token is read: never a lockout
+        assert_error_body(await call(elsewhere, "GET", "/v1/stores"), 403, "FORBIDDEN")
+    assert elsewhere.gw.auth.failures.retry_after("127.0.0.1", time.time()) is None
+    here = await make_gateway(
+        token=ADMIN_TOKEN, listen="127.0.0.1:0", allowed_networks=("127.0.0.0/8", "::1")
+    )
+    assert (await call(here, "GET", "/v1/stores")).status == 200

@@ -424,9 +424,10 @@ async def test_check_config_reads_systemd_credentials(tmp_path: Path) -> None:
     LoadCredential= files in $CREDENTIALS_DIRECTORY, none in the TOML."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    jwt_secret, bypass = secret("jwt"), secret("bypass")
+    jwt_secret, bypass, admin = secret("jwt"), secret("bypass"), secret("admin")
     (credentials / "jwt_secret").write_text(jwt_secret)
     (credentials / "bypass_token").write_text(bypass)
+    (credentials / "admin_token").write_text(admin)
     config = write_toml(tmp_path / "gateway.toml", {"server": {"port": 8787}})
     env = {"REQUIRE_AUTH": "true", "CREDENTIALS_DIRECTORY": str(credentials)}
     rc, out, err = await run_cli("check-config", "--config", str(config), env=env)
@@ -435,7 +436,8 @@ async def test_check_config_reads_systemd_credentials(tmp_path: Path) -> None:
     assert shown["auth"]["require_auth"] is True
     assert shown["auth"]["jwt_secret"] == "<redacted>"
     assert shown["auth"]["bypass_token"] == "<redacted>"
-    assert not none_contain([out, err], [jwt_secret, bypass])
+    assert shown["admin"]["token"] == "<redacted>"
+    assert not none_contain([out, err], [jwt_secret, bypass, admin])
     # Without the credentials, production mode has no key: a configuration error.
     rc, out, err = await run_cli(
         "check-config",

@@ -24,8 +24,10 @@ POST       /v1/revocations                  ``{"subject", "before"?}`` / ``{"jti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -94,6 +96,19 @@ def _not_found(store_id: str) -> AdminResponse:
     return _refuse(RefusalCode.STORE_NOT_FOUND, f"no store {store_id!r}")
 
 
+@functools.lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def _in_networks(ip: str, cidrs: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in _networks(cidrs))
+
+
 def _ip(remote: str | None) -> str:
     return remote.rsplit(":", 1)[0].strip("[]") if remote else "unknown"
 
@@ -144,9 +159,20 @@ class AdminApi:
     # -- authentication -----------------------------------------------------------------------
 
     def _authenticate(self, request: AdminRequest) -> AdminResponse | None:
-        token = self._settings.current.admin.token
+        admin = self._settings.current.admin
+        token = admin.token
         if not token:
             return _refuse(RefusalCode.FORBIDDEN, "the admin API is disabled (no admin token)")
+        if admin.allowed_networks and not _in_networks(
+            _ip(request.remote_addr), admin.allowed_networks
+        ):
+            security.warning(
+                "refused admin %s %s ip=%s: not in admin.allowed_networks",
+                request.method,
+                request.path,
+                _ip(request.remote_addr),
+            )
+            return _refuse(RefusalCode.FORBIDDEN, "the admin API does not answer this address")
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         presented = presented.strip() if scheme.lower() == "bearer" else ""
         if presented and hmac.compare_digest(
