@@ -154,6 +154,9 @@ class Gateway:
             listen = getattr(self.store, "set_revocation_listener", None)
             if listen is not None:
                 listen(lambda: self._spawn(self.reload_revocations()))
+            hear = getattr(self.store, "set_disconnect_listener", None)
+            if hear is not None:
+                hear(self.admin.disconnect_here)
         self._background.append(loop.create_task(self._unload_forever()))
         self._started = True
 

@@ -149,16 +149,16 @@ async def test_sessions_are_listed_and_disconnected_by_filter(
     assert [s["storeId"] for s in gateway.gw.admin.sessions(instance_id="i-2")] == ["a"]
 
     caplog.set_level(logging.INFO, logger="gateway.audit")
-    closed = gateway.gw.admin.disconnect(store_id="a", instance_id="i-1", actor="test")
+    closed = await gateway.gw.admin.disconnect(store_id="a", instance_id="i-1", actor="test")
     assert closed == 1
     assert await closed_with(a1) == (4004, "disconnected by operator")
     assert "action=sessions.disconnect store=a subject=None instance=i-1" in caplog.text
     assert a2.ws.close_code is None
     assert b1.ws.close_code is None
-    assert gateway.gw.admin.disconnect(instance_id="i-1", actor="test") == 1
+    assert await gateway.gw.admin.disconnect(instance_id="i-1", actor="test") == 1
     assert await closed_with(b1) == (4004, "disconnected by operator")
     with pytest.raises(ValueError, match="needs a store"):
-        gateway.gw.admin.disconnect(actor="test")
+        await gateway.gw.admin.disconnect(actor="test")
     await a2.close()
 
 
@@ -263,6 +263,14 @@ async def test_a_reset_on_one_node_closes_the_store_sessions_on_the_other(
         again = await RpcClient.open(nodes[1].ws_url(STORE), STORE)
         assert await again.backend_id() == meta.backend_id
         await pushed(again, 1, 1, meta.backend_id)
+
+        # An operator's disconnect on node 1 closes the matching sessions on node 2 too.
+        far = await RpcClient.open(
+            nodes[1].ws_url(STORE, payload={"instanceId": "far-away"}), STORE
+        )
+        assert await nodes[0].gw.admin.disconnect(instance_id="far-away", actor="test") == 0
+        assert await closed_with(far) == (4004, "disconnected by operator")
+        assert again.ws.close_code is None
 
         assert await nodes[1].gw.admin.delete(STORE, actor="test") is True
         assert await closed_with(again) == (4004, "store deleted")

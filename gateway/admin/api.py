@@ -391,7 +391,7 @@ class AdminApi:
             return _refuse(
                 RefusalCode.BAD_REQUEST, 'give at least one of "store", "subject", "instance"'
             )
-        closed = self._service.disconnect(
+        closed = await self._service.disconnect(
             store_id=filters.get("store"),
             subject=filters.get("subject"),
             instance_id=filters.get("instance"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -264,7 +264,7 @@ class AdminService:
             and (instance_id is None or view.instance_id == instance_id)
         ]
 
-    def disconnect(
+    async def disconnect(
         self,
         *,
         store_id: str | None = None,
@@ -272,13 +272,15 @@ class AdminService:
         instance_id: str | None = None,
         actor: str,
     ) -> int:
-        """Close this node's sessions matching every given filter (4004); how many."""
-        closed = self._sessions.disconnect(
-            store_id=store_id,
-            subject=subject,
-            instance_id=instance_id,
-            reason="disconnected by operator",
+        """Close the sessions matching every given filter (4004) on this node, and ask the
+        other nodes sharing the log to close theirs; how many closed here."""
+        closed = self.disconnect_here(
+            {"store": store_id, "subject": subject, "instance": instance_id}
         )
+        announce = getattr(self._store, "announce_disconnect", None)
+        if announce is not None:
+            filters = {"store": store_id, "subject": subject, "instance": instance_id}
+            await announce({k: v for k, v in filters.items() if v is not None})
         audit.info(
             "action=sessions.disconnect store=%s subject=%s instance=%s actor=%s closed=%d",
             store_id,
@@ -288,3 +290,13 @@ class AdminService:
             closed,
         )
         return closed
+
+    def disconnect_here(self, filters: Mapping[str, str | None]) -> int:
+        """Close this node's sessions matching ``filters`` (``store``, ``subject``,
+        ``instance``); what another node's disconnect does here."""
+        return self._sessions.disconnect(
+            store_id=filters.get("store"),
+            subject=filters.get("subject"),
+            instance_id=filters.get("instance"),
+            reason="disconnected by operator",
+        )

@@ -162,6 +162,14 @@ class PostgresCatalog:
         found = await conn.fetchval("SELECT 1 FROM stores WHERE store_id = $1 FOR UPDATE", store_id)
         return found is not None
 
+    async def announce_disconnect(self, filters: dict[str, str]) -> None:
+        """Ask every other node to close its sessions matching ``filters`` (an operator's
+        disconnect; ``store``, ``subject``, ``instance``)."""
+        notice = orjson.dumps({"s": "", "x": "disconnect", "f": filters, "n": self.node})
+        await self._read(
+            lambda conn: conn.execute("SELECT pg_notify($1, $2)", self.channel, notice.decode())
+        )
+
     async def _announce(self, conn: Conn, store_id: str, what: str) -> None:
         notice = orjson.dumps({"s": store_id, "x": what, "n": self.node}).decode()
         await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)

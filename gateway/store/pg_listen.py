@@ -37,9 +37,15 @@ class PostgresListener:
     _on_retired: Callable[[str, str], None] | None
     _on_revoked: Callable[[], None] | None = None
 
+    _on_disconnect: Callable[[dict[str, str]], None] | None = None
+
     def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
         """``on_revoked()`` when another node recorded a revocation."""
         self._on_revoked = on_revoked
+
+    def set_disconnect_listener(self, on_disconnect: Callable[[dict[str, str]], None]) -> None:
+        """``on_disconnect(filters)`` when an operator disconnected sessions on another node."""
+        self._on_disconnect = on_disconnect
 
     async def _connect(self) -> asyncpg.Connection:
         raise NotImplementedError
@@ -75,6 +81,10 @@ class PostgresListener:
             if what == "revoke":
                 if self._on_revoked is not None:
                     self._on_revoked()
+            elif what == "disconnect":
+                filters = message.get("f")
+                if isinstance(filters, dict) and self._on_disconnect is not None:
+                    self._on_disconnect({str(k): str(v) for k, v in filters.items()})
             elif self._on_retired is not None:
                 self._on_retired(store_id, what)
         elif self._on_commit is not None:
