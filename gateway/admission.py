@@ -291,7 +291,16 @@ async def admit(
         return Refusal(code=RefusalCode.BAD_TRANSPORT, message="POST requests use transport=http")
     if not origin_allowed(request.headers.get("origin"), allowed_origins):
         # Before any credential is read: a cookie a browser attached on another site's
-        # behalf (cross-site WebSocket hijacking) never reaches the auth decision.
+        # behalf (cross-site WebSocket hijacking) never reaches the auth decision. Logged,
+        # so that an operator can see which origin a too narrow allowlist shuts out.
+        logger.info(
+            "refused %s store=%s origin=%s code=%s remote=%s",
+            via,
+            target.store_id,
+            request.headers.get("origin"),
+            RefusalCode.ORIGIN_FORBIDDEN,
+            request.remote_addr,
+        )
         return Refusal(
             code=RefusalCode.ORIGIN_FORBIDDEN, message="this origin may not use this server"
         )

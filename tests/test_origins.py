@@ -5,6 +5,7 @@ a browser origin that is not the app's, on both transports and before any creden
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -60,9 +61,12 @@ def test_no_allowlist_means_no_check() -> None:
     assert origin_allowed("https://evil.test", ())
 
 
-async def test_foreign_origin_is_refused_on_both_transports(make_gateway: MakeGateway) -> None:
+async def test_foreign_origin_is_refused_on_both_transports(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     """A handshake, a POST and a preflight from another site get 403 ORIGIN_FORBIDDEN; the
     app's origin and clients without an Origin are served; nothing reached the auth gate."""
+    caplog.set_level(logging.INFO, logger="gateway")
     gw = await make_gateway(allowed_origins=(APP,))
     store = new_store_id()
     evil = {"Origin": "https://evil.test"}
@@ -74,6 +78,10 @@ async def test_foreign_origin_is_refused_on_both_transports(make_gateway: MakeGa
     assert_error_body(await http_post_json(url, ping, headers=evil), 403, "ORIGIN_FORBIDDEN")
     assert_error_body(await http_request("OPTIONS", url, headers=evil), 403, "ORIGIN_FORBIDDEN")
     assert sum(gw.gw.auth.decisions.values()) == 0  # refused before any credential was read
+    # The operator can see who a narrow allowlist shuts out.
+    for via in ("ws", "http"):
+        line = f"refused {via} store={store} origin=https://evil.test code=ORIGIN_FORBIDDEN"
+        assert line in caplog.text
 
     client = await RpcClient.open(gw.ws_url(store), store, additional_headers={"Origin": APP})
     await client.close()
