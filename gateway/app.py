@@ -42,7 +42,7 @@ from gateway.store.sqlite import SqliteStore
 from gateway.systemd import Notifier
 from gateway.transport.endpoints import Endpoints
 from gateway.transport.listener import Listener
-from gateway.transport.sessions import Sessions
+from gateway.transport.sessions import Sessions, writer_of
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,13 @@ class Gateway:
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
         before_push = functools.partial(self.auth.wait_push, admitted.admission)
-        return await http_call(self.engine, admitted.target.store_id, request, before_push)
+        return await http_call(
+            self.engine,
+            admitted.target.store_id,
+            request,
+            before_push,
+            writer_of(admitted.admission),
+        )
 
     async def _unload_forever(self) -> None:
         """Drop idle stores from memory (``store.unload_idle_after``, read live)."""

@@ -37,7 +37,7 @@ from gateway.hub import Hub, Subscription
 from gateway.lifecycle import RetiredHook, StoreLifecycle
 from gateway.metrics import Metrics
 from gateway.protocol import NewEvent, PullRequest, PushRequest
-from gateway.store import EventStore, SharedEventStore
+from gateway.store import EventStore, SharedEventStore, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class SyncEngine(Follower, StoreLifecycle):
 
     # -- push -----------------------------------------------------------------------------
 
-    async def push(self, request: PushRequest) -> RpcFailure | None:
+    async def push(self, request: PushRequest, writer: Writer | None = None) -> RpcFailure | None:
         """Admit a pushed batch; None on success, else the typed error to fail with.
 
         Raises:
@@ -169,11 +169,11 @@ class SyncEngine(Follower, StoreLifecycle):
         """
         started = time.perf_counter()
         try:
-            return await self._push(request)
+            return await self._push(request, writer)
         finally:
             self.metrics.push_latency.observe(time.perf_counter() - started)
 
-    async def _push(self, request: PushRequest) -> RpcFailure | None:
+    async def _push(self, request: PushRequest, writer: Writer | None) -> RpcFailure | None:
         batch = request.batch
         if not batch:
             return None
@@ -189,12 +189,14 @@ class SyncEngine(Follower, StoreLifecycle):
         if request.backend_id is not None and request.backend_id != state.backend_id:
             self.counters.pushes_rejected["backend_mismatch"] += 1
             return BackendIdMismatch(state.backend_id, request.backend_id)
-        task = asyncio.get_running_loop().create_task(self._admit(state, batch))
+        task = asyncio.get_running_loop().create_task(self._admit(state, batch, writer))
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
         return await asyncio.shield(task)
 
-    async def _admit(self, state: StoreState, batch: list[NewEvent]) -> RpcFailure | None:
+    async def _admit(
+        self, state: StoreState, batch: list[NewEvent], writer: Writer | None
+    ) -> RpcFailure | None:
         async with state.lock:
             if state.retired:
                 # Reset or deleted while this push waited: the client's log is another's.
@@ -209,7 +211,7 @@ class SyncEngine(Follower, StoreLifecycle):
                 return ServerAhead(state.head, parent)
             created = now_ms()
             try:
-                await self.store.append(state.store_id, parent, batch, created)
+                await self.store.append(state.store_id, parent, batch, created, writer)
             except CommitUnknown:
                 # Maybe written, maybe not: neither ack nor fail (like any storage trouble, the
                 # request ends without an answer: 1011 / 503). If it was written, the log's

@@ -2,8 +2,10 @@
 
 One event per line, as LiveStore encodes it (``name``, ``args``, ``seqNum``,
 ``parentSeqNum``, ``clientId``, ``sessionId``), then ``createdAt`` (ISO 8601, when the
-server accepted it) and the ``backendId`` of the log. :class:`ImportReader` checks lines one
-at a time (a chain from seqNum 1, one backendId) and turns them back into stored events.
+server accepted it), the ``backendId`` of the log and ``writer`` (who pushed it:
+``{"subject", "instanceId", "reason", "receivedAt"}``, or null when unknown).
+:class:`ImportReader` checks lines one at a time (a chain from seqNum 1, one backendId) and
+turns them back into stored events.
 """
 
 from __future__ import annotations
@@ -16,19 +18,35 @@ import orjson
 
 from gateway.frames import iso_millis
 from gateway.protocol import NewEvent
+from gateway.store import Writer
 
 # Longest line accepted on import (an event; a push holds at most ~900 KB of them).
 MAX_LINE: Final = 1024 * 1024
 _EVENT_KEYS: Final = ("name", "args", "seqNum", "parentSeqNum", "clientId", "sessionId")
 
 
-def export_line(data: bytes, created_ms: int, backend_id: str) -> bytes:
-    """One line for a stored event (``data``: the event as its client pushed it)."""
+def export_line(
+    data: bytes, created_ms: int, backend_id: str, writer: Writer | None = None
+) -> bytes:
+    """One line for a stored event (``data``: the event as its client pushed it), with who
+    pushed it (``writer``: null for events stored before attribution existed)."""
     event = orjson.loads(data)
     record: dict[str, Any] = {key: event.get(key) for key in _EVENT_KEYS}
-    record["createdAt"] = iso_millis(created_ms)
+    created = iso_millis(created_ms)
+    record["createdAt"] = created
     record["backendId"] = backend_id
+    record["writer"] = None if writer is None else writer_json(writer, created)
     return orjson.dumps(record) + b"\n"
+
+
+def writer_json(writer: Writer, received_at: str) -> dict[str, str]:
+    """Attribution as ``gateway tail`` and exports show it."""
+    return {
+        "subject": writer.subject,
+        "instanceId": writer.instance_id,
+        "reason": writer.reason,
+        "receivedAt": received_at,
+    }
 
 
 class LineError(ValueError):
@@ -39,6 +57,7 @@ class LineError(ValueError):
 class ImportedEvent:
     event: NewEvent
     created_ms: int
+    writer: Writer | None = None
 
 
 class ImportReader:
@@ -92,9 +111,20 @@ class ImportReader:
             elif backend != self.backend_id:
                 raise LineError(f"{where}: backendId {backend!r} is not {self.backend_id!r}")
         created_ms = _created_ms(record.get("createdAt"), where, self._now_ms)
+        writer = _writer(record.get("writer"), where)
         self.head = int(seq)
         data = orjson.dumps({key: record[key] for key in _EVENT_KEYS})
-        return ImportedEvent(NewEvent(self.head, self.head - 1, data), created_ms)
+        return ImportedEvent(NewEvent(self.head, self.head - 1, data), created_ms, writer)
+
+
+def _writer(value: object, where: str) -> Writer | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(value.get(key), str) for key in ("subject", "instanceId", "reason")
+    ):
+        raise LineError(f"{where}: writer must hold subject, instanceId and reason strings")
+    return Writer(value["subject"], value["instanceId"], value["reason"])
 
 
 def _whole(value: object) -> bool:

@@ -23,7 +23,7 @@ from typing import Final, TextIO
 from gateway.errors import GatewayError
 from gateway.protocol import NewEvent
 from gateway.revocation import Revocation
-from gateway.store import EventStore, StoredEvent
+from gateway.store import EventStore, StoredEvent, Writer
 
 # Events read and appended per step.
 BATCH: Final = 1000
@@ -61,6 +61,7 @@ class SqliteSource:
         if not {"stores", "events"} <= tables:
             raise MigrationError(f"{path} is not a gateway database")
         self._revocations = "revocations" in tables
+        self._writers = "writers" in tables
 
     def close(self) -> None:
         self._conn.close()
@@ -72,15 +73,29 @@ class SqliteSource:
         return [_Source(int(r[0]), r[1], r[2], int(r[3])) for r in rows]
 
     def events(self, sid: int, after: int) -> Iterator[list[StoredEvent]]:
+        """The events of log ``sid`` after ``after``, with who pushed them, a batch at a time."""
+        query = (
+            "SELECT e.seq, e.parent, e.created_ms, e.data, w.subject, w.instance_id, w.reason "
+            "FROM events e LEFT JOIN writers w ON w.id = e.writer "
+            "WHERE e.sid = ? AND e.seq > ? ORDER BY e.seq LIMIT ?"
+            if self._writers
+            else "SELECT seq, parent, created_ms, data, NULL, NULL, NULL FROM events "
+            "WHERE sid = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )
         while True:
-            rows = self._conn.execute(
-                "SELECT seq, parent, created_ms, data FROM events WHERE sid = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (sid, after, BATCH),
-            ).fetchall()
+            rows = self._conn.execute(query, (sid, after, BATCH)).fetchall()
             if not rows:
                 return
-            yield [StoredEvent(int(r[0]), int(r[1]), int(r[2]), bytes(r[3])) for r in rows]
+            yield [
+                StoredEvent(
+                    int(r[0]),
+                    int(r[1]),
+                    int(r[2]),
+                    bytes(r[3]),
+                    None if r[4] is None else Writer(r[4], r[5], r[6]),
+                )
+                for r in rows
+            ]
             after = int(rows[-1][0])
 
     def revocations(self, now: float) -> list[Revocation]:
@@ -98,6 +113,7 @@ def _digest(hasher: hashlib._Hash, rows: list[StoredEvent]) -> None:
     for row in rows:
         hasher.update(f"{row.seq}:{row.parent}:{row.created_ms}:{len(row.data)}:".encode())
         hasher.update(row.data)
+        hasher.update(repr(row.writer).encode())
 
 
 class Progress:
@@ -192,7 +208,7 @@ async def _append_runs(target: EventStore, store_id: str, rows: list[StoredEvent
     """Append ``rows`` in runs that share a creation time (one append per run)."""
     run: list[StoredEvent] = []
     for row in rows:
-        if run and row.created_ms != run[0].created_ms:
+        if run and (row.created_ms, row.writer) != (run[0].created_ms, run[0].writer):
             await _append(target, store_id, run)
             run = []
         run.append(row)
@@ -202,7 +218,7 @@ async def _append_runs(target: EventStore, store_id: str, rows: list[StoredEvent
 
 async def _append(target: EventStore, store_id: str, run: list[StoredEvent]) -> None:
     events = [NewEvent(row.seq, row.parent, row.data) for row in run]
-    await target.append(store_id, run[0].parent, events, run[0].created_ms)
+    await target.append(store_id, run[0].parent, events, run[0].created_ms, run[0].writer)
 
 
 async def _verify(source: SqliteSource, target: EventStore, store: _Source) -> None:
@@ -216,7 +232,7 @@ async def _verify(source: SqliteSource, target: EventStore, store: _Source) -> N
         count_mine += len(rows)
     after = 0
     while True:
-        rows = await target.read(store.store_id, after, store.head, BATCH)
+        rows = await target.read(store.store_id, after, store.head, BATCH, writers=True)
         if not rows:
             break
         _digest(theirs, rows)

@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.hub import Subscription
 from gateway.metrics import SessionCounters
 from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request, RequestId
+from gateway.store import Writer
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Peer:
         "framing",
         "settings",
         "store_id",
+        "writer",
     )
 
     def __init__(
@@ -105,8 +107,11 @@ class Peer:
         settings: LiveConfig,
         counters: SessionCounters,
         before_push: BeforePush | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.connection = connection
+        self.writer = writer
+        """Who this session's pushes are attributed to."""
         self.store_id = store_id
         self.engine = engine
         self.settings = settings
@@ -303,7 +308,7 @@ class Peer:
             # Rate limiting delays a push; it never drops or fails it.
             await self._before_push()
         try:
-            error = await self.engine.push(push)
+            error = await self.engine.push(push, self.writer)
         except StoreError as exc:
             # Transient: the client must see "offline" and retry, not a final UnknownError.
             logger.error("push failed store=%s: %s", self.store_id, exc)
@@ -335,7 +340,11 @@ def decode(
 
 
 async def http_call(
-    engine: SyncEngine, store_id: str, request: Request, before_push: BeforePush
+    engine: SyncEngine,
+    store_id: str,
+    request: Request,
+    before_push: BeforePush,
+    writer: Writer | None = None,
 ) -> list[bytes]:
     """Run one HTTP-transport request; the frames the WebSocket would have sent for it, the
     last being its ``Exit`` (spec §10)."""
@@ -352,7 +361,7 @@ async def http_call(
     if isinstance(decoded, PushRequest):
         if decoded.batch:
             await before_push()
-        error = await engine.push(decoded)
+        error = await engine.push(decoded, writer)
         if error is None:
             return [frames.exit_success(rid, frames.PUSH_ACK)]
         return [frames.exit_fail(rid, error)]

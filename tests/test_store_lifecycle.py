@@ -18,7 +18,7 @@ from gateway.engine import SyncEngine
 from gateway.errors import BackendIdMismatch
 from gateway.hub import Hub
 from gateway.protocol import NewEvent, PushRequest
-from gateway.store import StoreMeta
+from gateway.store import StoreMeta, Writer
 from gateway.store.sqlite import SqliteStore
 from tests.helpers.clients import RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway
@@ -174,11 +174,16 @@ class GatedStore(SqliteStore):
         self.appending = asyncio.Event()
 
     async def append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
     ) -> None:
         self.appending.set()
         await self.gate.wait()
-        await super().append(store_id, expected_head, events, created_ms)
+        await super().append(store_id, expected_head, events, created_ms, writer)
 
 
 def push_request(start: int, n: int, backend_id: str) -> PushRequest:

@@ -315,7 +315,7 @@ class AdminApi:
                 return
             out = bytearray()
             for row in rows:
-                out += export_line(row.data, row.created_ms, backend_id)
+                out += export_line(row.data, row.created_ms, backend_id, row.writer)
             after = rows[-1].seq
             yield bytes(out)
 

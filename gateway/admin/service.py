@@ -146,7 +146,8 @@ class AdminService:
                     if not created:
                         created = await self._create(staging, reader.backend_id)
                     if batch and (
-                        item.created_ms != batch[0].created_ms or len(batch) >= IMPORT_BATCH
+                        (item.created_ms, item.writer) != (batch[0].created_ms, batch[0].writer)
+                        or len(batch) >= IMPORT_BATCH
                     ):
                         await self._append(staging, batch)
                         batch = []
@@ -191,7 +192,8 @@ class AdminService:
 
     async def _append(self, staging: str, batch: list[ImportedEvent]) -> None:
         events = [item.event for item in batch]
-        await self._store.append(staging, events[0].parent, events, batch[0].created_ms)
+        first = batch[0]
+        await self._store.append(staging, events[0].parent, events, first.created_ms, first.writer)
 
     async def store(self, store_id: str) -> dict[str, Any] | None:
         info = await self._store.store_info(store_id)
@@ -201,7 +203,7 @@ class AdminService:
 
     async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
         """Events ``after < seq <= upto`` of the store's log (an export's step)."""
-        return await self._store.read(store_id, after, upto, limit)
+        return await self._store.read(store_id, after, upto, limit, writers=True)
 
     async def reset(self, store_id: str, *, actor: str) -> StoreMeta | None:
         """Empty the store's log under a new backendId; None if there is no such store."""

@@ -25,8 +25,20 @@ __all__ = [
     "StoreInfo",
     "StoreMeta",
     "StoredEvent",
+    "Writer",
     "new_backend_id",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who pushed an event (attribution): the session's subject, instanceId and the auth
+    decision's reason (``jwt``, ``jwt_grace``, ``bypass``, ``dev_token``, ``anonymous``, ...).
+    The time is the event's ``created_ms``, when the server accepted it."""
+
+    subject: str
+    instance_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,9 @@ class StoredEvent:
     parent: int
     created_ms: int
     data: bytes
+    # Who pushed it (only when read with ``writers=True``; None for events stored before
+    # attribution existed, or pushed without one).
+    writer: Writer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +92,26 @@ class EventStore(Protocol):
         """Return the store's metadata, creating it with a fresh backendId on first use."""
 
     async def append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
     ) -> None:
-        """Atomically check the head and append ``events``; durable when it returns.
+        """Atomically check the head and append ``events`` (pushed by ``writer``); durable
+        when it returns.
 
         Raises:
             HeadMismatch: the store's head is not ``expected_head``; nothing was written.
             StoreError: the write failed; nothing was written.
         """
 
-    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
-        """Events with ``after < seq <= upto`` in ascending order, at most ``limit``."""
+    async def read(
+        self, store_id: str, after: int, upto: int, limit: int, *, writers: bool = False
+    ) -> list[StoredEvent]:
+        """Events with ``after < seq <= upto`` in ascending order, at most ``limit``; with
+        ``writers``, each with who pushed it (the sync path does not need it)."""
 
     async def count(self, store_id: str, after: int, upto: int) -> int:
         """How many events have ``after < seq <= upto``."""

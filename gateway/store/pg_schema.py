@@ -6,7 +6,7 @@ import asyncpg
 
 from gateway.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -45,6 +45,17 @@ MIGRATIONS: dict[int, str] = {
             created_s   double precision NOT NULL,
             actor       text NOT NULL DEFAULT ''
         );
+    """,
+    # Attribution: who pushed each event (events stored before have writer 0: unknown).
+    4: """
+        CREATE TABLE IF NOT EXISTS writers (
+            id          bigserial PRIMARY KEY,
+            subject     text NOT NULL,
+            instance_id text NOT NULL,
+            reason      text NOT NULL,
+            UNIQUE (subject, instance_id, reason)
+        );
+        ALTER TABLE events ADD COLUMN IF NOT EXISTS writer bigint NOT NULL DEFAULT 0;
     """,
 }
 

@@ -37,7 +37,7 @@ import orjson
 
 from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
-from gateway.store import StoredEvent, StoreMeta, new_backend_id
+from gateway.store import StoredEvent, StoreMeta, Writer, new_backend_id
 from gateway.store.pg_catalog import PostgresCatalog
 from gateway.store.pg_listen import PostgresListener
 from gateway.store.pg_schema import migrate
@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     Conn = PoolConnectionProxy[Any]
+
+# Writer ids kept in memory (one per subject, instance and reason seen).
+MAX_CACHED_WRITERS = 10_000
 
 # Attempts of a read (the first and one retry on a fresh connection).
 READ_ATTEMPTS = 2
@@ -101,6 +104,7 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         self.node = secrets.token_hex(8)
         self._listening = asyncio.Event()
         self._closed = False
+        self._writer_ids: dict[tuple[str, str, str], int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,12 +235,17 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         return StoreMeta(backend_id=row["backend_id"], head=int(row["head"]))
 
     async def append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
     ) -> None:
         if not events:
             return
         try:
-            await self._append(store_id, expected_head, events, created_ms)
+            await self._append(store_id, expected_head, events, created_ms, writer)
         except GatewayError:
             raise  # HeadMismatch, a missing store, a closed store: nothing was written
         except Exception as exc:
@@ -251,7 +260,12 @@ class PostgresStore(PostgresCatalog, PostgresListener):
             logger.warning("append to %r reported %s but committed; acknowledging", store_id, exc)
 
     async def _append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None,
     ) -> None:
         new_head = events[-1].seq
         notice = orjson.dumps({"s": store_id, "h": new_head}).decode()
@@ -270,17 +284,43 @@ class PostgresStore(PostgresCatalog, PostgresListener):
                 if head is None:
                     raise StoreError(f"store {store_id!r} does not exist")
                 raise HeadMismatch(int(head))
+            writer_id = await self._writer_id(conn, writer)
             await conn.execute(
-                "INSERT INTO events (store_id, seq, parent, created_ms, data) "
-                "SELECT $1, s, p, $2, d FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) "
+                "INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
+                "SELECT $1, s, p, $2, d, $6 FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) "
                 "AS t(s, p, d)",
                 store_id,
                 created_ms,
                 [e.seq for e in events],
                 [e.parent for e in events],
                 [e.data for e in events],
+                writer_id,
             )
             await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)
+        if writer is not None:  # committed: the row is there for good
+            if len(self._writer_ids) >= MAX_CACHED_WRITERS:
+                self._writer_ids.clear()
+            self._writer_ids[(writer.subject, writer.instance_id, writer.reason)] = writer_id
+
+    async def _writer_id(self, conn: Conn, writer: Writer | None) -> int:
+        """The id of ``writer`` in ``writers`` (added on first use; 0 for none). Known ids
+        are cached once their transaction committed; rows are never deleted."""
+        if writer is None:
+            return 0
+        key = (writer.subject, writer.instance_id, writer.reason)
+        known = self._writer_ids.get(key)
+        if known is not None:
+            return known
+        query = "SELECT id FROM writers WHERE subject = $1 AND instance_id = $2 AND reason = $3"
+        found = await conn.fetchval(query, *key)
+        if found is None:
+            await conn.execute(
+                "INSERT INTO writers (subject, instance_id, reason) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                *key,
+            )
+            found = await conn.fetchval(query, *key)
+        return int(found)
 
     async def _committed(self, store_id: str, last: NewEvent, created_ms: int) -> bool | None:
         """Whether a batch whose last event is ``last`` is in the log (None: cannot tell).
@@ -310,7 +350,11 @@ class PostgresStore(PostgresCatalog, PostgresListener):
                 return False
             return bytes(row["data"]) == last.data and int(row["created_ms"]) == created_ms
 
-    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+    async def read(
+        self, store_id: str, after: int, upto: int, limit: int, *, writers: bool = False
+    ) -> list[StoredEvent]:
+        if writers:
+            return await self._read_attributed(store_id, after, upto, limit)
         rows = await self._read(
             lambda conn: conn.fetch(
                 "SELECT seq, parent, created_ms, data FROM events "
@@ -322,6 +366,33 @@ class PostgresStore(PostgresCatalog, PostgresListener):
             )
         )
         return [StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"])) for r in rows]
+
+    async def _read_attributed(
+        self, store_id: str, after: int, upto: int, limit: int
+    ) -> list[StoredEvent]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT e.seq, e.parent, e.created_ms, e.data, w.subject, w.instance_id, "
+                "w.reason FROM events e LEFT JOIN writers w ON w.id = e.writer "
+                "WHERE e.store_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq LIMIT $4",
+                store_id,
+                after,
+                upto,
+                limit,
+            )
+        )
+        return [
+            StoredEvent(
+                r["seq"],
+                r["parent"],
+                r["created_ms"],
+                bytes(r["data"]),
+                None
+                if r["subject"] is None
+                else Writer(r["subject"], r["instance_id"], r["reason"]),
+            )
+            for r in rows
+        ]
 
     async def count(self, store_id: str, after: int, upto: int) -> int:
         value = await self._read(

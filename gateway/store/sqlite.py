@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.protocol import NewEvent
-from gateway.store import HeadMismatch, StoredEvent, StoreError, StoreMeta, new_backend_id
+from gateway.store import (
+    HeadMismatch,
+    StoredEvent,
+    StoreError,
+    StoreMeta,
+    Writer,
+    new_backend_id,
+)
 from gateway.store.sqlite_catalog import NEXT_SID, SqliteCatalog
 from gateway.store.sqlite_schema import migrate
 
@@ -308,12 +315,16 @@ class SqliteStore(SqliteCatalog):
         return sid
 
     async def append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
     ) -> None:
         if not events:
             return
         sid = await self._sid(store_id)
-        rows = [(sid, e.seq, e.parent, created_ms, e.data) for e in events]
         new_head = events[-1].seq
         size = sum(len(e.data) for e in events)
 
@@ -330,14 +341,18 @@ class SqliteStore(SqliteCatalog):
                 if row is None:  # reset or deleted since the sid was looked up
                     raise StoreError(f"store {store_id!r} was reset or deleted")
                 raise HeadMismatch(int(row[0]))
+            writer_id = _writer_id(conn, writer)
             conn.executemany(
-                "INSERT INTO events (sid, seq, parent, created_ms, data) VALUES (?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO events (sid, seq, parent, created_ms, data, writer) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(sid, e.seq, e.parent, created_ms, e.data, writer_id) for e in events],
             )
 
         await self._write(append)
 
-    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+    async def read(
+        self, store_id: str, after: int, upto: int, limit: int, *, writers: bool = False
+    ) -> list[StoredEvent]:
         sid = await self._sid(store_id)
 
         def read(conn: sqlite3.Connection) -> list[StoredEvent]:
@@ -348,7 +363,19 @@ class SqliteStore(SqliteCatalog):
             ).fetchall()
             return [StoredEvent(r[0], r[1], r[2], r[3]) for r in rows]
 
-        return await self._read(read)
+        def read_attributed(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(
+                "SELECT e.seq, e.parent, e.created_ms, e.data, w.subject, w.instance_id, w.reason "
+                "FROM events e LEFT JOIN writers w ON w.id = e.writer "
+                "WHERE e.sid = ? AND e.seq > ? AND e.seq <= ? ORDER BY e.seq LIMIT ?",
+                (sid, after, upto, limit),
+            ).fetchall()
+            return [
+                StoredEvent(r[0], r[1], r[2], r[3], None if r[4] is None else Writer(*r[4:7]))
+                for r in rows
+            ]
+
+        return await self._read(read_attributed if writers else read)
 
     async def count(self, store_id: str, after: int, upto: int) -> int:
         sid = await self._sid(store_id)
@@ -367,6 +394,20 @@ class SqliteStore(SqliteCatalog):
             conn.execute("SELECT 1 FROM stores LIMIT 1").fetchall()
 
         await self._read(ping)
+
+
+def _writer_id(conn: sqlite3.Connection, writer: Writer | None) -> int:
+    """The id of ``writer`` in ``writers`` (added on first use); 0 for none. Not cached: a
+    savepoint rolled back with its push would leave a cached id pointing nowhere."""
+    if writer is None:
+        return 0
+    key = (writer.subject, writer.instance_id, writer.reason)
+    query = "SELECT id FROM writers WHERE subject = ? AND instance_id = ? AND reason = ?"
+    row = conn.execute(query, key).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO writers (subject, instance_id, reason) VALUES (?, ?, ?)", key)
+        row = conn.execute(query, key).fetchone()
+    return int(row[0])
 
 
 def _as_store_error(exc: BaseException) -> BaseException:

@@ -11,7 +11,7 @@ import sqlite3
 
 from gateway.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -52,6 +52,17 @@ MIGRATIONS: dict[int, str] = {
             created_s   REAL    NOT NULL,
             actor       TEXT    NOT NULL DEFAULT ''
         );
+    """,
+    # Attribution: who pushed each event (events stored before have writer 0: unknown).
+    4: """
+        CREATE TABLE IF NOT EXISTS writers (
+            id          INTEGER PRIMARY KEY,
+            subject     TEXT    NOT NULL,
+            instance_id TEXT    NOT NULL,
+            reason      TEXT    NOT NULL,
+            UNIQUE (subject, instance_id, reason)
+        );
+        ALTER TABLE events ADD COLUMN writer INTEGER NOT NULL DEFAULT 0;
     """,
 }
 

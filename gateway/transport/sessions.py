@@ -25,6 +25,7 @@ from gateway.engine import SyncEngine
 from gateway.errors import CloseCode, Refusal, RefusalCode
 from gateway.metrics import SessionCounters
 from gateway.peer import Peer
+from gateway.store import Writer
 from gateway.transport.ws import Session, WsConnection
 
 logger = logging.getLogger("gateway.server")
@@ -66,6 +67,11 @@ class SessionInfo:
         # The expiry bucket (a whole second) the connection sits in, if any.
         self.expiry: int | None = None
         self.started = 0.0
+
+
+def writer_of(admission: Admission) -> Writer:
+    """Who a session's pushes are attributed to."""
+    return Writer(admission.subject, admission.instance_id or "", admission.reason)
 
 
 def _info(connection: WsConnection) -> SessionInfo:
@@ -196,6 +202,7 @@ class Sessions:
             counters=self.counters,
             # A partial, not a closure: one object per idle connection instead of three.
             before_push=functools.partial(self._push_gate, admission),
+            writer=writer_of(admission),
         )
         info.started = time.monotonic()
         logger.info(

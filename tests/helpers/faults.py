@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.protocol import NewEvent
 from gateway.revocation import Revocation
-from gateway.store import StoredEvent, StoreInfo, StoreMeta
+from gateway.store import StoredEvent, StoreInfo, StoreMeta, Writer
 from gateway.store.sqlite import SqliteStore
 
 _SETUP = """
@@ -91,14 +91,21 @@ class RaisingStore:
         return await self.inner.ensure_store(store_id)
 
     async def append(
-        self, store_id: str, expected_head: int, events: Sequence[NewEvent], created_ms: int
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
     ) -> None:
         self._fault("append")
-        await self.inner.append(store_id, expected_head, events, created_ms)
+        await self.inner.append(store_id, expected_head, events, created_ms, writer)
 
-    async def read(self, store_id: str, after: int, upto: int, limit: int) -> list[StoredEvent]:
+    async def read(
+        self, store_id: str, after: int, upto: int, limit: int, *, writers: bool = False
+    ) -> list[StoredEvent]:
         self._fault("read")
-        return await self.inner.read(store_id, after, upto, limit)
+        return await self.inner.read(store_id, after, upto, limit, writers=writers)
 
     async def count(self, store_id: str, after: int, upto: int) -> int:
         self._fault("count")

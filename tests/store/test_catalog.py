@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import EventStore, HeadMismatch, StoreError
+from gateway.store import EventStore, HeadMismatch, StoreError, Writer
 from gateway.store.sqlite import DATABASE_NAME, SqliteStore
 from gateway.store.sqlite_schema import SCHEMA_VERSION
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
@@ -141,6 +141,21 @@ class TestCatalogContract:
         await store.append("final", 3, events(4, 1), 8)
         assert await store.rename_store("missing", "elsewhere") is False
 
+    async def test_appends_record_their_writer(self, store: EventStore) -> None:
+        alice = Writer("alice", "phone-1", "jwt")
+        service = Writer("svc", "", "bypass")
+        await store.ensure_store("s")
+        await store.append("s", 0, events(1, 2), 10, alice)
+        await store.append("s", 2, events(3, 1), 11, service)
+        await store.append("s", 3, events(4, 1), 12)
+        await store.append("s", 4, events(5, 1), 13, alice)
+        rows = await store.read("s", 0, 10, 10, writers=True)
+        assert [r.writer for r in rows] == [alice, alice, service, None, alice]
+        assert [r.created_ms for r in rows] == [10, 10, 11, 12, 13]
+        plain = await store.read("s", 0, 10, 10)
+        assert [r.writer for r in plain] == [None] * 5, "the sync path reads no attribution"
+        assert [r.data for r in plain] == [r.data for r in rows]
+
     async def test_reset_and_delete_survive_reopen(self, open_store: StoreFactory) -> None:
         first = await open_store()
         await fill(first, "r", 3)
@@ -217,7 +232,11 @@ async def test_sqlite_schema_1_database_is_migrated_with_its_sizes(tmp_path: Pat
         assert (infos["empty"].bytes, infos["empty"].last_write_ms) == (0, None)
         assert {k: v.backend_id for k, v in infos.items()} == backends
         assert [r.seq for r in await store.read("alpha", 0, 10, 10)] == [1, 2, 3]
-        await store.append("alpha", 3, events(4, 1), 1_700_000_002_000)
+        # Events from before attribution existed have no writer; new ones do.
+        assert [r.writer for r in await store.read("alpha", 0, 10, 10, writers=True)] == [None] * 3
+        await store.append("alpha", 3, events(4, 1), 1_700_000_002_000, Writer("a", "i", "jwt"))
+        (row,) = await store.read("alpha", 3, 10, 10, writers=True)
+        assert row.writer == Writer("a", "i", "jwt")
         info = await store.store_info("alpha")
         assert info is not None
         assert info.last_write_ms == 1_700_000_002_000
