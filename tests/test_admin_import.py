@@ -141,8 +141,7 @@ async def test_cli_export_piped_into_import(tmp_path: Path) -> None:
         env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_ADMIN_LISTEN": "127.0.0.1:0"},
     )
     try:
-        _, line = await daemon.wait_line(r"admin API listening on ")
-        admin_url = line.rsplit(" ", 1)[1]
+        admin_url = await daemon.admin_url()
         client = await RpcClient.open(ws_url(daemon.port, "orig"), "orig")
         rid = await client.send_push(make_events(1, 50), None)
         assert (await client.wait_exit(rid))["exit"]["_tag"] == "Success"

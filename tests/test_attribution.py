@@ -10,10 +10,9 @@ import orjson
 import pytest
 
 from tests.helpers.clients import RpcClient
-from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.http_client import http_push, http_request
 from tests.helpers.keys import BYPASS, SECRET, make_jwt, with_token
-from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.wire import make_events
 
 ADMIN_TOKEN = "attribution-admin-token-01234567"
@@ -113,20 +112,7 @@ async def test_import_keeps_the_writers(make_gateway: MakeGateway) -> None:
 async def test_attribution_is_the_same_on_two_postgres_nodes(
     make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    await require_postgres()
-    schema = fresh_schema()
-    try:
-        nodes = [
-            await make_gateway(
-                **settings(
-                    backend="postgres",
-                    dsn=POSTGRES_DSN,
-                    postgres_schema=schema,
-                    data_dir=str(tmp_path / name),
-                )
-            )
-            for name in ("n1", "n2")
-        ]
+    async with postgres_nodes(make_gateway, tmp_path, **settings()) as nodes:
         await ws_push(nodes[0], with_token(make_jwt(SECRET, "erin"), "e-1"), 1, 2)
         await ws_push(nodes[1], {"instanceId": "svc", "serverBypass": BYPASS}, 3, 1)
         first, second = await export(nodes[0]), await export(nodes[1])
@@ -136,7 +122,3 @@ async def test_attribution_is_the_same_on_two_postgres_nodes(
             ("erin", "e-1", "jwt"),
             ("server", "svc", "bypass"),
         ]
-        for node in nodes:
-            await node.stop()
-    finally:
-        await drop_schema(schema)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from tests.helpers.daemon import Daemon, run_cli, write_toml, ws_url
 from tests.helpers.wire import make_events
 
 ADMIN_TOKEN = "cli-admin-token-0123456789abcdef"
-ADMIN_LINE = re.compile(r"admin API listening on (?P<url>http://\S+)")
 
 
 class Admin:
@@ -45,10 +43,7 @@ async def _admin(tmp_path: Path) -> AsyncIterator[Admin]:
         env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_ADMIN_LISTEN": "127.0.0.1:0"},
     )
     try:
-        _, line = await daemon.wait_line(ADMIN_LINE)
-        match = ADMIN_LINE.search(line)
-        assert match is not None
-        yield Admin(daemon, match["url"])
+        yield Admin(daemon, await daemon.admin_url())
     finally:
         await daemon.stop()
 

@@ -65,8 +65,7 @@ async def test_migrate_copies_verifies_and_resumes(tmp_path: Path, schema: str) 
         await push(sqlite.port, "alpha", 1, 250)
         await push(sqlite.port, "beta", 1, 1)
         await log_of(sqlite.port, "empty")
-        _, line = await sqlite.wait_line(r"admin API listening on ")
-        admin = line.rsplit(" ", 1)[1]
+        admin = await sqlite.admin_url()
         revoked = await http_request(
             "POST",
             f"{admin}/v1/revocations",
@@ -113,10 +112,9 @@ async def test_migrate_copies_verifies_and_resumes(tmp_path: Path, schema: str) 
         client = await RpcClient.open(ws_url(postgres.port, "alpha"), "alpha")
         assert events_of(await client.pull(cursor(backend, 255))) == []
         await client.close()
-        _, line = await postgres.wait_line(r"admin API listening on ")
         listed = await http_request(
             "GET",
-            f"{line.rsplit(' ', 1)[1]}/v1/revocations",
+            f"{await postgres.admin_url()}/v1/revocations",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         )
         assert [r["subject"] for r in listed.body["revocations"]] == ["mallory"]

@@ -13,10 +13,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.helpers.clients import RpcClient
-from tests.helpers.harness import GatewayHarness, MakeGateway
+from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.http_client import HttpResult, assert_error_body, http_request, refusal_of
 from tests.helpers.keys import BYPASS, SECRET, make_jwt, with_token
-from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.timeouts import TIMEOUT_UNIT
 
 ADMIN_TOKEN = "revocation-admin-token-0123456789"
@@ -134,21 +133,7 @@ async def test_bad_revocation_requests(make_gateway: MakeGateway) -> None:
 async def test_a_revocation_on_one_node_closes_sessions_on_the_other(
     make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    await require_postgres()
-    schema = fresh_schema()
-    try:
-        nodes = [
-            await make_gateway(
-                **settings(
-                    backend="postgres",
-                    dsn=POSTGRES_DSN,
-                    postgres_schema=schema,
-                    data_dir=str(tmp_path / name),
-                    reconcile_interval=60.0,
-                )
-            )
-            for name in ("n1", "n2")
-        ]
+    async with postgres_nodes(make_gateway, tmp_path, **settings(reconcile_interval=60.0)) as nodes:
         token = old_token("dave")
         far = await session(nodes[1], token)
         result = await admin(nodes[0], "POST", "/v1/revocations", {"subject": "dave"})
@@ -156,7 +141,3 @@ async def test_a_revocation_on_one_node_closes_sessions_on_the_other(
         # Node 2 hears of it through the notification (its periodic reload is a minute away).
         assert await closed(far) == (4003, "token_revoked")
         assert await refused_code(nodes[1], token) == (401, "TOKEN_REVOKED")
-        for node in nodes:
-            await node.stop()
-    finally:
-        await drop_schema(schema)

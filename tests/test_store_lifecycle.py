@@ -21,8 +21,7 @@ from gateway.protocol import NewEvent, PushRequest
 from gateway.store import StoreMeta, Writer
 from gateway.store.sqlite import SqliteStore
 from tests.helpers.clients import RpcClient
-from tests.helpers.harness import GatewayHarness, MakeGateway
-from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
+from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.timeouts import TIMEOUT_UNIT
 from tests.helpers.wire import cursor, events_of, make_events
 
@@ -241,18 +240,7 @@ async def test_a_reset_on_one_node_closes_the_store_sessions_on_the_other(
 ) -> None:
     """Node 2 drops its copy of the store when node 1 resets it: its sessions close (4004) and
     it serves the new backendId; a delete does the same."""
-    await require_postgres()
-    schema = fresh_schema()
-    try:
-        nodes = [
-            await make_gateway(
-                backend="postgres",
-                dsn=POSTGRES_DSN,
-                postgres_schema=schema,
-                data_dir=str(tmp_path / d),
-            )
-            for d in ("n1", "n2")
-        ]
+    async with postgres_nodes(make_gateway, tmp_path) as nodes:
         writer = await RpcClient.open(nodes[0].ws_url(STORE), STORE)
         await pushed(writer, 1, 2)
         old_backend = await writer.backend_id()
@@ -285,7 +273,3 @@ async def test_a_reset_on_one_node_closes_the_store_sessions_on_the_other(
         assert events_of(items) == []
         for client in (fresh, bystander):
             await client.close()
-        for node in nodes:
-            await node.stop()
-    finally:
-        await drop_schema(schema)

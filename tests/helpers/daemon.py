@@ -29,6 +29,7 @@ from tests.helpers.urls import sync_url
 REPO = Path(__file__).resolve().parent.parent.parent
 GATEWAY = (sys.executable, "-m", "gateway")
 LISTENING = re.compile(r"listening on wss?://(?P<host>\S+):(?P<port>\d+)$")
+ADMIN_LISTENING = re.compile(r"admin API listening on (?P<url>https?://\S+)")
 
 # Variables the daemon reads besides GATEWAY_*; a test sets the ones it means to and no others.
 _DAEMON_ENV = (
@@ -258,6 +259,13 @@ class Daemon:
             return hits if len(hits) >= count else None
 
         return await self._until(found, f"{count} line(s) matching {pattern!r}", within)
+
+    async def admin_url(self, *, within: float = 10 * TIMEOUT_UNIT) -> str:
+        """The admin API's base URL, from the line the server logs when it listens."""
+        _, line = await self.wait_line(ADMIN_LISTENING, within=within)
+        match = ADMIN_LISTENING.search(line)
+        assert match is not None
+        return match["url"]
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)

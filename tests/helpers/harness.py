@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.admission import ValidatePayload
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.store import EventStore
+from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.urls import sync_url
 
 
@@ -62,3 +65,30 @@ class MakeGateway(Protocol):
 
 # The ``gateway_with_validator`` fixture (tests/conformance): ``await factory(hook)``.
 ValidatorGateway = Callable[[Any], Awaitable[GatewayHarness]]
+
+
+@asynccontextmanager
+async def postgres_nodes(
+    make_gateway: MakeGateway, data_root: Path, count: int = 2, **settings: Any
+) -> AsyncIterator[list[GatewayHarness]]:
+    """``count`` in-process gateways sharing a fresh PostgreSQL schema (dropped afterwards,
+    once the nodes are stopped); ``settings`` are each node's config overrides."""
+    await require_postgres()
+    schema = fresh_schema()
+    nodes: list[GatewayHarness] = []
+    try:
+        for index in range(count):
+            nodes.append(
+                await make_gateway(
+                    backend="postgres",
+                    dsn=POSTGRES_DSN,
+                    postgres_schema=schema,
+                    data_dir=str(data_root / f"node{index}"),
+                    **settings,
+                )
+            )
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+        await drop_schema(schema)
