@@ -21,8 +21,9 @@ from gateway.client.model import (
     ProtocolViolation,
     Refused,
     RequestFailed,
+    Stats,
 )
-from gateway.client.store import StoreClient, connect
+from gateway.client.store import StoreClient, TokenProvider, connect
 
 __all__ = [
     "BackendIdMismatch",
@@ -34,6 +35,8 @@ __all__ = [
     "ProtocolViolation",
     "Refused",
     "RequestFailed",
+    "Stats",
     "StoreClient",
+    "TokenProvider",
     "connect",
 ]

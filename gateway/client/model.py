@@ -6,7 +6,7 @@ restart (``str(cursor)`` and :meth:`Cursor.parse` round-trip).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _SEPARATOR = ":"
@@ -81,6 +81,23 @@ class Batch:
 
     events: list[Event]
     cursor: Cursor
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one client's life (``StoreClient.stats``), for a service's metrics and for
+    tests. Read them; the client updates them.
+
+    Attributes:
+        connections: Sessions opened (the first one and every reconnect).
+        closes: Sessions lost, by WebSocket close code (1006: the connection dropped without
+            a close, which includes a keepalive Ping left unanswered).
+        token_requests: Calls of the token provider.
+    """
+
+    connections: int = 0
+    closes: dict[int, int] = field(default_factory=dict)
+    token_requests: int = 0
 
 
 class ClientError(Exception):

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, Self
@@ -24,6 +25,8 @@ from gateway.client.model import (
     ConnectionClosed,
     Cursor,
     ProtocolViolation,
+    Refused,
+    Stats,
 )
 
 TAG_PULL: Final = "SyncWsRpc.Pull"
@@ -31,6 +34,13 @@ TAG_PUSH: Final = "SyncWsRpc.Push"
 MAX_PUSH_EVENTS: Final = 100
 # A cursor no store has: the server answers with its real backendId (BackendIdMismatchError).
 _PROBE_BACKEND: Final = "?"
+# The close code of a session whose token expired (gateway.errors.CloseCode.TOKEN_EXPIRED).
+TOKEN_EXPIRED: Final = 4001
+# Handshake refusals a fresh token may cure (a token provider is asked again, once).
+_CREDENTIAL_REFUSALS: Final = frozenset({401, 403})
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+"""Returns a JWT, or an awaitable of one; see :func:`connect`."""
 
 
 class StoreClient:
@@ -46,16 +56,28 @@ class StoreClient:
         client_id: str,
         session_id: str,
         backoff: Backoff,
+        instance_id: str = "python-client",
+        bypass_token: str | None = None,
+        auth_token: str | None = None,
+        token_provider: TokenProvider | None = None,
     ) -> None:
-        self.url = url
+        self.base_url = url
+        """The server's base URL (the sync URL is built from it on every connect)."""
         self.store_id = store_id
+        self.instance_id = instance_id
+        self._bypass_token = bypass_token
+        self._auth_token = auth_token
+        self._token_provider = token_provider
         self.client_id = client_id
         self.session_id = session_id
         self._backoff = backoff
         self._conn: Connection | None = None
+        self._recorded: Connection | None = None  # the last session whose close was counted
         self._conn_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._closing = False
+        self.stats = Stats()
+        """What happened to this client so far (sessions, closes, ...)."""
         self.head: Cursor | None = None
         """The newest position this client has seen (from a pull or its own commits)."""
 
@@ -90,18 +112,75 @@ class StoreClient:
                 if conn is not None and conn.alive:
                     return conn
                 if conn is not None:
-                    _raise_if_terminal(conn)
+                    self._raise_if_terminal(conn)
+                    if self._recorded is not conn:
+                        self._recorded = conn
+                        code = conn.closed.code if conn.closed is not None else 1006
+                        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
-                    self._conn = await Connection.open(self.url)
+                    self._conn = await self._open()
                 except OSError:
                     self._backoff.failed()
                     continue
+                self.stats.connections += 1
                 return self._conn
+
+    async def _open(self) -> Connection:
+        """Open a session with a fresh credential.
+
+        The token provider (if any) is asked before every attempt. A 401/403 refusal of its
+        token makes it asked once more and the handshake tried once more (it may have handed
+        out a token that had just expired); a second refusal is raised.
+        """
+        token = await self._fresh_token()
+        try:
+            return await self._open_with(token)
+        except Refused as exc:
+            if self._token_provider is None or exc.status not in _CREDENTIAL_REFUSALS:
+                raise
+        return await self._open_with(await self._fresh_token())
+
+    async def _open_with(self, token: str | None) -> Connection:
+        url = sync_url(
+            self.base_url,
+            self.store_id,
+            instance_id=self.instance_id,
+            bypass_token=self._bypass_token,
+            auth_token=token,
+        )
+        return await Connection.open(url)
+
+    async def _fresh_token(self) -> str | None:
+        """The token for the next handshake: the provider's, else the fixed ``auth_token``."""
+        provider = self._token_provider
+        if provider is None:
+            return self._auth_token
+        self.stats.token_requests += 1
+        token = provider()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str):
+            raise TypeError(f"the token provider returned {type(token).__name__}, not str")
+        return token
+
+    def _raise_if_terminal(self, conn: Connection) -> None:
+        """Raise when reconnecting after ``conn`` closed cannot help."""
+        if conn.failure is not None:
+            raise conn.failure
+        closed = conn.closed
+        if closed is None:
+            return
+        if not retryable(closed.code) or (
+            closed.code == TOKEN_EXPIRED and self._token_provider is None
+        ):
+            # 4001 without a provider: the same token would be refused (or, on a server in
+            # development mode, accepted as anonymous): only a new credential helps.
+            raise ConnectionClosed(closed.code, closed.reason)
 
     def _lost(self, conn: Connection) -> None:
         """A request saw ``conn`` close: raise if that is terminal, else count a failure."""
-        _raise_if_terminal(conn)
+        self._raise_if_terminal(conn)
         if not conn.counted:
             conn.counted = True
             self._backoff.failed()
@@ -295,19 +374,13 @@ async def _exit_of(queue: asyncio.Queue[Message]) -> Message:
             return message
 
 
-def _raise_if_terminal(conn: Connection) -> None:
-    if conn.failure is not None:
-        raise conn.failure
-    if conn.closed is not None and not retryable(conn.closed.code):
-        raise ConnectionClosed(conn.closed.code, conn.closed.reason)
-
-
 def connect(
     url: str,
     store_id: str,
     *,
     bypass_token: str | None = None,
     auth_token: str | None = None,
+    token_provider: TokenProvider | None = None,
     instance_id: str = "python-client",
     client_id: str | None = None,
     session_id: str | None = None,
@@ -316,11 +389,22 @@ def connect(
 ) -> StoreClient:
     """A client of one store; use it as ``async with connect(...) as store:``.
 
+    Credentials: one of ``bypass_token`` (internal services), ``auth_token`` (a fixed JWT)
+    or ``token_provider`` (a JWT that is refreshed).
+
     Args:
         url: The server's base URL (``ws://host:port``, ``wss://…``, ``http(s)://…``).
         store_id: The store.
         bypass_token: The server bypass token (internal services).
         auth_token: A JWT (instead of the bypass token).
+        token_provider: A callable returning a JWT (``str``) or an awaitable of one. It is
+            called before every connect and reconnect, and its token is sent as the sync
+            payload's ``authToken``. A session the server closes with 4001 (token expired)
+            reconnects with the provider's next token; a handshake refused with 401 or 403
+            calls the provider once more and tries once more, then raises
+            :class:`Refused`. Whatever the provider raises propagates to the call that was
+            connecting (an ``events()`` iteration, a commit). Without a provider, a 401/403
+            is raised at once and a 4001 close raises :class:`ConnectionClosed`.
         instance_id: Names this process in the server's logs and metrics.
         client_id: The clientId of the events this client commits (default: random).
         session_id: Their sessionId (default: random).
@@ -329,17 +413,23 @@ def connect(
 
     Returns:
         The client; entering it opens the session.
+
+    Raises:
+        ValueError: ``token_provider`` together with ``auth_token`` or ``bypass_token``, or a
+            URL with a query string or an unknown scheme.
     """
+    if token_provider is not None and (auth_token is not None or bypass_token is not None):
+        raise ValueError("token_provider excludes auth_token and bypass_token")
+    # Checks the URL now; the real sync URL is built on each connect (a provider's token).
+    sync_url(url, store_id, instance_id=instance_id)
     return StoreClient(
-        sync_url(
-            url,
-            store_id,
-            instance_id=instance_id,
-            bypass_token=bypass_token,
-            auth_token=auth_token,
-        ),
+        url,
         store_id,
         client_id=client_id or f"py-{secrets.token_urlsafe(6)}",
         session_id=session_id or secrets.token_urlsafe(6),
         backoff=Backoff(backoff_base, backoff_cap),
+        instance_id=instance_id,
+        bypass_token=bypass_token,
+        auth_token=auth_token,
+        token_provider=token_provider,
     )
