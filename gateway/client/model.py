@@ -93,11 +93,17 @@ class Stats:
         closes: Sessions lost, by WebSocket close code (1006: the connection dropped without
             a close, which includes a keepalive Ping left unanswered).
         token_requests: Calls of the token provider.
+        pings: Keepalive Pings sent.
+        pongs: Pongs received.
+        ping_timeouts: Sessions aborted because nothing answered a Ping in time.
     """
 
     connections: int = 0
     closes: dict[int, int] = field(default_factory=dict)
     token_requests: int = 0
+    pings: int = 0
+    pongs: int = 0
+    ping_timeouts: int = 0
 
 
 class ClientError(Exception):

@@ -60,6 +60,8 @@ class StoreClient:
         bypass_token: str | None = None,
         auth_token: str | None = None,
         token_provider: TokenProvider | None = None,
+        ping_interval: float | None = 30.0,
+        ping_timeout: float = 10.0,
     ) -> None:
         self.base_url = url
         """The server's base URL (the sync URL is built from it on every connect)."""
@@ -68,6 +70,8 @@ class StoreClient:
         self._bypass_token = bypass_token
         self._auth_token = auth_token
         self._token_provider = token_provider
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self.client_id = client_id
         self.session_id = session_id
         self._backoff = backoff
@@ -149,7 +153,12 @@ class StoreClient:
             bypass_token=self._bypass_token,
             auth_token=token,
         )
-        return await Connection.open(url)
+        return await Connection.open(
+            url,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
+            stats=self.stats,
+        )
 
     async def _fresh_token(self) -> str | None:
         """The token for the next handshake: the provider's, else the fixed ``auth_token``."""
@@ -386,6 +395,8 @@ def connect(
     session_id: str | None = None,
     backoff_base: float = 1.0,
     backoff_cap: float = 30.0,
+    ping_interval: float | None = 30.0,
+    ping_timeout: float = 10.0,
 ) -> StoreClient:
     """A client of one store; use it as ``async with connect(...) as store:``.
 
@@ -410,14 +421,24 @@ def connect(
         session_id: Their sessionId (default: random).
         backoff_base: The first reconnect delay in seconds; it doubles on each failure.
         backoff_cap: The longest reconnect delay.
+        ping_interval: Seconds between keepalive Pings on a session (idle or not); None
+            sends none.
+        ping_timeout: When no frame arrives within this many seconds of a Ping, the
+            session is dropped as lost: the client reconnects with backoff and streams and
+            pending commits carry on from where they were.
 
     Returns:
         The client; entering it opens the session.
 
     Raises:
-        ValueError: ``token_provider`` together with ``auth_token`` or ``bypass_token``, or a
-            URL with a query string or an unknown scheme.
+        ValueError: ``token_provider`` together with ``auth_token`` or ``bypass_token``; a
+            URL with a query string or an unknown scheme; a ping interval or timeout that is
+            not positive.
     """
+    if ping_interval is not None and ping_interval <= 0:
+        raise ValueError("ping_interval must be positive (None disables the keepalive)")
+    if ping_timeout <= 0:
+        raise ValueError("ping_timeout must be positive")
     if token_provider is not None and (auth_token is not None or bypass_token is not None):
         raise ValueError("token_provider excludes auth_token and bypass_token")
     # Checks the URL now; the real sync URL is built on each connect (a provider's token).
@@ -432,4 +453,6 @@ def connect(
         bypass_token=bypass_token,
         auth_token=auth_token,
         token_provider=token_provider,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
