@@ -96,6 +96,12 @@ class Stats:
         pings: Keepalive Pings sent.
         pongs: Pongs received.
         ping_timeouts: Sessions aborted because nothing answered a Ping in time.
+        pushes: Pushes sent (a push sent again counts again).
+        most_in_flight: The most pushes that were in flight at once.
+        rebases: Times pending events were numbered again on top of the server's head.
+        reordered: Events that were written after events of this client committed later
+            (see :mod:`gateway.client.writer`); 0 unless pipelined pushes met another
+            writer's events ending exactly at their parent.
     """
 
     connections: int = 0
@@ -104,6 +110,10 @@ class Stats:
     pings: int = 0
     pongs: int = 0
     ping_timeouts: int = 0
+    pushes: int = 0
+    most_in_flight: int = 0
+    rebases: int = 0
+    reordered: int = 0
 
 
 class ClientError(Exception):

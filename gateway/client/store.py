@@ -6,19 +6,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, Self
 
-from gateway.client.connection import Backoff, Closed, Connection, Message, retryable, sync_url
-from gateway.client.decode import (
-    check_exit,
-    decode_batch,
-    failure,
-    pull_payload,
-    raise_failure,
-)
+from gateway.client.connection import Backoff, Closed, Connection, retryable, sync_url
+from gateway.client.decode import check_exit, decode_batch, pull_payload
 from gateway.client.model import (
     BackendIdMismatch,
     Batch,
@@ -28,10 +22,9 @@ from gateway.client.model import (
     Refused,
     Stats,
 )
+from gateway.client.writer import Writer
 
 TAG_PULL: Final = "SyncWsRpc.Pull"
-TAG_PUSH: Final = "SyncWsRpc.Push"
-MAX_PUSH_EVENTS: Final = 100
 # A cursor no store has: the server answers with its real backendId (BackendIdMismatchError).
 _PROBE_BACKEND: Final = "?"
 # The close code of a session whose token expired (gateway.errors.CloseCode.TOKEN_EXPIRED).
@@ -45,7 +38,8 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 
 class StoreClient:
     """A client of one store; create it with :func:`connect` and use it as an async context
-    manager. Every method may be called concurrently with the others; commits are serialised.
+    manager. Every method may be called concurrently with the others, from any task of the
+    event loop; commits are written in call order, batched (see :meth:`commit_many`).
     """
 
     def __init__(
@@ -62,6 +56,7 @@ class StoreClient:
         token_provider: TokenProvider | None = None,
         ping_interval: float | None = 30.0,
         ping_timeout: float = 10.0,
+        push_window: int = 1,
     ) -> None:
         self.base_url = url
         """The server's base URL (the sync URL is built from it on every connect)."""
@@ -78,10 +73,10 @@ class StoreClient:
         self._conn: Connection | None = None
         self._recorded: Connection | None = None  # the last session whose close was counted
         self._conn_lock = asyncio.Lock()
-        self._write_lock = asyncio.Lock()
         self._closing = False
         self.stats = Stats()
-        """What happened to this client so far (sessions, closes, ...)."""
+        """What happened to this client so far (sessions, closes, pushes, ...)."""
+        self._writer = Writer(self, window=push_window)
         self.head: Cursor | None = None
         """The newest position this client has seen (from a pull or its own commits)."""
 
@@ -100,6 +95,7 @@ class StoreClient:
     async def close(self) -> None:
         """Close the session; iterators and commits in progress fail."""
         self._closing = True
+        await self._writer.close()
         if self._conn is not None:
             await self._conn.close()
 
@@ -194,9 +190,12 @@ class StoreClient:
             conn.counted = True
             self._backoff.failed()
 
-    def _learn(self, cursor: Cursor) -> None:
+    def _learn(self, cursor: Cursor, *, force: bool = False) -> None:
+        """Move :attr:`head` forward to ``cursor`` (or anywhere, with ``force``: the server
+        said its head is behind what this client believed)."""
         if (
-            self.head is None
+            force
+            or self.head is None
             or self.head.backend_id != cursor.backend_id
             or cursor.seq > self.head.seq
         ):
@@ -270,83 +269,46 @@ class StoreClient:
 
         Returns:
             Its final seqNum, once the server acknowledged it.
+
+        Raises:
+            See :meth:`commit_many`.
         """
         (seq,) = await self.commit_many([(name, args)])
         return seq
 
     async def commit_many(self, events: Iterable[tuple[str, Any]]) -> list[int]:
-        """Append events to the store, in order, atomically per 100 events.
+        """Append events to the store, in order, after every event committed before.
 
-        They are numbered after the client's known head; when the server is ahead
-        (``ServerAheadError``), they are renumbered on top of its head (rebase) and pushed
-        again. A push whose answer is lost with the connection is recognised on the next
-        pull by its clientId, sessionId and seqNums, so nothing is written twice.
+        Calls may come from many tasks at once: their events join one queue, in call order,
+        and a single writer pushes them (100 events or 900,000 bytes of JSON per push at most;
+        with ``push_window`` > 1, several full pushes in flight; see
+        :mod:`gateway.client.writer`). Events are numbered after
+        the last event pushed; when the server is ahead (``ServerAheadError``), the events not
+        written are renumbered on top of its head (rebase) and pushed again, in the same
+        order. A push whose answer is lost with the connection is looked up in the log on the
+        next session (clientId, sessionId, seqNum) or sent again unchanged, so nothing is
+        written twice or lost. Cancelling the call does not withdraw its events.
 
         Args:
-            events: ``(name, args)`` pairs.
+            events: ``(name, args)`` pairs; args any JSON value.
 
         Returns:
-            The final seqNum of each event, once the server acknowledged them.
+            The final seqNum of each event, once the server acknowledged all of them.
 
         Raises:
-            BackendIdMismatch: The store was reset since this client learnt its backendId.
-            RequestFailed: The server rejected the events (``UnknownError``).
+            TypeError: A name is not a str or args are not JSON (before anything is queued).
+            ValueError: An event is too large for one push (likewise).
+            RequestFailed: The server refused a push of these events (``UnknownError``). The
+                commits queued behind it that were not written fail with it too; events of
+                this call in earlier pushes (over 100 events) may be written.
+            BackendIdMismatch: The store was reset since this client learnt its backendId
+                (likewise for the commits behind it).
+            Refused: A reconnect was refused.
+            ConnectionClosed: The session closed for good, or the client was closed, before
+                the events were acknowledged (their fate is then unknown).
         """
-        pending = list(events)
-        seqs: list[int] = []
-        async with self._write_lock:
-            for start in range(0, len(pending), MAX_PUSH_EVENTS):
-                seqs += await self._push(pending[start : start + MAX_PUSH_EVENTS])
-        return seqs
-
-    async def _push(self, events: Sequence[tuple[str, Any]]) -> list[int]:
-        if not events:
-            return []
-        head = self.head or await self._probe_backend()
-        while True:
-            batch = [
-                {
-                    "name": name,
-                    "args": args,
-                    "seqNum": head.seq + 1 + i,
-                    "parentSeqNum": head.seq + i,
-                    "clientId": self.client_id,
-                    "sessionId": self.session_id,
-                }
-                for i, (name, args) in enumerate(events)
-            ]
-            seqs = [head.seq + 1 + i for i in range(len(events))]
-            payload = {
-                "storeId": self.store_id,
-                "batch": batch,
-                "backendId": {"_tag": "Some", "value": head.backend_id},
-            }
-            conn = await self._connection()
-            rid, queue = conn.request()
-            try:
-                await conn.send_request(rid, TAG_PUSH, payload)
-                message = await _exit_of(queue)
-            finally:
-                conn.forget(rid)
-            if isinstance(message, Closed):
-                self._lost(conn)
-                # The answer is lost: the push may have been written. Read the log after head.
-                if await self._written(head, seqs):
-                    self._learn(Cursor(head.backend_id, seqs[-1]))
-                    return seqs
-                head = self.head or head
-                continue
-            error = failure(message)
-            if error is None:
-                self._backoff.succeeded()
-                self._learn(Cursor(head.backend_id, seqs[-1]))
-                return seqs
-            if error.get("_tag") == "ServerAheadError":
-                # The server's head (minimumExpectedNum): rebase the batch on top of it.
-                head = Cursor(head.backend_id, int(error["minimumExpectedNum"]))
-                self._learn(head)
-                continue
-            raise_failure(error)
+        future = self._writer.submit(events)
+        return await asyncio.shield(future)
 
     async def _probe_backend(self) -> Cursor:
         """Learn the store's backendId without reading its log (the head is learnt on push)."""
@@ -359,28 +321,6 @@ class StoreClient:
         if self.head is None:
             raise ProtocolViolation("the server accepted a cursor with an unknown backendId")
         return self.head
-
-    async def _written(self, head: Cursor, seqs: list[int]) -> bool:
-        """Whether events ``seqs`` after ``head`` are this client's (a push acked while the
-        connection dropped)."""
-        async with aclosing(self.events(head, live=False)) as stream:
-            async for batch in stream:
-                for event in batch.events:
-                    if event.seq_num == seqs[0]:
-                        return (event.client_id, event.session_id) == (
-                            self.client_id,
-                            self.session_id,
-                        )
-                if batch.cursor.seq >= seqs[0]:
-                    break
-        return False
-
-
-async def _exit_of(queue: asyncio.Queue[Message]) -> Message:
-    while True:
-        message = await queue.get()
-        if isinstance(message, Closed) or message.get("_tag") == "Exit":
-            return message
 
 
 def connect(
@@ -397,6 +337,7 @@ def connect(
     backoff_cap: float = 30.0,
     ping_interval: float | None = 30.0,
     ping_timeout: float = 10.0,
+    push_window: int = 1,
 ) -> StoreClient:
     """A client of one store; use it as ``async with connect(...) as store:``.
 
@@ -426,6 +367,15 @@ def connect(
         ping_timeout: When no frame arrives within this many seconds of a Ping, the
             session is dropped as lost: the client reconnects with backoff and streams and
             pending commits carry on from where they were.
+        push_window: The most pushes in flight at once. 1 (the default, as LiveStore's own
+            client) sends a push when the one before it is answered; the events committed
+            meanwhile go together in the next push (up to 100). More pipelines full pushes
+            (100 events), which is faster for a store this client writes alone. With other
+            writers it is a trade: when another writer lands exactly as many events as a
+            refused push held, the push after it is accepted first, and some of this
+            client's events end up after events it committed later (nothing is lost or
+            written twice; ``stats.reordered`` counts them, and a warning is logged). The
+            protocol has no way to prevent that (see :mod:`gateway.client.writer`).
 
     Returns:
         The client; entering it opens the session.
@@ -433,7 +383,7 @@ def connect(
     Raises:
         ValueError: ``token_provider`` together with ``auth_token`` or ``bypass_token``; a
             URL with a query string or an unknown scheme; a ping interval or timeout that is
-            not positive.
+            not positive; a push window under 1.
     """
     if ping_interval is not None and ping_interval <= 0:
         raise ValueError("ping_interval must be positive (None disables the keepalive)")
@@ -455,4 +405,5 @@ def connect(
         token_provider=token_provider,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        push_window=push_window,
     )
