@@ -112,11 +112,8 @@ class StoreClient:
                 if conn is not None and conn.alive:
                     return conn
                 if conn is not None:
+                    self._record_close(conn)
                     self._raise_if_terminal(conn)
-                    if self._recorded is not conn:
-                        self._recorded = conn
-                        code = conn.closed.code if conn.closed is not None else 1006
-                        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
                     self._conn = await self._open()
@@ -183,8 +180,16 @@ class StoreClient:
             # development mode, accepted as anonymous): only a new credential helps.
             raise ConnectionClosed(closed.code, closed.reason)
 
+    def _record_close(self, conn: Connection) -> None:
+        """Count ``conn``'s close in :attr:`stats` (once)."""
+        if self._recorded is not conn and conn.closed is not None:
+            self._recorded = conn
+            code = conn.closed.code
+            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+
     def _lost(self, conn: Connection) -> None:
         """A request saw ``conn`` close: raise if that is terminal, else count a failure."""
+        self._record_close(conn)
         self._raise_if_terminal(conn)
         if not conn.counted:
             conn.counted = True

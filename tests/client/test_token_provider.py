@@ -155,7 +155,7 @@ async def test_without_a_provider_an_expired_session_raises_4001(
             async for _ in store.events():
                 pass
     assert caught.value.code == 4001
-    assert store.stats.connections == 1
+    assert (store.stats.connections, store.stats.closes) == (1, {4001: 1})
 
 
 def test_a_provider_excludes_the_fixed_credentials() -> None:
