@@ -154,6 +154,10 @@ async def test_without_a_provider_an_expired_session_raises_4001(
         with pytest.raises(ConnectionClosed) as caught:
             async for _ in store.events():
                 pass
+        # Commits fail the same way, without a retry.
+        with pytest.raises(ConnectionClosed) as refused:
+            await asyncio.wait_for(store.commit("e", {}), WITHIN)
+        assert refused.value.code == 4001
     assert caught.value.code == 4001
     assert (store.stats.connections, store.stats.closes) == (1, {4001: 1})
 
