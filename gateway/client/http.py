@@ -18,6 +18,11 @@ What ends a session, as a lost WebSocket would: a 5xx answer (gateway's transien
 out — the owner opens a new session with its backoff and pulls or pushes again. A 4xx answer
 ends it with :class:`Refused` (terminal); a 200 whose body is not a JSON array of frames
 ending with the request's ``Exit`` ends it with :class:`ProtocolViolation`.
+
+A push goes out when the one before it is answered, so a client's ``push_window`` over 1
+queues pushes in the session rather than pipelining them on the wire. There is no keepalive
+Ping (the WebSocket's ``ping_interval``): every request has its own deadline
+(:data:`PATIENCE`), which is what notices a path gone silent.
 """
 
 from __future__ import annotations
