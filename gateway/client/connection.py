@@ -41,6 +41,9 @@ from gateway.frames import ack_frame, request_frame
 # closed the session and the client may reconnect (gateway.errors.CloseCode).
 _RETRY_CODES: Final = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
 PING_FRAME: Final = b'{"_tag":"Ping"}'
+TOKEN_EXPIRED: Final = 4001
+"""The close code of a session whose token expired (gateway.errors.CloseCode.TOKEN_EXPIRED);
+an HTTP session refused ``401 TOKEN_EXPIRED`` ends with it too."""
 LOST: Final = 1006
 
 

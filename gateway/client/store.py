@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from gateway.client.connection import (
+    TOKEN_EXPIRED,
     Backoff,
     Closed,
     Connection,
@@ -39,8 +40,6 @@ from gateway.client.writer import Writer
 TAG_PULL: Final = "SyncWsRpc.Pull"
 # A cursor no store has: the server answers with its real backendId (BackendIdMismatchError).
 _PROBE_BACKEND: Final = "?"
-# The close code of a session whose token expired (gateway.errors.CloseCode.TOKEN_EXPIRED).
-TOKEN_EXPIRED: Final = 4001
 # Handshake refusals a fresh token may cure (a token provider is asked again, once).
 _CREDENTIAL_REFUSALS: Final = frozenset({401, 403})
 
@@ -186,16 +185,16 @@ class StoreClient:
 
     def _raise_if_terminal(self, conn: Session) -> None:
         """Raise when reconnecting after ``conn`` closed cannot help."""
+        closed = conn.closed
+        if closed is not None and closed.code == TOKEN_EXPIRED:
+            if self._token_provider is not None:
+                return  # the provider's next token (an HTTP session's 401 too: its failure)
+            # Without a provider the same token would be refused (or, on a server in
+            # development mode, accepted as anonymous): only a new credential helps.
+            raise conn.failure or ConnectionClosed(closed.code, closed.reason)
         if conn.failure is not None:
             raise conn.failure
-        closed = conn.closed
-        if closed is None:
-            return
-        if not retryable(closed.code) or (
-            closed.code == TOKEN_EXPIRED and self._token_provider is None
-        ):
-            # 4001 without a provider: the same token would be refused (or, on a server in
-            # development mode, accepted as anonymous): only a new credential helps.
+        if closed is not None and not retryable(closed.code):
             raise ConnectionClosed(closed.code, closed.reason)
 
     def _record_close(self, conn: Session) -> None:
@@ -378,12 +377,13 @@ def connect(
         token_provider: A callable returning a JWT (``str``) or an awaitable of one. It is
             called before every connect and reconnect (either transport), and its token is
             sent as the sync payload's ``authToken``. A session the server closes with 4001
-            (token expired) reconnects with the provider's next token; a handshake (over
-            HTTP, the first request) refused with 401 or 403 calls the provider once more
-            and tries once more, then raises :class:`Refused`. Whatever the provider raises
-            propagates to the call that was connecting (an ``events()`` iteration, a
-            commit). Without a provider, a 401/403 is raised at once and a 4001 close raises
-            :class:`ConnectionClosed`.
+            (token expired; over HTTP, a request answered 401 ``TOKEN_EXPIRED``) reconnects
+            with the provider's next token; a handshake (over HTTP, the first request)
+            refused with 401 or 403 calls the provider once more and tries once more, then
+            raises :class:`Refused`. Whatever the provider raises propagates to the call that
+            was connecting (an ``events()`` iteration, a commit). Without a provider, a
+            401/403 is raised at once and a 4001 close raises :class:`ConnectionClosed` (over
+            HTTP, the 401 raises :class:`Refused`).
         instance_id: Names this process in the server's logs and metrics.
         client_id: The clientId of the events this client commits (default: random).
         session_id: Their sessionId (default: random).

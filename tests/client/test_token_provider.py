@@ -1,6 +1,7 @@
 """gateway.client's ``token_provider`` against a real gateway that verifies JWTs: a token per
-connect, a fresh one after the server closes an expired session (4001), one more try after a
-refused handshake, and what happens without a provider."""
+connect, a fresh one after the server closes an expired session (4001; over HTTP, a request
+answered 401 TOKEN_EXPIRED), one more try after a refused handshake, and what happens without
+a provider."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ async def jwt_gateway(make_gateway: MakeGateway) -> GatewayHarness:
 
 def client(gateway: GatewayHarness, store_id: str, **kwargs: Any) -> StoreClient:
     return connect(f"ws://{gateway.base}", store_id, backoff_base=0.05, **kwargs)
+
+
+def http_client(gateway: GatewayHarness, store_id: str, **kwargs: Any) -> StoreClient:
+    return connect(
+        f"http://{gateway.base}",
+        store_id,
+        transport="http",
+        backoff_base=0.05,
+        poll_interval=0.05,
+        **kwargs,
+    )
 
 
 class Provider:
@@ -171,3 +183,73 @@ def test_a_provider_excludes_the_fixed_credentials() -> None:
         connect(url, "s", token_provider=provider, auth_token="x")
     with pytest.raises(ValueError, match="token_provider"):
         connect(url, "s", token_provider=provider, bypass_token="x")
+
+
+async def test_over_http_an_expired_token_gets_the_providers_next_one(
+    make_gateway: MakeGateway,
+) -> None:
+    """Over HTTP every request carries the token: once the first one expired, the next poll is
+    answered 401 TOKEN_EXPIRED; the session ends as a WebSocket's 4001 does, the provider is
+    asked again, and the stream resumes from its cursor on a new session."""
+    gateway = await jwt_gateway(make_gateway)
+    store_id = new_store_id()
+    provider = Provider(lambda n: make_jwt(SECRET, "svc", ttl=SHORT_TTL if n == 0 else 3600))
+    async with (
+        http_client(gateway, store_id, token_provider=provider) as follower,
+        client(gateway, store_id, bypass_token=BYPASS) as writer,
+        aclosing(follower.events()) as stream,
+    ):
+        assert follower.url.startswith("http://")
+        assert await writer.commit("e", {"n": 1}) == 1
+        first = await asyncio.wait_for(anext(stream), WITHIN)
+        assert [e.seq_num for e in first.events] == [1]
+        # Polling on: a poll after the token's exp is refused; the stream reconnects.
+        reading = asyncio.ensure_future(anext(stream))
+        await wait_for_event(provider.called[1], WITHIN, "the second token request")
+        assert await writer.commit("e", {"n": 2}) == 2
+        second = await asyncio.wait_for(reading, WITHIN)
+        assert [(e.seq_num, e.args) for e in second.events] == [(2, {"n": 2})]
+        assert await asyncio.wait_for(follower.commit("e", {"n": 3}), WITHIN) == 3
+        assert follower.stats.closes == {4001: 1}
+        assert follower.stats.connections == 2
+        assert provider.calls == 2 == follower.stats.token_requests
+        assert (follower.stats.pings, follower.stats.pongs) == (0, 0)  # no keepalive over HTTP
+
+
+async def test_over_http_a_refused_token_asks_the_provider_once_more(
+    make_gateway: MakeGateway,
+) -> None:
+    gateway = await jwt_gateway(make_gateway)
+    provider = Provider(lambda n: "stale-token" if n == 0 else long_lived(n))
+    async with http_client(gateway, new_store_id(), token_provider=provider) as store:
+        assert await store.commit("e", {}) == 1
+    assert provider.calls == 2
+    assert store.stats.connections == 1
+    expired = Provider(lambda n: make_jwt(SECRET, "svc", ttl=-3600))
+    refused = http_client(gateway, new_store_id(), token_provider=expired)
+    with pytest.raises(Refused) as caught:
+        await asyncio.wait_for(refused.__aenter__(), WITHIN)
+    assert (caught.value.status, caught.value.code) == (401, "TOKEN_EXPIRED")
+    assert expired.calls == 2
+
+
+async def test_over_http_without_a_provider_an_expired_token_is_refused(
+    make_gateway: MakeGateway,
+) -> None:
+    """A fixed ``auth_token`` over HTTP: the first request after its exp raises
+    Refused(401, TOKEN_EXPIRED) to the stream and to commits, without a reconnect."""
+    gateway = await jwt_gateway(make_gateway)
+    token = make_jwt(SECRET, "svc", ttl=SHORT_TTL)
+
+    async def follow(store: StoreClient) -> None:
+        async for _ in store.events():
+            pass
+
+    async with http_client(gateway, new_store_id(), auth_token=token) as store:
+        with pytest.raises(Refused) as caught:
+            await asyncio.wait_for(follow(store), WITHIN)
+        with pytest.raises(Refused) as refused:
+            await asyncio.wait_for(store.commit("e", {}), WITHIN)
+        assert refused.value.code == "TOKEN_EXPIRED"
+    assert (caught.value.status, caught.value.code) == (401, "TOKEN_EXPIRED")
+    assert (store.stats.connections, store.stats.closes) == (1, {4001: 1})
