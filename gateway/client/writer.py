@@ -12,21 +12,17 @@ answers first.
 
 The server answers the pushes of one connection in order. An ack resolves its events. Any
 other answer breaks the chain (each later push names a parent that may now be wrong), so the
-writer stops sending, waits until every push in flight has its answer, and settles them:
+writer stops sending, waits until every push in flight has its answer, and settles them in
+order (:mod:`gateway.client.settle` tells what became of each):
 
-- acknowledged pushes are resolved;
-- a push whose answer was lost with the connection is looked up in the log from its parent
-  on: the event at its first seqNum is this client's (clientId, sessionId, name): written;
-  another event there, or the log's head past its parent: not written. When the log does not
-  reach past its parent yet, the server may still be admitting it (its admission outlives
-  the connection), so the push is sent again *unchanged*: the server accepts at most one push
-  per parent, so whichever copy lands is the only one, and a refusal of the copy sends the
-  writer back to the log, which then decides;
-- a push refused with ``ServerAheadError`` (and any not written) goes back to the front of
+- written (acknowledged, or found in the log after its answer was lost): resolved;
+- possibly still being admitted (lost, and the log does not reach past its parent yet): sent
+  again *unchanged* (the server accepts at most one push per parent);
+- not written (refused with ``ServerAheadError``, or not in the log): back to the front of
   the queue with every later one, in order, to be numbered again on top of the server's head
   (rebase);
-- a push refused for good (``UnknownError``, ``BackendIdMismatchError``) fails its commits
-  and every commit queued behind it that is not written, with the same exception: they were
+- refused for good (``UnknownError``, ``BackendIdMismatchError``): its commits fail, and so
+  does every commit queued behind it that is not written, with the same exception: they were
   ordered after events that will never exist. Commits made afterwards are pushed as usual.
 
 Why pipelining is not the default, and only full pushes are pipelined: the server accepts a
@@ -50,15 +46,15 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from gateway import protocol
 from gateway.client.connection import Closed, Message, Session
-from gateway.client.decode import failure, failure_error
-from gateway.client.model import ConnectionClosed, Cursor, Event, ProtocolViolation
+from gateway.client.decode import failure
+from gateway.client.model import ConnectionClosed, Cursor
+from gateway.client.settle import UNCERTAIN, WRITTEN, outcomes_of
 
 if TYPE_CHECKING:
     from gateway.client.store import StoreClient
@@ -75,11 +71,6 @@ _EVENT_OVERHEAD: Final = (
 _PAYLOAD_OVERHEAD: Final = len('{"storeId":,"batch":[],"backendId":{"_tag":"Some","value":}}') + 200
 
 logger = logging.getLogger("gateway.client")
-
-# How a push in flight ended (besides the exception of a refusal).
-_WRITTEN: Final = "written"
-_NOT_WRITTEN: Final = "not written"
-_UNCERTAIN: Final = "uncertain"
 
 
 class _Commit:
@@ -124,7 +115,7 @@ class _Entry:
         self.size = len(name_json) + len(args_json)
 
 
-class _Push:
+class Push:
     """Events numbered ``parent + 1 …`` and sent in one push; ``answer`` ends with its Exit
     (or the connection's :class:`Closed`)."""
 
@@ -157,8 +148,8 @@ class Writer:
         self._client = client
         self._window_size = window
         self._queue: deque[_Entry] = deque()  # not numbered yet
-        self._resend: deque[_Push] = deque()  # numbered: to be sent again unchanged
-        self._window: deque[_Push] = deque()  # sent, not settled, in order
+        self._resend: deque[Push] = deque()  # numbered: to be sent again unchanged
+        self._window: deque[Push] = deque()  # sent, not settled, in order
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -303,7 +294,7 @@ class Writer:
             return head
         return tip
 
-    def _take(self, tip: Cursor | None) -> _Push | None:
+    def _take(self, tip: Cursor | None) -> Push | None:
         """The next push from the queue, numbered after ``tip``."""
         assert tip is not None
         queue = self._queue
@@ -321,9 +312,9 @@ class Writer:
             entries.append(queue.popleft())
         if not entries:
             return None
-        return _Push(entries, tip.backend_id, tip.seq, full=len(entries) == MAX_PUSH_EVENTS)
+        return Push(entries, tip.backend_id, tip.seq, full=len(entries) == MAX_PUSH_EVENTS)
 
-    async def _send(self, conn: Session, push: _Push) -> None:
+    async def _send(self, conn: Session, push: Push) -> None:
         """Send ``push`` on ``conn`` (this task sends every push: they go out in order)."""
         client = self._client
         parent = push.parent
@@ -351,7 +342,7 @@ class Writer:
         stats.most_in_flight = max(stats.most_in_flight, len(self._window))
         await conn.send_request(rid, TAG_PUSH, payload)
 
-    def _resolve(self, push: _Push) -> None:
+    def _resolve(self, push: Push) -> None:
         for i, entry in enumerate(push.entries):
             entry.commit.written(entry.index, push.first + i)
         self._client._learn(Cursor(push.backend_id, push.last))
@@ -365,56 +356,15 @@ class Writer:
         client = self._client
         pushes = list(self._window)
         messages = [await _answered(push) for push in pushes]
+        outcomes, heads = await outcomes_of(client, conn, pushes, messages, self._resolve)
         backend = pushes[0].backend_id
-        heads: list[int] = []
-        outcomes: list[str | Exception] = []
-        lost = False
-        for push, message in zip(pushes, messages, strict=True):
-            if isinstance(message, Closed):
-                lost = True
-                outcomes.append(_UNCERTAIN)
-                continue
-            error = failure(message)
-            if error is None:
-                outcomes.append(_WRITTEN)
-                self._resolve(push)
-                heads.append(push.last)
-            elif error.get("_tag") == "ServerAheadError":
-                head = _server_head(error, push)
-                heads.append(head)
-                if head < push.parent:
-                    # The server is behind what this client believed: believe the server.
-                    client._learn(Cursor(backend, head), force=True)
-                # A copy of an uncertain push refused: its first copy may be what got there.
-                maybe = push.uncertain and head > push.parent
-                outcomes.append(_UNCERTAIN if maybe else _NOT_WRITTEN)
-            else:
-                outcomes.append(failure_error(error))
-        if lost:
-            client._lost(conn)  # raises when reconnecting cannot help
-        check = [
-            push for push, outcome in zip(pushes, outcomes, strict=True) if outcome == _UNCERTAIN
-        ]
-        if check:
-            found, last = await self._read_log(check)
-            heads.append(last)
-            top = max(heads)
-            for i, push in enumerate(pushes):
-                if outcomes[i] != _UNCERTAIN:
-                    continue
-                if id(push) in found:
-                    outcomes[i] = _WRITTEN
-                    self._resolve(push)
-                    heads.append(push.last)
-                elif top > push.parent:
-                    outcomes[i] = _NOT_WRITTEN
         self._window.clear()
 
         retry: list[_Entry] = []
-        resend: list[_Push] = []
+        resend: list[Push] = []
         refusal: Exception | None = None
         for push, outcome in zip(pushes, outcomes, strict=True):
-            if outcome == _WRITTEN:
+            if outcome == WRITTEN:
                 if retry:
                     self._reordered(push, retry)
             elif refusal is not None or isinstance(outcome, Exception):
@@ -423,7 +373,7 @@ class Writer:
                     refusal = outcome
                 for entry in push.entries:
                     entry.commit.fail(refusal)
-            elif outcome == _UNCERTAIN and not retry:
+            elif outcome == UNCERTAIN and not retry:
                 push.uncertain = True
                 resend.append(push)
             else:
@@ -444,36 +394,7 @@ class Writer:
         client._learn(Cursor(backend, head))
         return Cursor(backend, head)
 
-    async def _read_log(self, pushes: list[_Push]) -> tuple[set[int], int]:
-        """Which of ``pushes`` (consecutive, outcome unknown) the log holds, by the event at
-        each one's first seqNum; and the last seqNum read (the log's head, or a seqNum past
-        the last push)."""
-        client = self._client
-        start = Cursor(pushes[0].backend_id, pushes[0].parent)
-        end = pushes[-1].last
-        by_first = {push.first: push for push in pushes}
-        found: set[int] = set()
-        last = start.seq
-        async with aclosing(client.events(start, live=False)) as stream:
-            async for batch in stream:
-                for event in batch.events:
-                    push = by_first.get(event.seq_num)
-                    if push is not None and self._own(event, push):
-                        found.add(id(push))
-                last = batch.cursor.seq
-                if last >= end:
-                    break
-        return found, last
-
-    def _own(self, event: Event, push: _Push) -> bool:
-        client = self._client
-        return (event.client_id, event.session_id, event.name) == (
-            client.client_id,
-            client.session_id,
-            push.entries[0].name,
-        )
-
-    def _reordered(self, push: _Push, earlier: list[_Entry]) -> None:
+    def _reordered(self, push: Push, earlier: list[_Entry]) -> None:
         self._client.stats.reordered += len(earlier)
         logger.warning(
             "store %s: events %d-%d of client %s were written before %d of its events "
@@ -511,19 +432,9 @@ async def _answer(conn: Session, rid: str, queue: asyncio.Queue[Message]) -> Mes
         conn.forget(rid)
 
 
-async def _answered(push: _Push) -> Message:
+async def _answered(push: Push) -> Message:
     assert push.answer is not None  # set when it was sent
     return await push.answer
-
-
-def _server_head(error: dict[str, Any], push: _Push) -> int:
-    """The server's head from a ServerAheadError (its ``minimumExpectedNum``)."""
-    head = error.get("minimumExpectedNum")
-    if type(head) is not int or head == push.parent:
-        raise ProtocolViolation(
-            f"ServerAheadError for a push after {push.parent} with minimumExpectedNum {head!r}"
-        )
-    return head
 
 
 def _retrieve(future: asyncio.Future[list[int]]) -> None:
