@@ -22,8 +22,9 @@ from gateway.client.model import (
     ProtocolViolation,
     Refused,
     RequestFailed,
+    Stats,
 )
-from gateway.client.store import StoreClient, connect
+from gateway.client.store import StoreClient, TokenProvider, connect
 
 __all__ = [
     "BackendIdMismatch",
@@ -35,6 +36,8 @@ __all__ = [
     "ProtocolViolation",
     "Refused",
     "RequestFailed",
+    "Stats",
     "StoreClient",
+    "TokenProvider",
     "connect",
 ]

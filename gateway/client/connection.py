@@ -7,6 +7,14 @@ to reconnect (:func:`retryable`) and with which delay (:class:`Backoff`).
 
 :class:`Session` is the interface the owner uses; :class:`Connection` and the HTTP transport's
 :class:`gateway.client.http.HttpSession` implement it.
+
+Keepalive (WebSocket only): every ``ping_interval`` seconds the connection sends the RPC
+layer's ``{"_tag":"Ping"}`` (spec §11; the server answers ``{"_tag":"Pong"}``). When no frame
+at all arrives within ``ping_timeout`` of a Ping (any frame proves the path works, as in
+LiveStore's client), the connection is aborted: its requests see ``Closed(1006)``, as for any
+lost connection, and the owner reconnects. This catches a path that went silent without a
+reset (a NAT or proxy that dropped the flow), which TCP alone notices only after many
+minutes. An HTTP session needs none: each request has its own deadline.
 """
 
 from __future__ import annotations
@@ -25,13 +33,18 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from gateway.client.model import ClientError, ProtocolViolation, Refused
+from gateway.client.model import ClientError, ProtocolViolation, Refused, Stats
 from gateway.frames import ack_frame, request_frame
 
 # Close codes after which reconnecting can help (the server restarts, is overloaded, or the
 # network dropped: 1006 is what a lost TCP connection reports). 4000-4499: the application
 # closed the session and the client may reconnect (gateway.errors.CloseCode).
 _RETRY_CODES: Final = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
+PING_FRAME: Final = b'{"_tag":"Ping"}'
+TOKEN_EXPIRED: Final = 4001
+"""The close code of a session whose token expired (gateway.errors.CloseCode.TOKEN_EXPIRED);
+an HTTP session refused ``401 TOKEN_EXPIRED`` ends with it too."""
+LOST: Final = 1006
 
 
 def retryable(code: int) -> bool:
@@ -178,15 +191,30 @@ reached (worth retrying)."""
 class Connection:
     """An open WebSocket session; see the module docstring."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        *,
+        ping_interval: float | None = None,
+        ping_timeout: float = 10.0,
+        stats: Stats | None = None,
+    ) -> None:
         self.ws = ws
+        self.stats = stats if stats is not None else Stats()
         self.closed: Closed | None = None
         self.failure: ProtocolViolation | None = None
         self.counted = False
         """Whether the owner counted this session's loss as a failure (once per session)."""
         self._ids = itertools.count()
         self._requests: dict[str, asyncio.Queue[Message]] = {}
+        self._heard: asyncio.Event | None = None  # set by any frame while a Ping waits
+        self._lost_reason = ""
         self._reader = asyncio.create_task(self._read())
+        self._keepalive = (
+            asyncio.create_task(self._keep_alive(ping_interval, ping_timeout))
+            if ping_interval is not None
+            else None
+        )
 
     @classmethod
     async def open(
@@ -195,9 +223,20 @@ class Connection:
         headers: Mapping[str, str] | None = None,
         *,
         ssl: ssl_module.SSLContext | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float = 10.0,
+        stats: Stats | None = None,
     ) -> Connection:
-        """Open the WebSocket (``ssl``: the TLS context of a ``wss://`` URL; default: the
-        system's trusted CAs).
+        """Open the WebSocket.
+
+        Args:
+            url: The sync URL (:func:`sync_url`).
+            headers: Extra handshake headers.
+            ssl: The TLS context of a ``wss://`` URL (default: the system's trusted CAs).
+            ping_interval: Seconds between keepalive Pings; None sends none.
+            ping_timeout: Seconds a Ping may wait for a frame before the connection is
+                aborted as lost.
+            stats: Counters to update (pings, pongs, ping timeouts).
 
         Raises:
             Refused: The server answered the handshake with a 4xx status.
@@ -213,6 +252,9 @@ class Connection:
                 compression=None,
                 proxy=None,
                 open_timeout=10,
+                # The RPC-level Ping below is the keepalive (it also proves the server's
+                # request loop answers, not only its TCP stack).
+                ping_interval=None,
                 **tls,
             )
         except InvalidStatus as exc:
@@ -223,7 +265,7 @@ class Connection:
             raise OSError(f"handshake answered HTTP {status} {code}") from None
         except InvalidHandshake as exc:  # the server went away mid-handshake
             raise OSError(f"handshake failed: {exc}") from None
-        return cls(ws)
+        return cls(ws, ping_interval=ping_interval, ping_timeout=ping_timeout, stats=stats)
 
     @property
     def alive(self) -> bool:
@@ -258,12 +300,40 @@ class Connection:
             pass  # the reader reports the close to every request
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         await self.ws.close()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _keep_alive(self, interval: float, deadline: float) -> None:
+        """Ping every ``interval`` s; abort the connection when nothing answers within
+        ``deadline`` s."""
+        stats = self.stats
+        while True:
+            await asyncio.sleep(interval)
+            heard = self._heard = asyncio.Event()
+            try:
+                # The send is inside the deadline too: on a dead path it may block.
+                async with asyncio.timeout(deadline):
+                    await self._send(PING_FRAME)
+                    stats.pings += 1
+                    await heard.wait()
+            except TimeoutError:
+                stats.ping_timeouts += 1
+                self._lost_reason = f"no answer to a keepalive Ping within {deadline:g} s"
+                # No closing handshake: nothing would answer it. The reader sees the abort
+                # and reports Closed(1006) to every request.
+                self.ws.transport.abort()
+                return
+            finally:
+                self._heard = None
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                heard = self._heard
+                if heard is not None:
+                    heard.set()
                 try:
                     frame = orjson.loads(raw)
                 except orjson.JSONDecodeError:
@@ -281,8 +351,11 @@ class Connection:
         except WsConnectionClosed:
             pass
         finally:
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             code = self.ws.close_code
-            self.closed = Closed(1006 if code is None else code, self.ws.close_reason or "")
+            reason = self.ws.close_reason or self._lost_reason
+            self.closed = Closed(LOST if code is None else code, reason)
             for queue in self._requests.values():
                 queue.put_nowait(self.closed)
 
@@ -292,9 +365,11 @@ class Connection:
             queue = self._requests.get(str(frame.get("requestId")))
             if queue is not None:
                 queue.put_nowait(frame)
+        elif tag == "Pong":
+            self.stats.pongs += 1
         elif tag == "Defect":
             raise ProtocolViolation(f"the server sent a Defect: {frame.get('defect')!r}")
-        # Pong and unknown tags: nothing to do.
+        # Unknown tags: nothing to do.
 
 
 def _refusal_body(body: bytes) -> tuple[str, str]:

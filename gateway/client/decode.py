@@ -42,11 +42,16 @@ def failure(frame: dict[str, Any]) -> dict[str, Any] | None:
     return {"_tag": "Defect", "cause": cause}
 
 
+def failure_error(error: dict[str, Any]) -> BackendIdMismatch | RequestFailed:
+    """The exception for a typed error (:func:`failure`)."""
+    if error.get("_tag") == "BackendIdMismatchError":
+        return BackendIdMismatch(str(error.get("expected")), str(error.get("received")))
+    return RequestFailed(f"the server failed the request: {error!r:.500}")
+
+
 def raise_failure(error: dict[str, Any]) -> NoReturn:
     """Raise the exception for a typed error (:func:`failure`)."""
-    if error.get("_tag") == "BackendIdMismatchError":
-        raise BackendIdMismatch(str(error.get("expected")), str(error.get("received")))
-    raise RequestFailed(f"the server failed the request: {error!r:.500}")
+    raise failure_error(error)
 
 
 def check_exit(frame: dict[str, Any]) -> None:

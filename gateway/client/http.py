@@ -16,8 +16,15 @@ follower costs one request per interval; the WebSocket transport has neither cos
 What ends a session, as a lost WebSocket would: a 5xx answer (gateway's transient answers,
 ``STORAGE_UNAVAILABLE`` or ``SHUTTING_DOWN``, or a proxy's), a connection that fails or times
 out — the owner opens a new session with its backoff and pulls or pushes again. A 4xx answer
-ends it with :class:`Refused` (terminal); a 200 whose body is not a JSON array of frames
-ending with the request's ``Exit`` ends it with :class:`ProtocolViolation`.
+ends it with :class:`Refused` (terminal; a ``401 TOKEN_EXPIRED`` ends it as a WebSocket
+closed 4001, so that an owner with a token provider reconnects with a fresh token); a 200
+whose body is not a JSON array of frames ending with the request's ``Exit`` ends it with
+:class:`ProtocolViolation`.
+
+A push goes out when the one before it is answered, so a client's ``push_window`` over 1
+queues pushes in the session rather than pipelining them on the wire. There is no keepalive
+Ping (the WebSocket's ``ping_interval``): every request has its own deadline
+(:data:`PATIENCE`), which is what notices a path gone silent.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway import frames, protocol
-from gateway.client.connection import Closed, Message, Opener, _refusal_body
+from gateway.client.connection import TOKEN_EXPIRED, Closed, Message, Opener, _refusal_body
 from gateway.client.decode import check_exit
 from gateway.client.http11 import Http11, Response
 from gateway.client.model import ClientError, ProtocolViolation, Refused
@@ -240,6 +247,8 @@ class HttpSession:
             await coro
         except _Lost as exc:
             self._end(exc.closed, None)
+        except Refused as exc:
+            self._end(_refusal_closed(exc), exc)
         except ClientError as exc:
             self._end(Closed(1002, type(exc).__name__), exc)
         except Exception as exc:  # a bug here: say so rather than retry forever
@@ -359,6 +368,14 @@ class HttpSession:
         for conn in (*self._idle, *self._busy):
             conn.close()
         self._idle.clear()
+
+
+def _refusal_closed(refused: Refused) -> Closed:
+    """How a session refused mid-way ends: a token that expired as the WebSocket's 4001 (the
+    owner may renew it), any other refusal as a protocol error."""
+    if refused.status == 401 and refused.code == "TOKEN_EXPIRED":
+        return Closed(TOKEN_EXPIRED, "token expired (HTTP 401 TOKEN_EXPIRED)")
+    return Closed(1002, type(refused).__name__)
 
 
 def _answer(rid: str, body: bytes) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ restart (``str(cursor)`` and :meth:`Cursor.parse` round-trip).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _SEPARATOR = ":"
@@ -81,6 +81,39 @@ class Batch:
 
     events: list[Event]
     cursor: Cursor
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one client's life (``StoreClient.stats``), for a service's metrics and for
+    tests. Read them; the client updates them.
+
+    Attributes:
+        connections: Sessions opened (the first one and every reconnect).
+        closes: Sessions lost, by WebSocket close code (1006: the connection dropped without
+            a close, which includes a keepalive Ping left unanswered).
+        token_requests: Calls of the token provider.
+        pings: Keepalive Pings sent.
+        pongs: Pongs received.
+        ping_timeouts: Sessions aborted because nothing answered a Ping in time.
+        pushes: Pushes sent (a push sent again counts again).
+        most_in_flight: The most pushes that were in flight at once.
+        rebases: Times pending events were numbered again on top of the server's head.
+        reordered: Events that were written after events of this client committed later
+            (see :mod:`gateway.client.writer`); 0 unless pipelined pushes met another
+            writer's events ending exactly at their parent.
+    """
+
+    connections: int = 0
+    closes: dict[int, int] = field(default_factory=dict)
+    token_requests: int = 0
+    pings: int = 0
+    pongs: int = 0
+    ping_timeouts: int = 0
+    pushes: int = 0
+    most_in_flight: int = 0
+    rebases: int = 0
+    reordered: int = 0
 
 
 class ClientError(Exception):

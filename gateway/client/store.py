@@ -6,30 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import secrets
 import ssl as ssl_module
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from gateway.client.connection import (
+    TOKEN_EXPIRED,
     Backoff,
     Closed,
     Connection,
-    Message,
     Opener,
     Session,
     retryable,
     sync_url,
 )
-from gateway.client.decode import (
-    check_exit,
-    decode_batch,
-    failure,
-    pull_payload,
-    raise_failure,
-)
+from gateway.client.decode import check_exit, decode_batch, pull_payload
 from gateway.client.http import POLL_INTERVAL, HttpSession
 from gateway.client.model import (
     BackendIdMismatch,
@@ -37,18 +32,29 @@ from gateway.client.model import (
     ConnectionClosed,
     Cursor,
     ProtocolViolation,
+    Refused,
+    Stats,
 )
+from gateway.client.writer import Writer
 
 TAG_PULL: Final = "SyncWsRpc.Pull"
-TAG_PUSH: Final = "SyncWsRpc.Push"
-MAX_PUSH_EVENTS: Final = 100
 # A cursor no store has: the server answers with its real backendId (BackendIdMismatchError).
 _PROBE_BACKEND: Final = "?"
+# Handshake refusals a fresh token may cure (a token provider is asked again, once).
+_CREDENTIAL_REFUSALS: Final = frozenset({401, 403})
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+"""Returns a JWT, or an awaitable of one; see :func:`connect`."""
 
 
 class StoreClient:
     """A client of one store; create it with :func:`connect` and use it as an async context
-    manager. Every method may be called concurrently with the others; commits are serialised.
+    manager. Every method may be called concurrently with the others, from any task of the
+    event loop; commits are written in call order, batched (see :meth:`commit_many`).
+
+    The constructor's arguments are :func:`connect`'s, but for ``opener``, which opens a
+    session on a sync URL (:data:`~gateway.client.connection.Opener`: the transport, with its
+    settings and, for a WebSocket, its keepalive bound), and ``stats``, the counters it shares.
     """
 
     def __init__(
@@ -60,17 +66,35 @@ class StoreClient:
         session_id: str,
         backoff: Backoff,
         opener: Opener = Connection.open,
+        transport: Literal["ws", "http"] = "ws",
+        instance_id: str = "python-client",
+        bypass_token: str | None = None,
+        auth_token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        push_window: int = 1,
+        stats: Stats | None = None,
     ) -> None:
-        self.url = url
+        self.base_url = url
+        """The server's base URL (the sync URL is built from it on every connect)."""
         self.store_id = store_id
+        self.instance_id = instance_id
+        self.transport = transport
+        self._bypass_token = bypass_token
+        self._auth_token = auth_token
+        self._token_provider = token_provider
+        self.url = self._sync_url(None if token_provider is not None else auth_token)
+        """The sync URL of the latest session (with a provider's token once it connected)."""
         self.client_id = client_id
         self.session_id = session_id
         self._backoff = backoff
-        self._open = opener
+        self._open_session = opener
         self._conn: Session | None = None
+        self._recorded: Session | None = None  # the last session whose close was counted
         self._conn_lock = asyncio.Lock()
-        self._write_lock = asyncio.Lock()
         self._closing = False
+        self.stats = stats if stats is not None else Stats()
+        """What happened to this client so far (sessions, closes, pushes, ...)."""
+        self._writer = Writer(self, window=push_window)
         self.head: Cursor | None = None
         """The newest position this client has seen (from a pull or its own commits)."""
 
@@ -89,6 +113,7 @@ class StoreClient:
     async def close(self) -> None:
         """Close the session; iterators and commits in progress fail."""
         self._closing = True
+        await self._writer.close()
         if self._conn is not None:
             await self._conn.close()
 
@@ -105,25 +130,94 @@ class StoreClient:
                 if conn is not None and conn.alive:
                     return conn
                 if conn is not None:
-                    _raise_if_terminal(conn)
+                    self._record_close(conn)
+                    self._raise_if_terminal(conn)
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
-                    self._conn = await self._open(self.url)
+                    self._conn = await self._open()
                 except OSError:
                     self._backoff.failed()
                     continue
+                self.stats.connections += 1
                 return self._conn
+
+    async def _open(self) -> Session:
+        """Open a session with a fresh credential.
+
+        The token provider (if any) is asked before every attempt. A 401/403 refusal of its
+        token makes it asked once more and the handshake tried once more (it may have handed
+        out a token that had just expired); a second refusal is raised.
+        """
+        token = await self._fresh_token()
+        try:
+            return await self._open_with(token)
+        except Refused as exc:
+            if self._token_provider is None or exc.status not in _CREDENTIAL_REFUSALS:
+                raise
+        return await self._open_with(await self._fresh_token())
+
+    async def _open_with(self, token: str | None) -> Session:
+        self.url = self._sync_url(token)
+        return await self._open_session(self.url)
+
+    def _sync_url(self, token: str | None) -> str:
+        return sync_url(
+            self.base_url,
+            self.store_id,
+            instance_id=self.instance_id,
+            bypass_token=self._bypass_token,
+            auth_token=token,
+            transport=self.transport,
+        )
+
+    async def _fresh_token(self) -> str | None:
+        """The token for the next handshake: the provider's, else the fixed ``auth_token``."""
+        provider = self._token_provider
+        if provider is None:
+            return self._auth_token
+        self.stats.token_requests += 1
+        token = provider()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str):
+            raise TypeError(f"the token provider returned {type(token).__name__}, not str")
+        return token
+
+    def _raise_if_terminal(self, conn: Session) -> None:
+        """Raise when reconnecting after ``conn`` closed cannot help."""
+        closed = conn.closed
+        if closed is not None and closed.code == TOKEN_EXPIRED:
+            if self._token_provider is not None:
+                return  # the provider's next token (an HTTP session's 401 too: its failure)
+            # Without a provider the same token would be refused (or, on a server in
+            # development mode, accepted as anonymous): only a new credential helps.
+            raise conn.failure or ConnectionClosed(closed.code, closed.reason)
+        if conn.failure is not None:
+            raise conn.failure
+        if closed is not None and not retryable(closed.code):
+            raise ConnectionClosed(closed.code, closed.reason)
+
+    def _record_close(self, conn: Session) -> None:
+        """Count ``conn``'s close in :attr:`stats` (once)."""
+        if self._recorded is not conn and conn.closed is not None:
+            self._recorded = conn
+            code = conn.closed.code
+            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
 
     def _lost(self, conn: Session) -> None:
         """A request saw ``conn`` close: raise if that is terminal, else count a failure."""
-        _raise_if_terminal(conn)
+        self._record_close(conn)
+        self._raise_if_terminal(conn)
         if not conn.counted:
             conn.counted = True
             self._backoff.failed()
 
-    def _learn(self, cursor: Cursor) -> None:
+    def _learn(self, cursor: Cursor, *, force: bool = False) -> None:
+        """Move :attr:`head` forward to ``cursor`` (or anywhere, with ``force``: the server
+        said its head is behind what this client believed)."""
         if (
-            self.head is None
+            force
+            or self.head is None
             or self.head.backend_id != cursor.backend_id
             or cursor.seq > self.head.seq
         ):
@@ -197,83 +291,46 @@ class StoreClient:
 
         Returns:
             Its final seqNum, once the server acknowledged it.
+
+        Raises:
+            See :meth:`commit_many`.
         """
         (seq,) = await self.commit_many([(name, args)])
         return seq
 
     async def commit_many(self, events: Iterable[tuple[str, Any]]) -> list[int]:
-        """Append events to the store, in order, atomically per 100 events.
+        """Append events to the store, in order, after every event committed before.
 
-        They are numbered after the client's known head; when the server is ahead
-        (``ServerAheadError``), they are renumbered on top of its head (rebase) and pushed
-        again. A push whose answer is lost with the connection is recognised on the next
-        pull by its clientId, sessionId and seqNums, so nothing is written twice.
+        Calls may come from many tasks at once: their events join one queue, in call order,
+        and a single writer pushes them (100 events or 900,000 bytes of JSON per push at most;
+        with ``push_window`` > 1, several full pushes in flight; see
+        :mod:`gateway.client.writer`). Events are numbered after
+        the last event pushed; when the server is ahead (``ServerAheadError``), the events not
+        written are renumbered on top of its head (rebase) and pushed again, in the same
+        order. A push whose answer is lost with the connection is looked up in the log on the
+        next session (clientId, sessionId, seqNum) or sent again unchanged, so nothing is
+        written twice or lost. Cancelling the call does not withdraw its events.
 
         Args:
-            events: ``(name, args)`` pairs.
+            events: ``(name, args)`` pairs; args any JSON value.
 
         Returns:
-            The final seqNum of each event, once the server acknowledged them.
+            The final seqNum of each event, once the server acknowledged all of them.
 
         Raises:
-            BackendIdMismatch: The store was reset since this client learnt its backendId.
-            RequestFailed: The server rejected the events (``UnknownError``).
+            TypeError: A name is not a str or args are not JSON (before anything is queued).
+            ValueError: An event is too large for one push (likewise).
+            RequestFailed: The server refused a push of these events (``UnknownError``). The
+                commits queued behind it that were not written fail with it too; events of
+                this call in earlier pushes (over 100 events) may be written.
+            BackendIdMismatch: The store was reset since this client learnt its backendId
+                (likewise for the commits behind it).
+            Refused: A reconnect was refused.
+            ConnectionClosed: The session closed for good, or the client was closed, before
+                the events were acknowledged (their fate is then unknown).
         """
-        pending = list(events)
-        seqs: list[int] = []
-        async with self._write_lock:
-            for start in range(0, len(pending), MAX_PUSH_EVENTS):
-                seqs += await self._push(pending[start : start + MAX_PUSH_EVENTS])
-        return seqs
-
-    async def _push(self, events: Sequence[tuple[str, Any]]) -> list[int]:
-        if not events:
-            return []
-        head = self.head or await self._probe_backend()
-        while True:
-            batch = [
-                {
-                    "name": name,
-                    "args": args,
-                    "seqNum": head.seq + 1 + i,
-                    "parentSeqNum": head.seq + i,
-                    "clientId": self.client_id,
-                    "sessionId": self.session_id,
-                }
-                for i, (name, args) in enumerate(events)
-            ]
-            seqs = [head.seq + 1 + i for i in range(len(events))]
-            payload = {
-                "storeId": self.store_id,
-                "batch": batch,
-                "backendId": {"_tag": "Some", "value": head.backend_id},
-            }
-            conn = await self._connection()
-            rid, queue = conn.request()
-            try:
-                await conn.send_request(rid, TAG_PUSH, payload)
-                message = await _exit_of(queue)
-            finally:
-                conn.forget(rid)
-            if isinstance(message, Closed):
-                self._lost(conn)
-                # The answer is lost: the push may have been written. Read the log after head.
-                if await self._written(head, seqs):
-                    self._learn(Cursor(head.backend_id, seqs[-1]))
-                    return seqs
-                head = self.head or head
-                continue
-            error = failure(message)
-            if error is None:
-                self._backoff.succeeded()
-                self._learn(Cursor(head.backend_id, seqs[-1]))
-                return seqs
-            if error.get("_tag") == "ServerAheadError":
-                # The server's head (minimumExpectedNum): rebase the batch on top of it.
-                head = Cursor(head.backend_id, int(error["minimumExpectedNum"]))
-                self._learn(head)
-                continue
-            raise_failure(error)
+        future = self._writer.submit(events)
+        return await asyncio.shield(future)
 
     async def _probe_backend(self) -> Cursor:
         """Learn the store's backendId without reading its log (the head is learnt on push)."""
@@ -287,35 +344,6 @@ class StoreClient:
             raise ProtocolViolation("the server accepted a cursor with an unknown backendId")
         return self.head
 
-    async def _written(self, head: Cursor, seqs: list[int]) -> bool:
-        """Whether events ``seqs`` after ``head`` are this client's (a push acked while the
-        connection dropped)."""
-        async with aclosing(self.events(head, live=False)) as stream:
-            async for batch in stream:
-                for event in batch.events:
-                    if event.seq_num == seqs[0]:
-                        return (event.client_id, event.session_id) == (
-                            self.client_id,
-                            self.session_id,
-                        )
-                if batch.cursor.seq >= seqs[0]:
-                    break
-        return False
-
-
-async def _exit_of(queue: asyncio.Queue[Message]) -> Message:
-    while True:
-        message = await queue.get()
-        if isinstance(message, Closed) or message.get("_tag") == "Exit":
-            return message
-
-
-def _raise_if_terminal(conn: Session) -> None:
-    if conn.failure is not None:
-        raise conn.failure
-    if conn.closed is not None and not retryable(conn.closed.code):
-        raise ConnectionClosed(conn.closed.code, conn.closed.reason)
-
 
 def connect(
     url: str,
@@ -323,6 +351,7 @@ def connect(
     *,
     bypass_token: str | None = None,
     auth_token: str | None = None,
+    token_provider: TokenProvider | None = None,
     instance_id: str = "python-client",
     client_id: str | None = None,
     session_id: str | None = None,
@@ -331,14 +360,30 @@ def connect(
     transport: Literal["ws", "http"] = "ws",
     poll_interval: float = POLL_INTERVAL,
     ssl: ssl_module.SSLContext | None = None,
+    ping_interval: float | None = 30.0,
+    ping_timeout: float = 10.0,
+    push_window: int = 1,
 ) -> StoreClient:
     """A client of one store; use it as ``async with connect(...) as store:``.
+
+    Credentials: one of ``bypass_token`` (internal services), ``auth_token`` (a fixed JWT)
+    or ``token_provider`` (a JWT that is refreshed).
 
     Args:
         url: The server's base URL (``ws://host:port``, ``wss://…``, ``http(s)://…``).
         store_id: The store.
         bypass_token: The server bypass token (internal services).
         auth_token: A JWT (instead of the bypass token).
+        token_provider: A callable returning a JWT (``str``) or an awaitable of one. It is
+            called before every connect and reconnect (either transport), and its token is
+            sent as the sync payload's ``authToken``. A session the server closes with 4001
+            (token expired; over HTTP, a request answered 401 ``TOKEN_EXPIRED``) reconnects
+            with the provider's next token; a handshake (over HTTP, the first request)
+            refused with 401 or 403 calls the provider once more and tries once more, then
+            raises :class:`Refused`. Whatever the provider raises propagates to the call that
+            was connecting (an ``events()`` iteration, a commit). Without a provider, a
+            401/403 is raised at once and a 4001 close raises :class:`ConnectionClosed` (over
+            HTTP, the 401 raises :class:`Refused`).
         instance_id: Names this process in the server's logs and metrics.
         client_id: The clientId of the events this client commits (default: random).
         session_id: Their sessionId (default: random).
@@ -349,31 +394,65 @@ def connect(
         poll_interval: Over HTTP, the wait between two pulls of a live ``events()`` at the
             head: the latency of new events, and one request per interval while idle.
         ssl: The TLS context for ``wss://`` / ``https://`` (default: the system's CAs).
+        ping_interval: Over a WebSocket, seconds between keepalive Pings on a session (idle
+            or not); None sends none. Ignored over HTTP, where every request has its own
+            deadline.
+        ping_timeout: When no frame arrives within this many seconds of a Ping, the
+            session is dropped as lost: the client reconnects with backoff and streams and
+            pending commits carry on from where they were.
+        push_window: The most pushes in flight at once. 1 (the default, as LiveStore's own
+            client) sends a push when the one before it is answered; the events committed
+            meanwhile go together in the next push (up to 100). More pipelines full pushes
+            (100 events), which is faster for a store this client writes alone. With other
+            writers it is a trade: when another writer lands exactly as many events as a
+            refused push held, the push after it is accepted first, and some of this
+            client's events end up after events it committed later (nothing is lost or
+            written twice; ``stats.reordered`` counts them, and a warning is logged). The
+            protocol has no way to prevent that (see :mod:`gateway.client.writer`).
 
     Returns:
         The client; entering it opens the session.
 
     Raises:
-        ValueError: ``transport`` is neither ``"ws"`` nor ``"http"``.
+        ValueError: ``token_provider`` together with ``auth_token`` or ``bypass_token``; a
+            URL with a query string or an unknown scheme; ``transport`` neither ``"ws"`` nor
+            ``"http"``; a ping interval or timeout that is not positive; a push window
+            under 1.
     """
+    if ping_interval is not None and ping_interval <= 0:
+        raise ValueError("ping_interval must be positive (None disables the keepalive)")
+    if ping_timeout <= 0:
+        raise ValueError("ping_timeout must be positive")
+    if token_provider is not None and (auth_token is not None or bypass_token is not None):
+        raise ValueError("token_provider excludes auth_token and bypass_token")
+    stats = Stats()
+    opener: Opener
     if transport == "http":
         opener = HttpSession.opener(store_id, ssl=ssl, poll_interval=poll_interval)
     elif transport == "ws":
-        opener = functools.partial(Connection.open, ssl=ssl)
+        opener = functools.partial(
+            Connection.open,
+            ssl=ssl,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            stats=stats,
+        )
     else:
         raise ValueError(f'transport must be "ws" or "http", not {transport!r}')
+    # The sync URL is built on each connect (a provider's token); the client's first one
+    # checks the URL now.
     return StoreClient(
-        sync_url(
-            url,
-            store_id,
-            instance_id=instance_id,
-            bypass_token=bypass_token,
-            auth_token=auth_token,
-            transport=transport,
-        ),
+        url,
         store_id,
         client_id=client_id or f"py-{secrets.token_urlsafe(6)}",
         session_id=session_id or secrets.token_urlsafe(6),
         backoff=Backoff(backoff_base, backoff_cap),
         opener=opener,
+        transport=transport,
+        instance_id=instance_id,
+        bypass_token=bypass_token,
+        auth_token=auth_token,
+        token_provider=token_provider,
+        push_window=push_window,
+        stats=stats,
     )
