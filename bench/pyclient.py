@@ -79,6 +79,7 @@ class CommitRun:
     client_cpu_us_per_event: float | None
     usage: Usage = field(metadata=FLAT)
     client_module: str = ""
+    push_window: int = 1
 
 
 def commit_run_from_json(data: dict[str, Any]) -> CommitRun:
@@ -159,6 +160,7 @@ async def commit(spec: dict[str, Any], profiler: cProfile.Profile | None) -> Com
         bypass_token=os.environ[BYPASS_ENV],
         instance_id="bench-writer",
         client_id="bench-writer",
+        push_window=int(spec.get("push_window", 1)),
     ) as store:
         # Warm-up, outside the window: creates the store and learns its backendId.
         await store.commit_many([(EVENT_NAME, event_args(-i, 0)) for i in range(batch)])
@@ -204,6 +206,7 @@ async def commit(spec: dict[str, Any], profiler: cProfile.Profile | None) -> Com
         client_cpu_us_per_event=usage.generator_cpu_s / acked * 1e6 if acked else None,
         usage=usage,
         client_module=_client_module(),
+        push_window=int(spec.get("push_window", 1)),
     )
 
 

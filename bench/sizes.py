@@ -60,6 +60,8 @@ class Sizes:
     client_batch: int = 100  # events per commit_many()
     client_batch_tasks: int = 4  # tasks calling commit_many() concurrently
     client_window: int = 16  # the generator's pushes in flight (its pipelined writer)
+    # The client's push_window for commit_many() (a store's only writer may pipeline).
+    client_push_window: int = 4
     client_commit_s: float = 1.5
     client_commit_max: int = 500_000  # events per commit window, whatever the rate
     client_rounds: int = 2
