@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -128,6 +129,12 @@ async def test_an_interrupted_import_is_cleaned_up_at_the_next_start(
     await admin_gateway.gw.store.create_store(staging, "b")
     listed = await call(admin_gateway, "GET", "/v1/stores")
     assert listed.body["stores"] == [], "a staging store is never listed"
+    # ...but it does not cut the paging short.
+    await admin_gateway.gw.store.ensure_store("real")
+    first = await call(admin_gateway, "GET", "/v1/stores?limit=1")
+    assert first.body == {"stores": [], "next": staging}
+    rest = await call(admin_gateway, "GET", f"/v1/stores?limit=1&after={quote(staging)}")
+    assert [s["storeId"] for s in rest.body["stores"]] == ["real"]
     await admin_gateway.restart()
     assert await admin_gateway.gw.store.list_stores(prefix=STAGING_PREFIX) == []
 

@@ -117,15 +117,17 @@ async def test_stores_lists_with_live_subscribers(gateway: GatewayHarness) -> No
         await pushed(client, 1, 2)
         clients.append(client)
     await clients[0].live_pull()
-    listed = await gateway.gw.admin.stores(prefix="t-")
+    listed, following = await gateway.gw.admin.stores(prefix="t-")
+    assert following is None
     assert [(s["storeId"], s["head"], s["liveSubscribers"]) for s in listed] == [
         ("t-a", 2, 1),
         ("t-b", 2, 0),
     ]
     assert listed[0]["bytes"] > 0
     assert listed[0]["lastWriteAt"] >= listed[0]["createdAt"]
-    page = await gateway.gw.admin.stores(after="t-a", limit=1)
+    page, following = await gateway.gw.admin.stores(after="t-a", limit=1)
     assert [s["storeId"] for s in page] == ["t-b"]
+    assert following == "t-b"
     for client in clients:
         await client.close()
 

@@ -244,12 +244,11 @@ class AdminApi:
         limit = _int_param(request.query, "limit", 100, 1, MAX_PAGE)
         if isinstance(limit, AdminResponse):
             return limit
-        stores = await self._service.stores(
+        stores, following = await self._service.stores(
             prefix=request.query.get("prefix", ""),
             after=request.query.get("after", ""),
             limit=limit,
         )
-        following = stores[-1]["storeId"] if len(stores) == limit else None
         return AdminResponse.json({"stores": stores, "next": following})
 
     async def _store(self, _request: AdminRequest, target: _Target) -> AdminResponse:

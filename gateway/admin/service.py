@@ -93,16 +93,17 @@ class AdminService:
 
     async def stores(
         self, *, prefix: str = "", after: str = "", limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """A page of stores in storeId order (``limit`` capped at :data:`MAX_PAGE`)."""
-        infos = await self._store.list_stores(
-            prefix=prefix, after=after, limit=max(1, min(limit, MAX_PAGE))
-        )
-        return [
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of stores in storeId order (``limit`` capped at :data:`MAX_PAGE`), and the
+        ``after`` of the next page (None after the last)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        infos = await self._store.list_stores(prefix=prefix, after=after, limit=limit)
+        page = [
             store_view(i, self._hub.subscriber_count(i.store_id))
             for i in infos
             if not i.store_id.startswith(STAGING_PREFIX)
         ]
+        return page, infos[-1].store_id if len(infos) == limit else None
 
     async def drop_unfinished_imports(self) -> int:
         """Remove what imports interrupted by a stop left (at start); how many."""
