@@ -22,9 +22,11 @@ from collections.abc import Awaitable, Callable
 from gateway.admission import Admission, Admitted, PayloadContext
 from gateway.config import LiveConfig
 from gateway.engine import SyncEngine
-from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.errors import CloseCode, Refusal, RefusalCode, RpcFailure
 from gateway.metrics import SessionCounters
 from gateway.peer import Peer
+from gateway.protocol import PushRequest
+from gateway.pushgate import Admitted as HasAdmission
 from gateway.transport.ws import Session, WsConnection
 
 logger = logging.getLogger("gateway.server")
@@ -35,8 +37,8 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-forwarded-for"})
 # Seconds between sweeps for sessions whose credentials expired.
 EXPIRY_SWEEP_INTERVAL = 1.0
 
-PushGate = Callable[[Admission], Awaitable[None]]
-Recheck = Callable[[PayloadContext], Awaitable[Refusal | float | None]]
+PushGate = Callable[[HasAdmission, PushRequest], Awaitable[RpcFailure | None]]
+Recheck = Callable[[PayloadContext], Awaitable[Refusal | Admission]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,8 +196,9 @@ class Sessions:
             self._engine,
             settings=self._settings,
             counters=self.counters,
-            # A partial, not a closure: one object per idle connection instead of three.
-            before_push=functools.partial(self._push_gate, admission),
+            # A partial, not a closure: one object per idle connection instead of three. It
+            # reads the session's admission at each push: a re-check may have renewed it.
+            before_push=functools.partial(self._push_gate, info),
         )
         info.started = time.monotonic()
         logger.info(
@@ -303,7 +306,8 @@ class Sessions:
         """After a reload (or a revocation): close sessions the policy now refuses; returns
         how many.
 
-        The others get the expiry their credential has under the new policy.
+        The others get the expiry their credential has under the new policy, and the token
+        claims the new push rules read.
         """
         closed = 0
         for connection in self.sessions():
@@ -324,7 +328,9 @@ class Sessions:
                 connection.close(code, outcome.code.lower())
                 closed += 1
             else:
-                self._schedule_expiry(connection, outcome)
+                if outcome.claims != info.admission.claims:
+                    info.admission = dataclasses.replace(info.admission, claims=outcome.claims)
+                self._schedule_expiry(connection, outcome.expires_at)
         return closed
 
     def apply_limits(self) -> None:
