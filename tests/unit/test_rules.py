@@ -9,6 +9,8 @@ naming the key.
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -438,3 +440,26 @@ def test_bad_rules_are_refused_naming_the_key(tmp_path: Any, text: str, needle: 
 def test_env_push_rules_must_be_json() -> None:
     with pytest.raises(ConfigError, match="GATEWAY_RULES_PUSH: expected a JSON array of tables"):
         build_config(None, {"GATEWAY_RULES_PUSH": "deny everything"})
+
+
+def test_the_readme_example_loads_and_means_what_it_says() -> None:
+    """The ``[rules]`` example of the README's "Push rules" section, read by the real loader."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.partition("\n## Push rules\n")[2]
+    example = section.partition("```toml\n")[2].partition("```")[0]
+    rules = compile_rules(build_config(tomllib.loads(example), {}).rules)
+
+    def verdict(kind: str, claims: dict[str, Any] | None, store: str, name: str) -> str | None:
+        refused = decide(rules, store_id=store, kind=kind, subject="s", claims=claims, names=[name])
+        return None if refused is None else refused.note
+
+    assert verdict("jwt", {"scope": ["read"]}, "solo", "v1.TodoCreated") is not None
+    assert verdict("jwt", {"role": "owner"}, "team-1", "v1.UserDeleted") is None
+    assert verdict("jwt", {"role": "staff"}, "team-1", "v1.TodoCreated") is None
+    assert verdict("jwt", {"role": "staff"}, "team-1", "v1.UserDeleted") == (
+        "PUSH_FORBIDDEN: event 'v1.UserDeleted' (batch[0]) is denied by rules.push[2] "
+        "(team stores take todos only)"
+    )
+    assert verdict("bypass", None, "solo", "v1.UserDeleted") is not None
+    assert verdict("bypass", None, "team-1", "v1.TodoCreated") is None
+    assert verdict("jwt", None, "solo", "v1.UserDeleted") is None
