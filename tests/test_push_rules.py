@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,7 @@ import pytest
 
 from gateway.configfile import build_config
 from tests.helpers.clients import RpcClient
+from tests.helpers.daemon import Daemon, ws_url
 from tests.helpers.harness import GatewayHarness, MakeGateway
 from tests.helpers.http_client import http_push, http_rpc
 from tests.helpers.keys import AUDIENCE, BYPASS, SECRET
@@ -265,3 +267,35 @@ async def test_a_refused_push_does_not_hold_up_the_next_pusher(
         assert_push_ok(await editor.wait_exit(accepted_rid))
     events = await stored(gw, store)
     assert [(e["seqNum"], e["clientId"]) for e in events] == [(s, "ed") for s in range(1, 11)]
+
+
+async def test_sighup_reloads_the_rules_and_an_invalid_file_keeps_them(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The real daemon: rules read from the file; SIGHUP with a broken rule is refused (the
+    error names the key) and the old rules stay in force for the open session; SIGHUP with
+    the rule removed lets the same session push the event."""
+    config = tmp_path / "gateway.toml"
+    head = f'[server]\nport = 0\n[store]\ndata_dir = "{tmp_path / "data"}"\n'
+    deny = '[[rules.push]]\nevents = ["admin.*"]\naction = "{action}"\n'
+    config.write_text(head + deny.format(action="deny"))
+    daemon = await Daemon.start("--config", str(config))
+    daemons.append(daemon)
+    store = new_store_id()
+    client = await RpcClient.open(ws_url(daemon.port, store), store)
+    try:
+        refusal_note(await client.push(make_events(1, 1, name="admin.reset")), "PUSH_FORBIDDEN")
+        await daemon.wait_line(r"gateway\.security: push refused code=PUSH_FORBIDDEN .*rule=0")
+
+        config.write_text(head + deny.format(action="permit"))
+        line = await daemon.reload()
+        assert "reload refused" in line, line
+        assert "rules.push[0].action: one of allow, deny; got 'permit'" in line, line
+        refusal_note(await client.push(make_events(1, 1, name="admin.reset")), "PUSH_FORBIDDEN")
+
+        config.write_text(head)
+        assert "configuration reloaded" in await daemon.reload()
+        await client.push_ok(make_events(1, 1, name="admin.reset"))
+    finally:
+        await client.close()
+    assert await daemon.terminate() == 0
