@@ -91,10 +91,11 @@ async def test_a_read_only_app_stays_pending_while_the_editor_app_syncs(
     await gw.wait_log(refused_line(store_id, "app-viewer"), count=3, within=30)
 
     # Meanwhile it still pulls: the editor's events reach it, and a later one too.
-    await viewer.cmd("waitupstream", head=2, timeout=15)
+    await viewer.cmd("waitupstream", head=2, rows=4, timeout=15)
     await editor.commit("E", 1, start=3)
     await editor.wait_rows(3, within=15)
-    await viewer.cmd("waitupstream", head=3, timeout=15)
+    # Its session shows the rows once the leader has rebased its pending events on them.
+    await viewer.cmd("waitupstream", head=3, rows=5, timeout=15)
 
     dump_viewer, dump_editor = await viewer.dump(), await editor.dump()
     # The editor never saw the viewer's events; the viewer has them only locally, pending.
