@@ -212,8 +212,11 @@ def _holds(claims: Mapping[str, object] | None, name: str, allowed: frozenset[st
 
 
 def _short(name: str) -> str:
-    """An event name for a message or a log line: a client chose it, so it is bounded."""
-    return name if len(name) <= 120 else name[:120] + "…"
+    """An event name for a message or a log line: a client chose it, so it is bounded and
+    its control characters (a newline would forge a log line) are escaped."""
+    if len(name) > 120:
+        name = name[:120] + "…"
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +276,7 @@ def decide(
         if first is not None and not first.allow:
             return Refused(
                 PUSH_FORBIDDEN,
-                f"event {_short(name)!r} (batch[{position}]) is denied by {first.label}",
+                f"event '{_short(name)}' (batch[{position}]) is denied by {first.label}",
                 event=_short(name),
                 position=position,
                 rule=first.index,

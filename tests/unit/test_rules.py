@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from gateway.auth import policy as auth
-from gateway.configfile import build_config, load_config
+from gateway.configfile import build_config, load_config, make_config
 from gateway.errors import ConfigError
 from gateway.rules import (
     PUSH_FORBIDDEN,
     READ_ONLY,
+    PushRule,
     PushRules,
     RulesConfig,
     compile_rules,
@@ -347,6 +348,28 @@ def test_refusal_message_names_the_rule_label_and_bounds_the_event_name() -> Non
     assert len(refused.message) < 300
     assert refused.event is not None
     assert len(refused.event) < 200
+    forged = decide(
+        rules_of(**VIEWER_DENIED),
+        store_id="s",
+        kind="jwt",
+        subject="v",
+        claims={"role": "viewer"},
+        names=["a\n<4>gateway.security: forged"],
+    )
+    assert forged is not None
+    assert forged.event == "a\\n<4>gateway.security: forged"
+    assert "\n" not in forged.message
+
+
+def test_rules_given_as_objects_and_fractional_claims() -> None:
+    """make_config may pass PushRule objects as they are; 2.0 is the integer 2, 2.5 nothing."""
+    config = make_config(push=(PushRule(action="deny", claims={"level": ("2",)}),))
+    rules = compile_rules(config.rules)
+    for level, refused in ((2.0, True), (2.5, False), (None, False)):
+        outcome = decide(
+            rules, store_id="s", kind="jwt", subject="a", claims={"level": level}, names=["e"]
+        )
+        assert (outcome is not None) is refused, level
 
 
 @pytest.mark.parametrize(
@@ -425,6 +448,7 @@ ERRORS: list[tuple[str, str]] = [
     ),
     ("[[rules.push]]\naction = 'deny'\nsessions = ['bot']\n", "rules.push[0].sessions: 'bot'"),
     ("[[rules.push]]\naction = 'deny'\nsessions = []\n", "rules.push[0].sessions: at least one"),
+    ('[[rules.push]]\naction = "deny"\nclaims = { "" = ["x"] }\n', "rules.push[0].claims: a claim"),
 ]
 
 
