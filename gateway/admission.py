@@ -151,6 +151,9 @@ class Admission:
     fingerprint: str | None = None
     # Whether pushes of this subject are rate-limited (JWT subjects are).
     rate_limited: bool = False
+    # The verified token's claims the push rules read (None: none, or no token); only those,
+    # so that an idle session keeps no more than the rules need.
+    claims: Mapping[str, object] | None = None
 
 
 ValidatePayload = Callable[[PayloadContext], Awaitable[Admission | Refusal]]

@@ -28,7 +28,7 @@ from gateway import metrics, protocol
 from gateway.admin.api import AdminApi
 from gateway.admin.server import AdminServer
 from gateway.admin.service import AdminService
-from gateway.admission import Admitted, PayloadContext, ValidatePayload
+from gateway.admission import Admission, Admitted, PayloadContext, ValidatePayload
 from gateway.auth.gate import AuthGate
 from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig, parse_listen
 from gateway.engine import SyncEngine
@@ -36,7 +36,9 @@ from gateway.errors import ConfigError, Refusal, StoreError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.peer import http_call
+from gateway.pushgate import PushGate
 from gateway.revocation import Revocation
+from gateway.rules import PushRules, compile_rules
 from gateway.store import EventStore
 from gateway.store.sqlite import SqliteStore
 from gateway.systemd import Notifier
@@ -101,7 +103,9 @@ class Gateway:
             self.store, self.hub, self.metrics, reconcile_interval=config.store.reconcile_interval
         )
         self.auth = AuthGate(config.auth)
-        self.sessions = Sessions(self.settings, self.engine, self.auth.wait_push)
+        self.push_gate = PushGate(self.auth.wait_push, self.metrics.counters)
+        self._apply_rules(compile_rules(config.rules))
+        self.sessions = Sessions(self.settings, self.engine, self.push_gate)
         self.engine.on_retired = self._retired
         self.admin = AdminService(
             self.store, self.engine, self.hub, self.sessions, revoke=self.revoke
@@ -271,7 +275,7 @@ class Gateway:
         self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
-        before_push = functools.partial(self.auth.wait_push, admitted.admission)
+        before_push = functools.partial(self.push_gate, admitted)
         return await http_call(
             self.engine,
             admitted.target.store_id,
@@ -279,6 +283,11 @@ class Gateway:
             before_push,
             writer_of(admitted.admission),
         )
+
+    def _apply_rules(self, rules: PushRules) -> None:
+        """Put push rules in force: the gate judges with them, admissions keep their claims."""
+        self.push_gate.rules = rules
+        self.auth.push_rules = rules
 
     async def _unload_forever(self) -> None:
         """Drop idle stores from memory (``store.unload_idle_after``, read live)."""
@@ -294,8 +303,8 @@ class Gateway:
     async def reload(self, new: Config) -> None:
         """Apply a new configuration without dropping connections.
 
-        Live: auth policy and keys, bypass token, grace window, limits, keepalive and
-        timeouts, store unloading, log level, metrics (README, "Lifecycle", says what each
+        Live: auth policy and keys, push rules, bypass token, grace window, limits, keepalive
+        and timeouts, store unloading, log level, metrics (README, "Lifecycle", says what each
         does to open sessions). Sessions whose credentials the new policy refuses are closed
         (4003, or 4001 when the token is merely expired). Raises ConfigError, changing
         nothing, when ``new`` changes a restart-only setting or its keys cannot be loaded.
@@ -309,7 +318,9 @@ class Gateway:
         # Certificate renewals: new handshakes present the new chain (ConfigError if broken,
         # and then the old chain and the old configuration stay).
         self.listener.reload_tls(new.server.tls_cert_file, new.server.tls_key_file)
+        rules = compile_rules(new.rules)
         self.auth.apply(new.auth)  # raises ConfigError before anything else changed
+        self._apply_rules(rules)
         self.settings.swap(new)
         logger.info("configuration reloaded")
         logging.getLogger().setLevel(new.log.level.upper())
@@ -318,12 +329,10 @@ class Gateway:
         if closed:
             logger.warning("closed %d sessions the new configuration refuses", closed)
 
-    async def _recheck(self, context: PayloadContext) -> Refusal | float | None:
-        """Re-run the gate on a live session's handshake; its new expiry, or a refusal."""
-        decision = await self.auth.evaluate(context, record=False)
-        if isinstance(decision, Refusal):
-            return decision
-        return decision.expires_at
+    async def _recheck(self, context: PayloadContext) -> Refusal | Admission:
+        """Re-run the gate on a live session's handshake: a refusal, or what it now admits
+        (its expiry and the claims the push rules read are taken from it)."""
+        return await self.auth.evaluate(context, record=False)
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.errors import ConfigError
+from gateway.rules import RulesConfig, validate_rules
 
 StoreBackend = Literal["sqlite", "postgres"]
 Synchronous = Literal["full", "normal", "extra"]
@@ -203,6 +204,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 class LiveConfig:
@@ -315,6 +317,7 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"limits.{name}: must be positive")
     _validate_auth(config.auth)
     _validate_admin(config)
+    validate_rules(config.rules)
     if config.auth.require_auth and config.auth.cookie_name:
         # A browser attaches the cookie to a WebSocket opened by any site (browsers apply no
         # CORS to WebSockets): cookie auth needs an Origin allowlist.

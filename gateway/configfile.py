@@ -31,6 +31,7 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import ConfigError
+from gateway.rules import RulesConfig
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -40,6 +41,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "admin": AdminConfig,
+    "rules": RulesConfig,
 }
 
 # Environment names used by the seed deployments, accepted as they are.
@@ -139,12 +141,23 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
             try:
                 value = orjson.loads(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a JSON object of strings") from None
+                raise ConfigError(f"{key}: expected a JSON object") from None
+        if args[1] is not str:
+            return _table_of(key, value, args[1])
         if isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             return dict(value)
         raise ConfigError(f"{key}: expected a table of strings")
+    if origin is tuple and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+        if from_env and isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a JSON array of tables") from None
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected an array of tables ([[{key}]] entries)")
+        return tuple(_entry(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value))
     if origin is tuple:
         if from_env and isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -152,6 +165,43 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
             return tuple(value)
         raise ConfigError(f"{key}: expected a list of strings")
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _table_of(key: str, value: Any, annotation: Any) -> dict[str, Any]:
+    """A table whose values all have ``annotation`` (a lone string stands for a list of one)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    listed = typing.get_origin(annotation) is tuple
+    return {
+        name: _coerce(
+            f"{key}.{name}",
+            [item] if listed and isinstance(item, str) else item,
+            annotation,
+            from_env=False,
+        )
+        for name, item in value.items()
+    }
+
+
+def _entry(key: str, value: Any, cls: type[Any]) -> Any:
+    """One entry of an array of tables (``[[rules.push]]``): its keys checked like a section's."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    types_ = _field_types(cls)
+    for name in value:
+        if name not in types_:
+            raise ConfigError(f"{key}.{name}: unknown key (one of {', '.join(types_)})")
+    for item in dataclasses.fields(cls):
+        required = item.default is dataclasses.MISSING
+        if required and item.default_factory is dataclasses.MISSING and item.name not in value:
+            raise ConfigError(f"{key}.{item.name}: required")
+    coerced = {
+        name: _coerce(f"{key}.{name}", item, types_[name], from_env=False)
+        for name, item in value.items()
+    }
+    return cls(**coerced)
 
 
 def build_config(

@@ -128,7 +128,8 @@ def families(
     )
     yield labelled_counter(
         "gateway_pushes_rejected",
-        "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage).",
+        "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage, "
+        "unknown_outcome; forbidden and read_only: refused by the push rules).",
         "reason",
         engine.pushes_rejected,
     )

@@ -44,7 +44,8 @@ from gateway.store import Writer
 
 logger = logging.getLogger(__name__)
 
-BeforePush = Callable[[], Awaitable[None]]
+# The push gate (gateway.pushgate): rules and rate limiting; a failure refuses the batch.
+BeforePush = Callable[[PushRequest], Awaitable[RpcFailure | None]]
 
 
 class Wire(Protocol):
@@ -305,8 +306,10 @@ class Peer:
 
     async def _push(self, push: PushRequest, rid_json: bytes) -> None:
         if self._before_push is not None and push.batch:
-            # Rate limiting delays a push; it never drops or fails it.
-            await self._before_push()
+            refused = await self._before_push(push)
+            if refused is not None:
+                self.write(frames.exit_fail(rid_json, refused))
+                return
         try:
             error = await self.engine.push(push, self.writer)
         except StoreError as exc:
@@ -359,9 +362,9 @@ async def http_call(
         return [decoded]
     # A StoreError (storage unavailable) propagates: the transport answers 503.
     if isinstance(decoded, PushRequest):
-        if decoded.batch:
-            await before_push()
-        error = await engine.push(decoded, writer)
+        error = await before_push(decoded) if decoded.batch else None
+        if error is None:
+            error = await engine.push(decoded, writer)
         if error is None:
             return [frames.exit_success(rid, frames.PUSH_ACK)]
         return [frames.exit_fail(rid, error)]

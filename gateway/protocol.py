@@ -194,6 +194,8 @@ class NewEvent:
     seq: int
     parent: int
     data: bytes
+    # The event's name, for the push rules (it is also inside ``data``).
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +287,7 @@ def _encode_event(event: object, index: int) -> NewEvent:
     canonical["parentSeqNum"] = parent
     canonical["clientId"] = event["clientId"]
     canonical["sessionId"] = event["sessionId"]
-    return NewEvent(seq, parent, dumps(canonical))
+    return NewEvent(seq, parent, dumps(canonical), event["name"])
 
 
 def decode_push(payload: dict[str, Any]) -> PushRequest:

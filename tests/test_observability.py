@@ -8,6 +8,7 @@ runs as real subprocesses against it or against a ``serve`` process of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from gateway.rules import PushRule
 from tests.helpers.clients import RpcClient
 from tests.helpers.daemon import (
     REPO,
@@ -464,9 +466,21 @@ async def test_documented_gateway_toml_lists_every_key_with_its_default() -> Non
         f"{section}.{key}"
         for section, values in json.loads(defaults).items()
         for key in values
-        if not re.search(rf"(?m)^#?\s*{key}\s*=", bodies.get(section, ""))
+        if not re.search(
+            rf"(?m)^#?\s*({key}\s*=|\[\[{section}\.{key}\]\])", bodies.get(section, "")
+        )
     ]
     assert not undocumented, undocumented
+    # An array of tables ([[rules.push]]) is documented by a commented example entry giving
+    # each of its keys.
+    example = bodies["rules"].partition("# [[rules.push]]")[2]
+    assert example, "gateway.toml has no commented [[rules.push]] example"
+    missing = [
+        f"rules.push.{field.name}"
+        for field in dataclasses.fields(PushRule)
+        if not re.search(rf"(?m)^#\s*{field.name}\s*=", example)
+    ]
+    assert not missing, missing
 
 
 CONFIG_ERRORS = [

@@ -30,6 +30,7 @@ from gateway.auth.limits import FailureTracker, PushLimiter
 from gateway.config import HMAC_ALGORITHMS, AuthConfig
 from gateway.errors import ConfigError, Refusal, RefusalCode
 from gateway.revocation import RevocationSet
+from gateway.rules import PushRules, keep_claims
 
 logger = logging.getLogger("gateway.auth")
 security = logging.getLogger("gateway.security")
@@ -159,6 +160,8 @@ class AuthGate:
         self.failures = FailureTracker(config.lockout_failures, config.lockout_window)
         # Revoked tokens in force (the store's, kept current by the composition root).
         self.revoked = RevocationSet()
+        # The push rules in force: an admission keeps the token claims they read.
+        self.push_rules = PushRules()
         self.apply(config)
 
     def apply(self, config: AuthConfig) -> None:
@@ -353,6 +356,7 @@ class AuthGate:
             instance_id=credentials.instance_id,
             fingerprint=fingerprint,
             rate_limited=decision.reason in (auth.R_JWT, auth.R_GRACE),
+            claims=keep_claims(decision.claims, self.push_rules) if decision.claims else None,
         )
 
     def _refuse(

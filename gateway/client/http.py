@@ -43,6 +43,7 @@ from gateway.client.connection import TOKEN_EXPIRED, Closed, Message, Opener, _r
 from gateway.client.decode import check_exit
 from gateway.client.http11 import Http11, Response
 from gateway.client.model import ClientError, ProtocolViolation, Refused
+from gateway.errors import RefusalCode
 
 POLL_INTERVAL: Final = 1.0
 """The default wait between two pulls of a live ``events()`` at the head, in seconds."""
@@ -373,7 +374,7 @@ class HttpSession:
 def _refusal_closed(refused: Refused) -> Closed:
     """How a session refused mid-way ends: a token that expired as the WebSocket's 4001 (the
     owner may renew it), any other refusal as a protocol error."""
-    if refused.status == 401 and refused.code == "TOKEN_EXPIRED":
+    if refused.status == 401 and refused.code == RefusalCode.TOKEN_EXPIRED:
         return Closed(TOKEN_EXPIRED, "token expired (HTTP 401 TOKEN_EXPIRED)")
     return Closed(1002, type(refused).__name__)
 

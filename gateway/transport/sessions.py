@@ -22,9 +22,11 @@ from collections.abc import Awaitable, Callable
 from gateway.admission import Admission, Admitted, PayloadContext
 from gateway.config import LiveConfig
 from gateway.engine import SyncEngine
-from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.errors import CloseCode, Refusal, RefusalCode, RpcFailure
 from gateway.metrics import SessionCounters
 from gateway.peer import Peer
+from gateway.protocol import PushRequest
+from gateway.pushgate import Admitted as HasAdmission
 from gateway.store import Writer
 from gateway.transport.ws import Session, WsConnection
 
@@ -36,8 +38,8 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-forwarded-for"})
 # Seconds between sweeps for sessions whose credentials expired.
 EXPIRY_SWEEP_INTERVAL = 1.0
 
-PushGate = Callable[[Admission], Awaitable[None]]
-Recheck = Callable[[PayloadContext], Awaitable[Refusal | float | None]]
+PushGate = Callable[[HasAdmission, PushRequest], Awaitable[RpcFailure | None]]
+Recheck = Callable[[PayloadContext], Awaitable[Refusal | Admission]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,8 +202,9 @@ class Sessions:
             self._engine,
             settings=self._settings,
             counters=self.counters,
-            # A partial, not a closure: one object per idle connection instead of three.
-            before_push=functools.partial(self._push_gate, admission),
+            # A partial, not a closure: one object per idle connection instead of three. It
+            # reads the session's admission at each push: a re-check may have renewed it.
+            before_push=functools.partial(self._push_gate, info),
             writer=writer_of(admission),
         )
         info.started = time.monotonic()
@@ -310,7 +313,8 @@ class Sessions:
         """After a reload (or a revocation): close sessions the policy now refuses; returns
         how many.
 
-        The others get the expiry their credential has under the new policy.
+        The others get the expiry their credential has under the new policy, and the token
+        claims the new push rules read.
         """
         closed = 0
         for connection in self.sessions():
@@ -331,7 +335,9 @@ class Sessions:
                 connection.close(code, outcome.code.lower())
                 closed += 1
             else:
-                self._schedule_expiry(connection, outcome)
+                if outcome.claims != info.admission.claims:
+                    info.admission = dataclasses.replace(info.admission, claims=outcome.claims)
+                self._schedule_expiry(connection, outcome.expires_at)
         return closed
 
     def apply_limits(self) -> None:

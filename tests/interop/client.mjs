@@ -18,6 +18,9 @@
 //   dump                           rows (rowid order), confirmed eventlog (seqNum order), sync state, counters
 //   waitconnected {timeout=30}     wait until the sync backend reports isConnected
 //   waitpending {count, timeout}   wait until at least `count` events are pending upstream in the leader
+//   waitupstream {head, rows=0, timeout}  wait until the sync backend has confirmed events up to seqNum
+//                                    `head` and the session shows at least `rows` rows (whatever is pending:
+//                                    a read-only client's commits stay pending)
 //   status                         sync state and network status
 //   waitrefused {count=1, timeout}  wait until the server has refused at least `count` WebSocket handshakes
 //                                    (HTTP 4xx instead of 101: the auth tests' refused clients)
@@ -395,6 +398,15 @@ const commands = {
   waitpending: async ({ count, timeout = 10 }) => {
     await waitFor(async () => (await leaderSyncState()).pending >= count, timeout * 1000, `${count} pending`)
     return snapshot()
+  },
+  waitupstream: async ({ head, rows = 0, timeout = 10 }) => {
+    const started = Date.now()
+    await waitFor(
+      async () => readRows().length >= rows && (await leaderSyncState()).upstreamHead >= head,
+      timeout * 1000,
+      `upstream head ${head} and ${rows} rows`,
+    )
+    return { waitedMs: Date.now() - started, ...(await snapshot()) }
   },
   dump: async () => {
     const sync = await leaderSyncState()

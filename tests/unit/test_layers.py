@@ -17,6 +17,7 @@ PURE = (
     "gateway.auth.policy",
     "gateway.auth.limits",
     "gateway.hub",
+    "gateway.rules",
 )
 IO_MODULES = (
     "socket",

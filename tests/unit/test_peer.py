@@ -163,10 +163,10 @@ async def test_push_is_published_to_a_live_pull_before_it_is_acked(
 ) -> None:
     """An accepted push reaches the peer's own live pull as a Chunk before the push's Exit,
     which carries ``{}``, and counts its events."""
-    calls: list[None] = []
+    calls: list[int] = []
 
-    async def before_push() -> None:
-        calls.append(None)
+    async def before_push(push: PushRequest) -> None:
+        calls.append(len(push.batch))
 
     peer, wire = _peer(engine, tmp_path, before_push)
     await _live_pull(peer, wire, "1")
@@ -177,7 +177,7 @@ async def test_push_is_published_to_a_live_pull_before_it_is_acked(
     assert seqs_of(_items(live)) == [1, 2, 3]
     assert wire.frames.index(live[0]) < wire.frames.index(ack)
     assert peer.events_in == 3
-    assert calls == [None]
+    assert calls == [3]
 
 
 async def test_push_to_another_store_fails_and_a_malformed_pull_dies(
