@@ -1,10 +1,9 @@
-"""Composition root and service loop: one gateway node built from its configuration.
+"""Composition root: one gateway node built from its configuration.
 
-:class:`Gateway` builds the store, hub, engine, auth gate, sessions, endpoints and listener,
-and wires them together (nothing else constructs a component). It is an async context
-manager (``async with Gateway(config) as gateway``: started, then stopped); :meth:`run` is
-the daemon's loop: signals (SIGTERM/SIGINT stop, SIGHUP reloads), systemd notifications
-(READY, RELOADING, STATUS, STOPPING, WATCHDOG) and the garbage-collector freeze.
+:class:`Gateway` builds the store, hub, engine, auth gate, push gate, sessions, endpoints,
+listener and admin API, and wires them together (nothing else constructs a component). It is
+an async context manager (``async with Gateway(config) as gateway``: started, then stopped);
+:meth:`run` is the daemon's loop (:mod:`gateway.daemon`).
 """
 
 from __future__ import annotations
@@ -13,10 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import logging
-import signal
-import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,18 +22,19 @@ from prometheus_client.core import Metric
 
 from gateway import metrics, protocol
 from gateway.admin.api import AdminApi
+from gateway.admin.revocations import Revocations
 from gateway.admin.server import AdminServer
 from gateway.admin.service import AdminService
 from gateway.admission import Admission, Admitted, PayloadContext, ValidatePayload
 from gateway.auth.gate import AuthGate
 from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig, parse_listen
+from gateway.daemon import serve
 from gateway.engine import SyncEngine
 from gateway.errors import ConfigError, Refusal, StoreError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.peer import http_call
 from gateway.pushgate import PushGate
-from gateway.revocation import Revocation
 from gateway.rules import PushRules, compile_rules
 from gateway.store import EventStore
 from gateway.store.sqlite import SqliteStore
@@ -56,9 +53,6 @@ RESTART_ONLY = (
     ("admin", "listen"),
     *(("store", f.name) for f in dataclasses.fields(StoreConfig) if f.name != "unload_idle_after"),
 )
-
-# Seconds between STATUS= updates to systemd.
-STATUS_INTERVAL = 30.0
 
 
 def _sqlite(config: StoreConfig) -> EventStore:
@@ -107,8 +101,13 @@ class Gateway:
         self._apply_rules(compile_rules(config.rules))
         self.sessions = Sessions(self.settings, self.engine, self.push_gate)
         self.engine.on_retired = self._retired
+        self.revocations = Revocations(
+            self.store,
+            self.auth.revoked,
+            lambda: self.sessions.recheck(self._recheck, why="after a revocation"),
+        )
         self.admin = AdminService(
-            self.store, self.engine, self.hub, self.sessions, revoke=self.revoke
+            self.store, self.engine, self.hub, self.sessions, revoke=self.revocations.revoke
         )
         self.admin_server: AdminServer | None = None
         self.endpoints = Endpoints(
@@ -140,7 +139,7 @@ class Gateway:
     async def start(self) -> None:
         await self.store.open()
         try:
-            self.auth.revoked.replace(await self.store.list_revocations(time.time()))
+            await self.revocations.load()
             dropped = await self.admin.drop_unfinished_imports()
             if dropped:
                 logger.warning("removed %d imports a stop interrupted", dropped)
@@ -154,10 +153,14 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self.engine.shared:
             self._background.append(loop.create_task(self.engine.reconcile_forever()))
-            self._background.append(loop.create_task(self._reload_revocations_forever()))
+            self._background.append(
+                loop.create_task(
+                    self.revocations.reload_forever(lambda: self.config.store.reconcile_interval)
+                )
+            )
             listen = getattr(self.store, "set_revocation_listener", None)
             if listen is not None:
-                listen(lambda: self._spawn(self.reload_revocations()))
+                listen(lambda: self._spawn(self.revocations.reload()))
             hear = getattr(self.store, "set_disconnect_listener", None)
             if hear is not None:
                 hear(self.admin.disconnect_here)
@@ -237,32 +240,6 @@ class Gateway:
             "pushes_accepted": self.engine.counters.pushes_accepted,
             "events_accepted": self.engine.counters.events_accepted,
         }
-
-    # -- revocations ----------------------------------------------------------------------
-
-    async def revoke(self, entry: Revocation) -> int:
-        """Record ``entry`` and close the sessions it covers (4003); how many were closed."""
-        await self.store.add_revocation(entry)
-        self.auth.revoked.add(entry)
-        return await self.sessions.recheck(self._recheck, why="after a revocation")
-
-    async def reload_revocations(self) -> int:
-        """Take the store's revocations (another node recorded one); close what they cover."""
-        try:
-            entries = await self.store.list_revocations(time.time())
-        except StoreError as exc:
-            logger.warning("cannot read the revocations: %s", exc)
-            return 0
-        if set(entries) == set(self.auth.revoked):
-            return 0
-        self.auth.revoked.replace(entries)
-        return await self.sessions.recheck(self._recheck, why="after a revocation")
-
-    async def _reload_revocations_forever(self) -> None:
-        """Revocations whose announcement was lost (shared backends) arrive this way."""
-        while True:
-            await asyncio.sleep(self.config.store.reconcile_interval)
-            await self.reload_revocations()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -384,75 +361,13 @@ class Gateway:
         notifier: Notifier | None = None,
         on_listening: Callable[[Gateway], None] | None = None,
     ) -> None:
-        """Start, serve until SIGTERM / SIGINT (or :meth:`close`), then stop.
+        """Start, serve until SIGTERM / SIGINT (or :meth:`close`), then stop (the daemon's
+        loop: :func:`gateway.daemon.serve`)."""
+        await serve(self, reload_config=reload_config, notifier=notifier, on_listening=on_listening)
 
-        SIGHUP calls ``reload_config`` and applies what it returns; a failed reload keeps
-        the old configuration and never stops the daemon. Signal handlers are installed
-        before anything starts: systemd may reload or stop us the moment READY=1 is out.
-        Raises what :meth:`start` raises (OSError: cannot listen; StoreError).
-        """
-        notifier = notifier or Notifier(env={})
-        loop = asyncio.get_running_loop()
-        reloads: asyncio.Queue[None] = asyncio.Queue()
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        for sig in handled[:2]:
-            loop.add_signal_handler(sig, self.close)
-        loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
-        try:
-            await self.start()
-            # Everything loaded so far (modules, configuration, keys) lives as long as the
-            # process: keep it out of every future full collection, whose pause grows with
-            # what it traverses.
-            gc.collect()
-            gc.freeze()
-            if on_listening is not None:
-                on_listening(self)
-            # The store is open and the socket listens: only now is the service ready.
-            notifier.ready(self.status())
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._reloader(reloads, reload_config, notifier)),
-                    group.create_task(notifier.watchdog()),
-                ]
-                if notifier.enabled:
-                    tasks.append(group.create_task(self._report_status(notifier)))
-                await self._stop_requested.wait()
-                logger.info("shutting down")
-                notifier.stopping()
-                for task in tasks:
-                    task.cancel()
-        finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
-        await self.stop()
-        notifier.close()
-        logger.info("stopped")
-
-    async def _reloader(
-        self,
-        reloads: asyncio.Queue[None],
-        reload_config: Callable[[], Config] | None,
-        notifier: Notifier,
-    ) -> None:
-        while True:
-            await reloads.get()
-            if reload_config is None:
-                continue
-            notifier.reloading()
-            try:
-                await self.reload(reload_config())
-            except Exception as exc:  # a failed reload must never take the daemon down
-                if not isinstance(exc, ConfigError):
-                    logger.exception("reload failed unexpectedly")
-                logger.error("reload refused, the old configuration stays in force: %s", exc)
-                notifier.notify("READY=1", f"STATUS=reload failed: {exc}")
-            else:
-                notifier.ready(self.status())
-
-    async def _report_status(self, notifier: Notifier) -> None:
-        while True:
-            await asyncio.sleep(STATUS_INTERVAL)
-            notifier.status(self.status())
+    async def stop_requested(self) -> None:
+        """Wait until :meth:`close` (SIGTERM) asked the gateway to stop."""
+        await self._stop_requested.wait()
 
     # -- metrics ---------------------------------------------------------------------------
 
