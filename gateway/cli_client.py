@@ -116,6 +116,13 @@ def event_line(event: Event, backend_id: str) -> bytes:
     if event.created_at is not None:
         record["createdAt"] = event.created_at
     record["backendId"] = backend_id
+    if event.writer is not None:
+        record["writer"] = {
+            "subject": event.writer.subject,
+            "instanceId": event.writer.instance_id,
+            "reason": event.writer.reason,
+            "receivedAt": event.created_at,
+        }
     return orjson.dumps(record) + b"\n"
 
 

@@ -240,7 +240,11 @@ class SyncEngine(Follower, StoreLifecycle):
             started = time.perf_counter()
             meta = frames.metadata(created)
             entries = [frames.event_entry(event.data, meta) for event in batch]
-            sent = self.hub.publish(state.store_id, entries, state.backend_id_json)
+            attributed = None
+            if writer is not None and self.hub.wants_attribution(state.store_id):
+                signed = frames.metadata(created, writer.encoded())
+                attributed = [frames.event_entry(event.data, signed) for event in batch]
+            sent = self.hub.publish(state.store_id, entries, state.backend_id_json, attributed)
             self.metrics.fanout_latency.observe(time.perf_counter() - started)
             counters = self.counters
             counters.frames_delivered += sent
@@ -305,8 +309,11 @@ class SyncEngine(Follower, StoreLifecycle):
             await self._catch_up_to_log(state)
         return self._open(state, request, subscription)
 
-    async def backlog_items(self, backlog: Backlog) -> AsyncIterator[bytes]:
-        """The backlog as serialised ``PullResponse`` items; the last is always ``NoMore``."""
+    async def backlog_items(
+        self, backlog: Backlog, *, attributed: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The backlog as serialised ``PullResponse`` items; the last is always ``NoMore``.
+        ``attributed`` (a service's pull): each event's metadata names who pushed it."""
         state = backlog.state
         bid = state.backend_id_json
         after, upto = backlog.after, backlog.upto
@@ -317,12 +324,18 @@ class SyncEngine(Follower, StoreLifecycle):
         sent = 0
         meta_cache: dict[int, bytes] = {}
         while after < upto and sent < total:
-            rows = await self.store.read(state.store_id, after, upto, READ_BATCH)
+            rows = await self.store.read(
+                state.store_id, after, upto, READ_BATCH, writers=attributed
+            )
             if not rows:
                 break
             after = rows[-1].seq
             entries = []
             for row in rows:
+                if row.writer is not None:
+                    signed = frames.metadata(row.created_ms, row.writer.encoded())
+                    entries.append(frames.event_entry(row.data, signed))
+                    continue
                 meta = meta_cache.get(row.created_ms)
                 if meta is None:
                     if len(meta_cache) > 64:

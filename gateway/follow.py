@@ -127,7 +127,10 @@ class Follower:
         Called with ``state.lock`` held; advances ``state.head`` as it goes.
         """
         while state.head < target and not state.retired:
-            rows = await self.store.read(state.store_id, state.head, target, READ_BATCH)
+            attributing = self.hub.wants_attribution(state.store_id)
+            rows = await self.store.read(
+                state.store_id, state.head, target, READ_BATCH, writers=attributing
+            )
             if not rows:
                 # The head moved but no row is visible yet; a later notification retries.
                 return
@@ -138,7 +141,18 @@ class Follower:
                 if meta is None:
                     meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
                 entries.append(frames.event_entry(row.data, meta))
+            attributed = None
+            if attributing:
+                attributed = [
+                    frames.event_entry(
+                        row.data,
+                        frames.metadata(
+                            row.created_ms, None if row.writer is None else row.writer.encoded()
+                        ),
+                    )
+                    for row in rows
+                ]
             self.counters.frames_delivered += self.hub.publish(
-                state.store_id, entries, state.backend_id_json
+                state.store_id, entries, state.backend_id_json, attributed
             )
             state.head = rows[-1].seq

@@ -45,8 +45,12 @@ def iso_millis(created_ms: int) -> str:
     return f"{prefix}{millis:03d}Z"
 
 
-def metadata(created_ms: int) -> bytes:
-    return _META_PREFIX + iso_millis(created_ms).encode() + _META_SUFFIX
+def metadata(created_ms: int, writer: bytes | None = None) -> bytes:
+    """An event's ``metadata``: its ``createdAt``, and for services (bypass sessions) who
+    pushed it (``writer``: a JSON object, already encoded). LiveStore clients never get it."""
+    if writer is None:
+        return _META_PREFIX + iso_millis(created_ms).encode() + _META_SUFFIX
+    return _META_PREFIX + iso_millis(created_ms).encode() + b'","writer":' + writer + b"}}"
 
 
 def event_entry(data: bytes, meta: bytes) -> bytes:

@@ -34,15 +34,27 @@ class Outbox(Protocol):
 class Subscription:
     """One live pull: (connection, request id) on one store."""
 
-    __slots__ = ("_pending", "_pending_bytes", "closed", "outbox", "prefix", "store_id")
+    __slots__ = (
+        "_pending",
+        "_pending_bytes",
+        "attributed",
+        "closed",
+        "outbox",
+        "prefix",
+        "store_id",
+    )
 
-    def __init__(self, outbox: Outbox, store_id: str, rid_json: bytes) -> None:
+    def __init__(
+        self, outbox: Outbox, store_id: str, rid_json: bytes, *, attributed: bool = False
+    ) -> None:
         self.outbox = outbox
         self.store_id = store_id
         self.prefix = frames.chunk_prefix(rid_json)
         self._pending: list[bytes] | None = []
         self._pending_bytes = 0
         self.closed = False
+        self.attributed = attributed
+        """A service's pull: its events carry who pushed them."""
 
     def deliver(self, tail: bytes) -> None:
         if self.closed:
@@ -71,41 +83,70 @@ class Hub:
 
     def __init__(self) -> None:
         self._stores: dict[str, set[Subscription]] = {}
+        # Attributed subscriptions per store (most stores have none).
+        self._attributed: dict[str, int] = {}
 
     def subscribe(self, sub: Subscription) -> None:
-        self._stores.setdefault(sub.store_id, set()).add(sub)
+        subs = self._stores.setdefault(sub.store_id, set())
+        if sub not in subs and sub.attributed:
+            self._attributed[sub.store_id] = self._attributed.get(sub.store_id, 0) + 1
+        subs.add(sub)
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.closed = True
         subs = self._stores.get(sub.store_id)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            if sub.attributed:
+                left = self._attributed[sub.store_id] - 1
+                if left:
+                    self._attributed[sub.store_id] = left
+                else:
+                    del self._attributed[sub.store_id]
             if not subs:
                 del self._stores[sub.store_id]
+
+    def wants_attribution(self, store_id: str) -> bool:
+        """Whether a live pull of ``store_id`` wants to know who pushed each event."""
+        return store_id in self._attributed
 
     def subscriber_count(self, store_id: str | None = None) -> int:
         if store_id is not None:
             return len(self._stores.get(store_id, ()))
         return sum(len(subs) for subs in self._stores.values())
 
-    def publish(self, store_id: str, entries: list[bytes], backend_id_json: bytes) -> int:
+    def publish(
+        self,
+        store_id: str,
+        entries: list[bytes],
+        backend_id_json: bytes,
+        attributed: list[bytes] | None = None,
+    ) -> int:
         """Send one accepted batch to every live pull of ``store_id``; returns the frames sent.
 
         Args:
             entries: the batch's ``PullResponse`` entries, already encoded.
             backend_id_json: the store's backendId as a JSON string.
+            attributed: the same entries with their writer in the metadata, for the
+                attributed pulls (services); None when there are none.
         """
         subs = self._stores.get(store_id)
         if not subs or not entries:
             return 0
-        tails = [
-            frames.chunk_tail(frames.pull_item(page, frames.NO_MORE, backend_id_json))
-            for page in frames.split_pages(entries, backend_id_json)
-        ]
+        tails = _tails(entries, backend_id_json)
+        served = _tails(attributed, backend_id_json) if attributed is not None else tails
         sent = 0
         # Copy: delivering may evict a subscriber, which unsubscribes it.
         for sub in tuple(subs):
-            for tail in tails:
+            chosen = served if sub.attributed else tails
+            for tail in chosen:
                 sub.deliver(tail)
-            sent += len(tails)
+            sent += len(chosen)
         return sent
+
+
+def _tails(entries: list[bytes], backend_id_json: bytes) -> list[bytes]:
+    return [
+        frames.chunk_tail(frames.pull_item(page, frames.NO_MORE, backend_id_json))
+        for page in frames.split_pages(entries, backend_id_json)
+    ]

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway import frames, protocol
+from gateway.auth.policy import R_BYPASS
 from gateway.config import LiveConfig
 from gateway.engine import Backlog, SyncEngine
 from gateway.errors import (
@@ -88,6 +89,7 @@ class Peer:
         "_active",
         "_before_push",
         "_evicted",
+        "attributed",
         "connection",
         "counters",
         "engine",
@@ -113,6 +115,8 @@ class Peer:
         self.connection = connection
         self.writer = writer
         """Who this session's pushes are attributed to."""
+        self.attributed = writer is not None and writer.reason == R_BYPASS
+        """A service (bypass token): the events it pulls carry who pushed them."""
         self.store_id = store_id
         self.engine = engine
         self.settings = settings
@@ -195,7 +199,11 @@ class Peer:
             runner = self._push(decoded, rid_json)
         else:
             pull = decoded
-            subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
+            subscription = (
+                Subscription(self, self.store_id, rid_json, attributed=self.attributed)
+                if pull.live
+                else None
+            )
             opened = self.engine.open_pull_now(pull, subscription)
             if isinstance(opened, RpcFailure):
                 self.write(frames.exit_fail(rid_json, opened))
@@ -269,7 +277,7 @@ class Peer:
                 opened = answer
             prefix = frames.chunk_prefix(rid_json)
             limits = self.settings.current.limits
-            async for item in self.engine.backlog_items(opened):
+            async for item in self.engine.backlog_items(opened, attributed=self.attributed):
                 while active.unacked >= limits.catchup_window:
                     if active.acked is None:
                         active.acked = asyncio.Event()
@@ -372,6 +380,10 @@ async def http_call(
     if isinstance(opened, RpcFailure):
         return [frames.exit_fail(rid, opened)]
     prefix = frames.chunk_prefix(rid)
-    answer = [prefix + frames.chunk_tail(item) async for item in engine.backlog_items(opened)]
+    attributed = writer is not None and writer.reason == R_BYPASS
+    answer = [
+        prefix + frames.chunk_tail(item)
+        async for item in engine.backlog_items(opened, attributed=attributed)
+    ]
     answer.append(frames.exit_success_void(rid))
     return answer

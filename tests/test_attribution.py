@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.client import Writer, connect
 from tests.helpers.clients import RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.http_client import http_push, http_request
@@ -122,3 +123,60 @@ async def test_attribution_is_the_same_on_two_postgres_nodes(
             ("erin", "e-1", "jwt"),
             ("server", "svc", "bypass"),
         ]
+
+
+def metadata_writers(items: list[dict[str, Any]]) -> list[object]:
+    return [entry["metadata"]["value"].get("writer") for item in items for entry in item["batch"]]
+
+
+async def test_services_see_who_pushed_each_event_and_apps_do_not(
+    make_gateway: MakeGateway,
+) -> None:
+    """A bypass session's pulls (catch-up and live) carry the writer in each event's
+    metadata; a JWT session's never do; the Python client and its CLI show it."""
+    gateway = await make_gateway(**settings())
+    alice = with_token(make_jwt(SECRET, "alice"), "alice-phone")
+    await ws_push(gateway, alice, 1, 2)
+    service = {"instanceId": "indexer", "serverBypass": BYPASS}
+    svc = await RpcClient.open(gateway.ws_url(STORE, payload=service), STORE)
+    app = await RpcClient.open(gateway.ws_url(STORE, payload=alice), STORE)
+    svc_rid, svc_items = await svc.live_pull()
+    app_rid, app_items = await app.live_pull()
+    signed = {"subject": "alice", "instanceId": "alice-phone", "reason": "jwt"}
+    assert metadata_writers(svc_items) == [signed, signed]
+    assert metadata_writers(app_items) == [None, None]
+
+    await ws_push(gateway, with_token(make_jwt(SECRET, "bob"), "bob-tab"), 3, 1)
+    live = await svc.next_items(svc_rid)
+    assert metadata_writers(live) == [{"subject": "bob", "instanceId": "bob-tab", "reason": "jwt"}]
+    plain = await app.next_items(app_rid)
+    assert metadata_writers(plain) == [None]
+    assert plain[0]["batch"][0]["eventEncoded"] == live[0]["batch"][0]["eventEncoded"]
+    for client in (svc, app):
+        await client.close()
+
+    async with connect(f"ws://{gateway.base}", STORE, bypass_token=BYPASS) as store:
+        events = [e async for batch in store.events(live=False) for e in batch.events]
+    assert [e.writer for e in events] == [
+        Writer("alice", "alice-phone", "jwt"),
+        Writer("alice", "alice-phone", "jwt"),
+        Writer("bob", "bob-tab", "jwt"),
+    ]
+    jwt = make_jwt(SECRET, "carol")
+    async with connect(f"ws://{gateway.base}", STORE, auth_token=jwt) as store:
+        events = [e async for batch in store.events(live=False) for e in batch.events]
+    assert [e.writer for e in events] == [None, None, None]
+
+
+@pytest.mark.postgres
+async def test_a_service_on_another_node_sees_the_writer(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    async with postgres_nodes(make_gateway, tmp_path, **settings()) as nodes:
+        service = {"instanceId": "indexer", "serverBypass": BYPASS}
+        svc = await RpcClient.open(nodes[1].ws_url(STORE, payload=service), STORE)
+        rid, _ = await svc.live_pull()
+        await ws_push(nodes[0], with_token(make_jwt(SECRET, "fay"), "f-1"), 1, 1)
+        live = await svc.next_items(rid)
+        assert metadata_writers(live) == [{"subject": "fay", "instanceId": "f-1", "reason": "jwt"}]
+        await svc.close()

@@ -81,8 +81,21 @@ class TestPushAndExport:
         assert len({e["backendId"] for e in lines}) == 1
         assert list(lines[0]) == [
             *("name", "args", "seqNum", "parentSeqNum", "clientId", "sessionId"),
-            *("createdAt", "backendId"),
+            *("createdAt", "backendId", "writer"),
         ]
+        # The export runs as a service (bypass token): each line says who pushed the event.
+        assert {json.dumps(e["writer"], sort_keys=True) for e in lines} == {
+            json.dumps(
+                {
+                    "instanceId": "gateway-push",
+                    "reason": "bypass",
+                    "receivedAt": e["createdAt"],
+                    "subject": "server",
+                },
+                sort_keys=True,
+            )
+            for e in lines
+        }
 
         # The same log as a library client reads it.
         async with connect(url_of(secured), store, bypass_token=BYPASS) as client:

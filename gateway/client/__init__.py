@@ -23,6 +23,7 @@ from gateway.client.model import (
     Refused,
     RequestFailed,
     Stats,
+    Writer,
 )
 from gateway.client.store import StoreClient, TokenProvider, connect
 
@@ -39,5 +40,6 @@ __all__ = [
     "Stats",
     "StoreClient",
     "TokenProvider",
+    "Writer",
     "connect",
 ]

@@ -13,6 +13,7 @@ from gateway.client.model import (
     Event,
     ProtocolViolation,
     RequestFailed,
+    Writer,
 )
 
 
@@ -91,9 +92,13 @@ def decode_event(entry: dict[str, Any]) -> Event:
     if type(seq) is not int or type(parent) is not int:
         raise ValueError("seqNum and parentSeqNum must be integers")
     metadata = entry.get("metadata")
-    created_at = None
+    created_at = writer = None
     if isinstance(metadata, dict) and metadata.get("_tag") == "Some":
-        created_at = metadata["value"].get("createdAt")
+        value = metadata["value"]
+        created_at = value.get("createdAt")
+        signed = value.get("writer")
+        if signed is not None:
+            writer = Writer(signed["subject"], signed["instanceId"], signed["reason"])
     return Event(
         data["name"],
         data.get("args"),
@@ -102,4 +107,5 @@ def decode_event(entry: dict[str, Any]) -> Event:
         data["clientId"],
         data["sessionId"],
         created_at,
+        writer,
     )

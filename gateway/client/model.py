@@ -47,6 +47,22 @@ class Cursor:
 
 
 @dataclass(frozen=True, slots=True)
+class Writer:
+    """Who pushed an event, as the server recorded it (shown to services only).
+
+    Attributes:
+        subject: The pushing session's subject (a JWT's subject, ``server`` for the bypass
+            token, ``dev``, ``anonymous``).
+        instance_id: Its instanceId.
+        reason: How it was admitted (``jwt``, ``jwt_grace``, ``bypass``, ...).
+    """
+
+    subject: str
+    instance_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event of a store's log, as the server stored it.
 
@@ -58,6 +74,8 @@ class Event:
         client_id: The client that committed it.
         session_id: The session of that client.
         created_at: When the server accepted it (ISO 8601), if the server said.
+        writer: Who pushed it: gateway tells a client connected with the bypass token (a
+            service); None for other clients, and for events stored before gateway recorded it.
     """
 
     name: str
@@ -67,6 +85,7 @@ class Event:
     client_id: str
     session_id: str
     created_at: str | None = None
+    writer: Writer | None = None
 
 
 @dataclass(frozen=True, slots=True)

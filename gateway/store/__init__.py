@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from gateway.errors import HeadMismatch, StoreError
 from gateway.protocol import NewEvent
 from gateway.revocation import Revocation
@@ -39,6 +41,12 @@ class Writer:
     subject: str
     instance_id: str
     reason: str
+
+    def encoded(self) -> bytes:
+        """As services see it in an event's metadata: ``{"subject", "instanceId", "reason"}``."""
+        return orjson.dumps(
+            {"subject": self.subject, "instanceId": self.instance_id, "reason": self.reason}
+        )
 
 
 @dataclass(frozen=True, slots=True)
