@@ -123,3 +123,47 @@ class RevocationSet:
         if cutoff is None:
             return False
         return not isinstance(issued, int | float) or isinstance(issued, bool) or issued < cutoff
+
+
+def requested(
+    body: object,
+    *,
+    now: float,
+    max_token_lifetime: float,
+    grace_period: float,
+    actor: str,
+) -> Revocation | str:
+    """The entry an operator's request asks for, or why the request is wrong.
+
+    ``body`` is ``{"subject": U, "before"?: T}`` (tokens of U issued before T, default
+    ``now``) or ``{"jti": J, "expiresAt"?: T}`` (times in seconds since the epoch). The entry
+    is kept while the tokens it covers could still be accepted: ``max_token_lifetime`` after
+    the cutoff (or until the token's ``expiresAt``), plus ``grace_period``.
+    """
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    subject, token_id = body.get("subject"), body.get("jti")
+    if (subject is None) == (token_id is None) or not isinstance(subject or token_id, str):
+        return 'give a "subject" or a "jti" (a string)'
+    times: dict[str, float | None] = {}
+    for key in ("before", "expiresAt"):
+        value = body.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+        ):
+            return f"{key} must be seconds since the epoch"
+        times[key] = None if value is None else float(value)
+    if subject is not None:
+        cutoff = now if times["before"] is None else times["before"]
+        return Revocation(
+            subject=subject,
+            before=cutoff,
+            expires_at=cutoff + max_token_lifetime + grace_period,
+            created_at=now,
+            actor=actor,
+        )
+    expires = times["expiresAt"]
+    until = now + max_token_lifetime if expires is None else expires
+    return Revocation(
+        token_id=token_id, expires_at=until + grace_period, created_at=now, actor=actor
+    )

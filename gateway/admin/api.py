@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qsl, unquote
 
 import orjson
@@ -43,7 +43,7 @@ from gateway.auth.policy import fingerprint
 from gateway.config import LiveConfig
 from gateway.errors import Refusal, RefusalCode, StoreError
 from gateway.logfile import LineError, export_line
-from gateway.revocation import Revocation
+from gateway.revocation import requested
 
 logger = logging.getLogger("gateway.admin")
 security = logging.getLogger("gateway.security")
@@ -329,36 +329,16 @@ class AdminApi:
             body = orjson.loads(request.body or b"null")
         except orjson.JSONDecodeError:
             body = None
-        if not isinstance(body, dict):
-            return _refuse(RefusalCode.BAD_REQUEST, "the body must be a JSON object")
-        subject, token_id = body.get("subject"), body.get("jti")
-        if (subject is None) == (token_id is None) or not isinstance(subject or token_id, str):
-            return _refuse(RefusalCode.BAD_REQUEST, 'give a "subject" or a "jti" (a string)')
-        before = _number(body, "before")
-        if isinstance(before, AdminResponse):
-            return before
-        expires = _number(body, "expiresAt")
-        if isinstance(expires, AdminResponse):
-            return expires
         auth = self._settings.current.auth
-        now = self._clock()
-        if subject is not None:
-            cutoff = now if before is None else before
-            entry = Revocation(
-                subject=subject,
-                before=cutoff,
-                expires_at=cutoff + auth.max_token_lifetime + auth.grace_period,
-                created_at=now,
-                actor=target.actor,
-            )
-        else:
-            until = now + auth.max_token_lifetime if expires is None else expires
-            entry = Revocation(
-                token_id=token_id,
-                expires_at=until + auth.grace_period,
-                created_at=now,
-                actor=target.actor,
-            )
+        entry = requested(
+            body,
+            now=self._clock(),
+            max_token_lifetime=auth.max_token_lifetime,
+            grace_period=auth.grace_period,
+            actor=target.actor,
+        )
+        if isinstance(entry, str):
+            return _refuse(RefusalCode.BAD_REQUEST, entry)
         closed = await self._service.revoke(entry)
         return AdminResponse.json({"revocation": entry.as_json(), "closed": closed})
 
@@ -397,15 +377,6 @@ class AdminApi:
             actor=target.actor,
         )
         return AdminResponse.json({"closed": closed})
-
-
-def _number(body: dict[str, Any], key: str) -> float | AdminResponse | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return _refuse(RefusalCode.BAD_REQUEST, f"{key} must be seconds since the epoch")
-    return float(value)
 
 
 async def _split(body: bytes) -> AsyncIterator[bytes]:

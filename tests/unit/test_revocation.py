@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.revocation import Revocation, RevocationSet
+from gateway.revocation import Revocation, RevocationSet, requested
 
 NOW = 1_800_000_000.0
 
@@ -83,3 +83,44 @@ def test_round_trip_through_a_row() -> None:
     entry = Revocation(subject="a", before=NOW, expires_at=NOW + 1, created_at=NOW, actor="x")
     assert Revocation.from_row("a", NOW, None, NOW + 1, NOW, "x") == entry
     assert entry.as_json()["subject"] == "a"
+
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"subject": "a"},
+            Revocation(
+                subject="a", before=NOW, expires_at=NOW + 31 * DAY, created_at=NOW, actor="op"
+            ),
+        ),
+        (
+            {"subject": "a", "before": NOW - DAY},
+            Revocation(
+                subject="a", before=NOW - DAY, expires_at=NOW + 30 * DAY, created_at=NOW, actor="op"
+            ),
+        ),
+        (
+            {"jti": "t"},
+            Revocation(token_id="t", expires_at=NOW + 31 * DAY, created_at=NOW, actor="op"),
+        ),
+        (
+            {"jti": "t", "expiresAt": NOW + 60},
+            Revocation(token_id="t", expires_at=NOW + 60 + DAY, created_at=NOW, actor="op"),
+        ),
+        (None, "the body must be a JSON object"),
+        ([], "the body must be a JSON object"),
+        ({}, 'give a "subject" or a "jti" (a string)'),
+        ({"subject": "a", "jti": "t"}, 'give a "subject" or a "jti" (a string)'),
+        ({"subject": 5}, 'give a "subject" or a "jti" (a string)'),
+        ({"subject": "a", "before": -1}, "before must be seconds since the epoch"),
+        ({"subject": "a", "before": True}, "before must be seconds since the epoch"),
+        ({"jti": "t", "expiresAt": "soon"}, "expiresAt must be seconds since the epoch"),
+    ],
+)
+def test_requested(body: object, expected: Revocation | str) -> None:
+    got = requested(body, now=NOW, max_token_lifetime=30 * DAY, grace_period=DAY, actor="op")
+    assert got == expected
