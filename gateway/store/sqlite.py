@@ -32,6 +32,7 @@ from gateway.store import (
     new_backend_id,
 )
 from gateway.store.sqlite_catalog import NEXT_SID, SqliteCatalog
+from gateway.store.sqlite_checkpoint import Checkpointer
 from gateway.store.sqlite_schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -84,10 +85,9 @@ class SqliteStore(SqliteCatalog):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._purger: asyncio.Task[None] | None = None
-        self._checkpoint_thread: threading.Thread | None = None
-        self._checkpoint_stop = threading.Event()
+        self._checkpointer = Checkpointer(self.path, CHECKPOINT_INTERVAL)
         # Set after each completed checkpoint (operators' tests wait on it).
-        self.checkpointed = threading.Event()
+        self.checkpointed = self._checkpointer.done
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class SqliteStore(SqliteCatalog):
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            # Checkpoints run in their own thread (see _checkpointer): an automatic one would
+            # Checkpoints run in their own thread (Checkpointer): an automatic one would
             # run inside some push's COMMIT and stall every push queued behind it.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
@@ -116,10 +116,7 @@ class SqliteStore(SqliteCatalog):
         self._writer.start()
         await ready
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
-        self._checkpoint_thread = threading.Thread(
-            target=self._checkpointer, name="sqlite-checkpoint", daemon=True
-        )
-        self._checkpoint_thread.start()
+        self._checkpointer.start()
         self._start_purge()  # what a reset or delete left when the server stopped
 
     async def close(self) -> None:
@@ -127,9 +124,7 @@ class SqliteStore(SqliteCatalog):
             return
         await self._stop_purge()
         self._closed = True
-        self._checkpoint_stop.set()
-        if self._checkpoint_thread is not None:
-            await asyncio.to_thread(self._checkpoint_thread.join)
+        await asyncio.to_thread(self._checkpointer.stop)
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -139,30 +134,6 @@ class SqliteStore(SqliteCatalog):
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
-
-    # -- checkpoints ----------------------------------------------------------------------
-
-    def _checkpointer(self) -> None:
-        """Copy the WAL back into the database every second, beside the writer.
-
-        A PASSIVE checkpoint never blocks the writer or readers; the writer restarts the WAL
-        from the beginning once a checkpoint has caught up, so it stays small.
-        """
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            logger.error("checkpointer cannot open %s: %s", self.path, exc)
-            return
-        try:
-            conn.execute("PRAGMA busy_timeout = 1000")
-            while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpointed.set()
-                except sqlite3.Error as exc:
-                    logger.warning("checkpoint failed: %s", exc)
-        finally:
-            conn.close()
 
     # -- writer thread --------------------------------------------------------------------
 
