@@ -140,13 +140,7 @@ async def test_an_interrupted_import_is_cleaned_up_at_the_next_start(
 
 
 async def test_cli_export_piped_into_import(tmp_path: Path) -> None:
-    daemon = await Daemon.start(
-        "--port",
-        "0",
-        "--data-dir",
-        str(tmp_path),
-        env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_ADMIN_LISTEN": "127.0.0.1:0"},
-    )
+    daemon = await Daemon.with_admin(tmp_path, ADMIN_TOKEN)
     try:
         admin_url = await daemon.admin_url()
         client = await RpcClient.open(ws_url(daemon.port, "orig"), "orig")

@@ -13,7 +13,7 @@ from gateway.client import Writer, connect
 from tests.helpers.clients import RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.http_client import http_push, http_request
-from tests.helpers.keys import BYPASS, SECRET, make_jwt, with_token
+from tests.helpers.keys import BYPASS, SECRET, make_jwt, production_settings, with_token
 from tests.helpers.wire import make_events
 
 ADMIN_TOKEN = "attribution-admin-token-01234567"
@@ -21,14 +21,7 @@ STORE = "attributed"
 
 
 def settings(**more: Any) -> dict[str, Any]:
-    return {
-        "require_auth": True,
-        "jwt_secret": SECRET,
-        "bypass_token": BYPASS,
-        "token": ADMIN_TOKEN,
-        "listen": "127.0.0.1:0",
-        **more,
-    }
+    return production_settings(ADMIN_TOKEN, **more)
 
 
 async def export(gateway: GatewayHarness, store_id: str = STORE) -> list[dict[str, Any]]:

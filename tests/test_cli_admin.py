@@ -35,13 +35,7 @@ class Admin:
 
 @pytest.fixture(name="admin")
 async def _admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    daemon = await Daemon.start(
-        "--port",
-        "0",
-        "--data-dir",
-        str(tmp_path),
-        env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_ADMIN_LISTEN": "127.0.0.1:0"},
-    )
+    daemon = await Daemon.with_admin(tmp_path, ADMIN_TOKEN)
     try:
         yield Admin(daemon, await daemon.admin_url())
     finally:

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from tests.helpers.clients import RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway, postgres_nodes
 from tests.helpers.http_client import HttpResult, assert_error_body, http_request, refusal_of
-from tests.helpers.keys import BYPASS, SECRET, make_jwt, with_token
+from tests.helpers.keys import SECRET, make_jwt, production_settings, with_token
 from tests.helpers.timeouts import TIMEOUT_UNIT
 
 ADMIN_TOKEN = "revocation-admin-token-0123456789"
@@ -23,14 +23,7 @@ STORE = "rev-store"
 
 
 def settings(**more: Any) -> dict[str, Any]:
-    return {
-        "require_auth": True,
-        "jwt_secret": SECRET,
-        "bypass_token": BYPASS,
-        "token": ADMIN_TOKEN,
-        "listen": "127.0.0.1:0",
-        **more,
-    }
+    return production_settings(ADMIN_TOKEN, **more)
 
 
 async def admin(gateway: GatewayHarness, method: str, path: str, body: Any = None) -> HttpResult:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.engine import SyncEngine
 from gateway.hub import Hub
@@ -23,6 +23,8 @@ from gateway.store import EventStore, StoredEvent, StoreInfo, StoreMeta, new_bac
 from gateway.transport.sessions import Sessions, SessionView
 
 audit = logging.getLogger("gateway.audit")
+
+T = TypeVar("T")
 
 MAX_PAGE = 1000
 # Events appended per write while importing.
@@ -208,29 +210,29 @@ class AdminService:
 
     async def reset(self, store_id: str, *, actor: str) -> StoreMeta | None:
         """Empty the store's log under a new backendId; None if there is no such store."""
-        meta = await self._engine.retire(
-            store_id, "reset", lambda: self._store.reset_store(store_id)
+        return await self._retire(
+            store_id, "reset", lambda: self._store.reset_store(store_id), actor
         )
-        audit.info(
-            "action=store.reset store=%s actor=%s outcome=%s",
-            store_id,
-            actor,
-            "done" if meta else "not_found",
-        )
-        return meta
 
     async def delete(self, store_id: str, *, actor: str) -> bool:
         """Remove the store; False if there was none."""
-        deleted = await self._engine.retire(
-            store_id, "delete", lambda: self._store.delete_store(store_id)
-        )
-        audit.info(
-            "action=store.delete store=%s actor=%s outcome=%s",
-            store_id,
-            actor,
-            "done" if deleted else "not_found",
+        deleted = await self._retire(
+            store_id, "delete", lambda: self._store.delete_store(store_id), actor
         )
         return bool(deleted)
+
+    async def _retire(
+        self, store_id: str, what: str, change: Callable[[], Awaitable[T]], actor: str
+    ) -> T | None:
+        done = await self._engine.retire(store_id, what, change)
+        audit.info(
+            "action=store.%s store=%s actor=%s outcome=%s",
+            what,
+            store_id,
+            actor,
+            "done" if done else "not_found",
+        )
+        return done
 
     async def revoke(self, entry: Revocation) -> int:
         """Record a revocation (durably, for every node) and close the sessions it covers on

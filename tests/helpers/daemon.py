@@ -260,6 +260,12 @@ class Daemon:
 
         return await self._until(found, f"{count} line(s) matching {pattern!r}", within)
 
+    @classmethod
+    async def with_admin(cls, data_dir: Path, admin_token: str) -> Daemon:
+        """``gateway serve`` on free ports with the admin API on (``admin_url()`` finds it)."""
+        env = {"GATEWAY_ADMIN_TOKEN": admin_token, "GATEWAY_ADMIN_LISTEN": "127.0.0.1:0"}
+        return await cls.start("--port", "0", "--data-dir", str(data_dir), env=env)
+
     async def admin_url(self, *, within: float = 10 * TIMEOUT_UNIT) -> str:
         """The admin API's base URL, from the line the server logs when it listens."""
         _, line = await self.wait_line(ADMIN_LISTENING, within=within)

@@ -73,6 +73,19 @@ def replace_claims(token: str, claims: Mapping[str, Any]) -> str:
     return f"{header}.{b64(orjson.dumps(claims))}.{signature}"
 
 
+def production_settings(admin_token: str, **more: Any) -> dict[str, Any]:
+    """``make_gateway`` overrides for production mode (JWTs signed with :data:`SECRET`, the
+    bypass token :data:`BYPASS`) with the admin API on a free loopback port."""
+    return {
+        "require_auth": True,
+        "jwt_secret": SECRET,
+        "bypass_token": BYPASS,
+        "token": admin_token,
+        "listen": "127.0.0.1:0",
+        **more,
+    }
+
+
 def make_jwt(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
     """An HS256 token with ``sub`` and ``exp``."""
     body: dict[str, Any] = {"sub": sub, "exp": int(time.time() + ttl), **claims}
