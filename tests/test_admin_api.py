@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -222,3 +223,15 @@ async def test_allowed_networks_confine_the_admin_api(make_gateway: MakeGateway)
         token=ADMIN_TOKEN, listen="127.0.0.1:0", allowed_networks=("127.0.0.0/8", "::1")
     )
     assert (await call(here, "GET", "/v1/stores")).status == 200
+
+
+async def test_a_reload_rotates_or_empties_the_admin_token(admin_gateway: GatewayHarness) -> None:
+    rotated = "rotated-admin-token-0123456789abcdef"
+    config = admin_gateway.gw.config
+    await admin_gateway.gw.reload(replace(config, admin=replace(config.admin, token=rotated)))
+    assert_error_body(await call(admin_gateway, "GET", "/v1/stores"), 401, "INVALID_TOKEN")
+    assert (await call(admin_gateway, "GET", "/v1/stores", token=rotated)).status == 200
+    await admin_gateway.gw.reload(replace(config, admin=replace(config.admin, token="")))
+    result = await call(admin_gateway, "GET", "/v1/stores", token=rotated)
+    assert_error_body(result, 403, "FORBIDDEN")
+    assert "disabled" in result.body["error"]["message"]
