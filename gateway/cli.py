@@ -25,7 +25,13 @@ from gateway.app import Gateway
 from gateway.backup import DATABASE_NAME, BackupError, backup
 from gateway.cli_client import position
 from gateway.config import HMAC_ALGORITHMS, Config
-from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
+from gateway.configfile import (
+    SECRET_KEYS,
+    as_dict,
+    load_config,
+    load_event_schemas,
+    parse_duration,
+)
 from gateway.errors import ConfigError, StoreError
 from gateway.migrate import MigrationError, SqliteSource, migrate
 from gateway.systemd import Notifier
@@ -169,6 +175,11 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _check_config(config: Config) -> int:
+    try:
+        load_event_schemas(config.rules)  # a broken schema file refuses the start too
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     shown = as_dict(config)
     for section, key in SECRET_KEYS:
         if shown[section][key]:

@@ -129,7 +129,8 @@ def families(
     yield labelled_counter(
         "gateway_pushes_rejected",
         "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage, "
-        "unknown_outcome; forbidden and read_only: refused by the push rules).",
+        "unknown_outcome; forbidden and read_only: refused by the push rules; invalid and "
+        "unknown_event: by the event schemas; hook: by the on_push hook).",
         "reason",
         engine.pushes_rejected,
     )

@@ -41,7 +41,17 @@ _KIND_OF_REASON: Final = {
 # `gateway_pushes_rejected_total` reasons they are counted under.
 READ_ONLY: Final = "READ_ONLY"
 PUSH_FORBIDDEN: Final = "PUSH_FORBIDDEN"
-METRIC_REASONS: Final = {READ_ONLY: "read_only", PUSH_FORBIDDEN: "forbidden"}
+# Event validation (gateway.validation) and the push hook (gateway.hooks).
+EVENT_INVALID: Final = "EVENT_INVALID"
+EVENT_UNKNOWN: Final = "EVENT_UNKNOWN"
+HOOK_REFUSED: Final = "HOOK_REFUSED"
+METRIC_REASONS: Final = {
+    READ_ONLY: "read_only",
+    PUSH_FORBIDDEN: "forbidden",
+    EVENT_INVALID: "invalid",
+    EVENT_UNKNOWN: "unknown_event",
+    HOOK_REFUSED: "hook",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,12 +83,19 @@ class RulesConfig:
     read_only_values: tuple[str, ...] = ("read",)
     # First match wins per event; no match: allowed.
     push: tuple[PushRule, ...] = ()
+    # A JSON file mapping event names to the JSON Schema of their `args` ("" disables
+    # validation); read and compiled at start and on reload (gateway.validation).
+    event_schemas: str = ""
+    # Refuse events whose name has no schema in the file.
+    strict_events: bool = False
 
 
 def validate_rules(config: RulesConfig) -> None:
     """Raise ConfigError naming the key when a rule cannot mean what it says."""
     if config.read_only_claim and not config.read_only_values:
         raise ConfigError("rules.read_only_values: at least one value with read_only_claim")
+    if config.strict_events and not config.event_schemas:
+        raise ConfigError("rules.strict_events: needs a schema file in rules.event_schemas")
     for index, rule in enumerate(config.push):
         where = f"rules.push[{index}]"
         for key in ("stores", "events", "subjects"):
@@ -211,7 +228,7 @@ def _holds(claims: Mapping[str, object] | None, name: str, allowed: frozenset[st
     return any(text in allowed for text in _texts(claims[name]))
 
 
-def _short(name: str) -> str:
+def short(name: str) -> str:
     """An event name for a message or a log line: a client chose it, so it is bounded and
     its control characters (a newline would forge a log line) are escaped."""
     if len(name) > 120:
@@ -276,8 +293,8 @@ def decide(
         if first is not None and not first.allow:
             return Refused(
                 PUSH_FORBIDDEN,
-                f"event '{_short(name)}' (batch[{position}]) is denied by {first.label}",
-                event=_short(name),
+                f"event '{short(name)}' (batch[{position}]) is denied by {first.label}",
+                event=short(name),
                 position=position,
                 rule=first.index,
             )
