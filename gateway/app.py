@@ -32,6 +32,7 @@ from gateway.configfile import load_event_schemas
 from gateway.daemon import serve
 from gateway.engine import SyncEngine
 from gateway.errors import ConfigError, Refusal, StoreError
+from gateway.hookcall import Hooks, resolve
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.peer import http_call
@@ -100,8 +101,10 @@ class Gateway:
         )
         self.auth = AuthGate(config.auth)
         self.push_gate = PushGate(self.auth.wait_push, self.metrics.counters)
-        self._apply_rules(compile_rules(config.rules), load_event_schemas(config.rules))
-        self.sessions = Sessions(self.settings, self.engine, self.push_gate)
+        self._apply_rules(
+            compile_rules(config.rules), load_event_schemas(config.rules), resolve(config.hooks)
+        )
+        self.sessions = Sessions(self.settings, self.engine, self.push_gate, self.push_gate)
         self.engine.on_retired = self._retired
         self.revocations = Revocations(
             self.store,
@@ -254,20 +257,24 @@ class Gateway:
         self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
-        before_push = functools.partial(self.push_gate, admitted)
+        gate = self.push_gate
         return await http_call(
             self.engine,
             admitted.target.store_id,
             request,
-            before_push,
+            functools.partial(gate, admitted),
             writer_of(admitted.admission),
+            functools.partial(gate.check_pull, admitted) if gate.pulls_checked else None,
         )
 
-    def _apply_rules(self, rules: PushRules, schemas: EventSchemas) -> None:
-        """Put push rules and event schemas in force: the gate judges with them, admissions
-        keep the claims the rules read."""
+    def _apply_rules(self, rules: PushRules, schemas: EventSchemas, hooks: Hooks) -> None:
+        """Put push rules, event schemas and hooks in force: the gate judges with them,
+        admissions keep the claims the rules read (all of them for a hook)."""
+        if hooks.active:
+            rules = dataclasses.replace(rules, all_claims=True)
         self.push_gate.rules = rules
         self.push_gate.schemas = schemas
+        self.push_gate.hooks = hooks
         self.auth.push_rules = rules
 
     async def _unload_forever(self) -> None:
@@ -302,8 +309,9 @@ class Gateway:
         self.listener.reload_tls(new.server.tls_cert_file, new.server.tls_key_file)
         rules = compile_rules(new.rules)
         schemas = load_event_schemas(new.rules)
+        hooks = resolve(new.hooks, reload=True)  # re-imports the hooks' modules
         self.auth.apply(new.auth)  # raises ConfigError before anything else changed
-        self._apply_rules(rules, schemas)
+        self._apply_rules(rules, schemas, hooks)
         self.settings.swap(new)
         logger.info("configuration reloaded")
         logging.getLogger().setLevel(new.log.level.upper())

@@ -31,6 +31,7 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import ConfigError
+from gateway.hooks import HooksConfig
 from gateway.rules import RulesConfig
 from gateway.validation import EventSchemas, compile_schemas
 
@@ -43,6 +44,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "admin": AdminConfig,
     "rules": RulesConfig,
+    "hooks": HooksConfig,
 }
 
 # Environment names used by the seed deployments, accepted as they are.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway import frames, protocol
 from gateway.config import LiveConfig
@@ -46,6 +46,17 @@ logger = logging.getLogger(__name__)
 
 # The push gate (gateway.pushgate): rules and rate limiting; a failure refuses the batch.
 BeforePush = Callable[[PushRequest], Awaitable[RpcFailure | None]]
+# The pull side of the gate (the on_pull hook) for an HTTP call; a failure refuses the pull.
+BeforePull = Callable[[PullRequest], Awaitable[RpcFailure | None]]
+
+
+class PullGate(Protocol):
+    """The pull side of the gate (``gateway.pushgate.PushGate``), shared by all peers."""
+
+    @property
+    def pulls_checked(self) -> bool: ...
+
+    async def check_pull(self, session: Any, pull: PullRequest) -> RpcFailure | None: ...
 
 
 class Wire(Protocol):
@@ -88,6 +99,8 @@ class Peer:
         "_active",
         "_before_push",
         "_evicted",
+        "_pull_gate",
+        "_session",
         "connection",
         "counters",
         "engine",
@@ -109,6 +122,8 @@ class Peer:
         counters: SessionCounters,
         before_push: BeforePush | None = None,
         writer: Writer | None = None,
+        pull_gate: PullGate | None = None,
+        session: object = None,
     ) -> None:
         self.connection = connection
         self.writer = writer
@@ -118,6 +133,9 @@ class Peer:
         self.settings = settings
         self.counters = counters
         self._before_push = before_push
+        # The pull gate and what it is given of this session (its SessionInfo).
+        self._pull_gate = pull_gate
+        self._session = session
         self._active: dict[RequestId, _Active] = {}
         self._evicted = False
         self.events_in = 0
@@ -196,7 +214,10 @@ class Peer:
         else:
             pull = decoded
             subscription = Subscription(self, self.store_id, rid_json) if pull.live else None
-            opened = self.engine.open_pull_now(pull, subscription)
+            gate = self._pull_gate
+            # A checked pull is opened in its task, once the gate has let it through.
+            checked = gate is not None and gate.pulls_checked
+            opened = None if checked else self.engine.open_pull_now(pull, subscription)
             if isinstance(opened, RpcFailure):
                 self.write(frames.exit_fail(rid_json, opened))
                 return
@@ -211,7 +232,7 @@ class Peer:
                 subscription.go_live()
                 return
             active.subscription = subscription
-            runner = self._pull(pull, opened, rid_json, active)
+            runner = self._pull(pull, opened, rid_json, active, checked=checked)
         self._active[request.id] = active
         task = asyncio.get_running_loop().create_task(runner)
         active.task = task
@@ -256,9 +277,21 @@ class Peer:
     # -- requests -------------------------------------------------------------------------
 
     async def _pull(
-        self, pull: PullRequest, opened: Backlog | None, rid_json: bytes, active: _Active
+        self,
+        pull: PullRequest,
+        opened: Backlog | None,
+        rid_json: bytes,
+        active: _Active,
+        *,
+        checked: bool = False,
     ) -> None:
         subscription = active.subscription
+        if checked and self._pull_gate is not None:
+            refused = await self._pull_gate.check_pull(self._session, pull)
+            if refused is not None:
+                active.subscription = None
+                self.write(frames.exit_fail(rid_json, refused))
+                return
         try:
             if opened is None:
                 answer = await self.engine.open_pull(pull, subscription)
@@ -348,6 +381,7 @@ async def http_call(
     request: Request,
     before_push: BeforePush,
     writer: Writer | None = None,
+    before_pull: BeforePull | None = None,
 ) -> list[bytes]:
     """Run one HTTP-transport request; the frames the WebSocket would have sent for it, the
     last being its ``Exit`` (spec §10)."""
@@ -368,6 +402,9 @@ async def http_call(
         if error is None:
             return [frames.exit_success(rid, frames.PUSH_ACK)]
         return [frames.exit_fail(rid, error)]
+    refused = await before_pull(decoded) if before_pull is not None else None
+    if refused is not None:
+        return [frames.exit_fail(rid, refused)]
     opened = await engine.open_pull(decoded)
     if isinstance(opened, RpcFailure):
         return [frames.exit_fail(rid, opened)]

@@ -45,13 +45,18 @@ PUSH_FORBIDDEN: Final = "PUSH_FORBIDDEN"
 EVENT_INVALID: Final = "EVENT_INVALID"
 EVENT_UNKNOWN: Final = "EVENT_UNKNOWN"
 HOOK_REFUSED: Final = "HOOK_REFUSED"
+# A pull refused by the on_pull hook (counted in gateway_pulls_rejected_total).
+PULL_FORBIDDEN: Final = "PULL_FORBIDDEN"
 METRIC_REASONS: Final = {
     READ_ONLY: "read_only",
     PUSH_FORBIDDEN: "forbidden",
     EVENT_INVALID: "invalid",
     EVENT_UNKNOWN: "unknown_event",
     HOOK_REFUSED: "hook",
+    PULL_FORBIDDEN: "hook",
 }
+# How long a message from a validator or a hook may be in a refusal (characters).
+MAX_MESSAGE: Final = 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +153,10 @@ class PushRules:
     rules: tuple[CompiledRule, ...] = ()
     read_only_claim: str = ""
     read_only_values: frozenset[str] = frozenset()
-    # The JWT claims a session must keep for the rules (the rest are dropped at admission).
+    # The JWT claims a session must keep for the rules (the rest are dropped at admission),
+    # or all of them (a hook is configured: it gets the claims).
     claim_names: frozenset[str] = frozenset()
+    all_claims: bool = False
 
     @property
     def active(self) -> bool:
@@ -197,7 +204,9 @@ def session_kind(reason: str) -> str:
 
 
 def keep_claims(claims: Mapping[str, object], rules: PushRules) -> dict[str, object] | None:
-    """The part of a verified token's claims the rules read (None when they read none)."""
+    """The part of a verified token's claims the rules (or a hook) read (None: none)."""
+    if rules.all_claims:
+        return dict(claims) or None
     kept = {name: claims[name] for name in rules.claim_names if name in claims}
     return kept or None
 
@@ -234,6 +243,15 @@ def short(name: str) -> str:
     if len(name) > 120:
         name = name[:120] + "…"
     return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
+def bounded(text: str) -> str:
+    """A message from a validator or a hook for a refusal note or a log line: one line,
+    bounded in length, control characters escaped."""
+    text = " ".join(text.split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "…"
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,8 @@ import jsonschema_rs
 
 from gateway.errors import ConfigError
 from gateway.protocol import NewEvent
-from gateway.rules import EVENT_INVALID, EVENT_UNKNOWN, Refused, short
+from gateway.rules import EVENT_INVALID, EVENT_UNKNOWN, Refused, bounded, short
 
-# How long the validator's part of a refusal message may be (characters).
-MAX_MESSAGE: Final = 200
 # What stands for a value in the validator's messages.
 MASK: Final = "<value>"
 
@@ -70,17 +68,9 @@ def compile_schemas(document: object, *, strict: bool, source: str) -> EventSche
             reason = getattr(exc, "message", None) or str(exc).partition("\n")[0]
             raise ConfigError(
                 f"rules.event_schemas: {source}: {name!r} is not a valid JSON Schema: "
-                f"{_bounded(reason)}"
+                f"{bounded(reason)}"
             ) from None
     return EventSchemas(validators, strict)
-
-
-def _bounded(text: str) -> str:
-    """A validator message for a refusal note or a log line: one line, bounded, printable."""
-    text = " ".join(text.split())
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "…"
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _pointer(path: Sequence[str | int]) -> str:
@@ -112,7 +102,7 @@ def check(schemas: EventSchemas, events: Sequence[NewEvent]) -> Refused | None:
         return Refused(
             EVENT_INVALID,
             f"event '{short(event.name)}' (batch[{position}]): "
-            f"{_bounded(_pointer(error.instance_path))}: {_bounded(error.message)}",
+            f"{bounded(_pointer(error.instance_path))}: {bounded(error.message)}",
             event=short(event.name),
             position=position,
         )

@@ -24,7 +24,7 @@ from gateway.config import LiveConfig
 from gateway.engine import SyncEngine
 from gateway.errors import CloseCode, Refusal, RefusalCode, RpcFailure
 from gateway.metrics import SessionCounters
-from gateway.peer import Peer
+from gateway.peer import Peer, PullGate
 from gateway.protocol import PushRequest
 from gateway.pushgate import Admitted as HasAdmission
 from gateway.store import Writer
@@ -85,10 +85,17 @@ def _info(connection: WsConnection) -> SessionInfo:
 class Sessions:
     """The open WebSocket sessions of one gateway."""
 
-    def __init__(self, settings: LiveConfig, engine: SyncEngine, push_gate: PushGate) -> None:
+    def __init__(
+        self,
+        settings: LiveConfig,
+        engine: SyncEngine,
+        push_gate: PushGate,
+        pull_gate: PullGate | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._push_gate = push_gate
+        self._pull_gate = pull_gate
         self.counters = SessionCounters()
         self._open: set[WsConnection] = set()
         self._expiries: dict[int, set[WsConnection]] = {}
@@ -206,6 +213,8 @@ class Sessions:
             # reads the session's admission at each push: a re-check may have renewed it.
             before_push=functools.partial(self._push_gate, info),
             writer=writer_of(admission),
+            pull_gate=self._pull_gate,
+            session=info,
         )
         info.started = time.monotonic()
         logger.info(

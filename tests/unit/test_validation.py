@@ -15,8 +15,8 @@ import pytest
 from gateway.configfile import build_config, load_event_schemas
 from gateway.errors import ConfigError
 from gateway.protocol import NewEvent
-from gateway.rules import EVENT_INVALID, EVENT_UNKNOWN, RulesConfig
-from gateway.validation import MASK, MAX_MESSAGE, EventSchemas, check, compile_schemas
+from gateway.rules import EVENT_INVALID, EVENT_UNKNOWN, MAX_MESSAGE, RulesConfig
+from gateway.validation import MASK, EventSchemas, check, compile_schemas
 
 TODO = {
     "$schema": "http://json-schema.org/draft-07/schema#",
