@@ -149,7 +149,7 @@ class HookRunner:
                     result = await hook.function(*args)
                 else:
                     result = await self._in_thread(hook, store_id, args)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in an async hook: a failure too
             timed_out = isinstance(exc, TimeoutError) and scope.expired()
             security.error(
                 "hook %s (%s) %s store=%s",
@@ -187,7 +187,8 @@ class HookRunner:
             try:
                 result = hook.function(*args)
             except BaseException as exc:  # handed to the loop, which logs it
-                error = exc
+                # SystemExit (sys.exit in a hook) must not stop the server: it is a failure.
+                error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
             try:
                 loop.call_soon_threadsafe(settle, result, error)
             except RuntimeError:  # the loop is closed: nobody waits any more

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway import frames, protocol
 from gateway.config import LiveConfig
@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.hub import Subscription
 from gateway.metrics import SessionCounters
 from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request, RequestId
+from gateway.pushgate import Admitted, PullGate
 from gateway.store import Writer
 
 logger = logging.getLogger(__name__)
@@ -48,15 +49,6 @@ logger = logging.getLogger(__name__)
 BeforePush = Callable[[PushRequest], Awaitable[RpcFailure | None]]
 # The pull side of the gate (the on_pull hook) for an HTTP call; a failure refuses the pull.
 BeforePull = Callable[[PullRequest], Awaitable[RpcFailure | None]]
-
-
-class PullGate(Protocol):
-    """The pull side of the gate (``gateway.pushgate.PushGate``), shared by all peers."""
-
-    @property
-    def pulls_checked(self) -> bool: ...
-
-    async def check_pull(self, session: Any, pull: PullRequest) -> RpcFailure | None: ...
 
 
 class Wire(Protocol):
@@ -123,7 +115,7 @@ class Peer:
         before_push: BeforePush | None = None,
         writer: Writer | None = None,
         pull_gate: PullGate | None = None,
-        session: object = None,
+        session: Admitted | None = None,
     ) -> None:
         self.connection = connection
         self.writer = writer
@@ -277,16 +269,12 @@ class Peer:
     # -- requests -------------------------------------------------------------------------
 
     async def _pull(
-        self,
-        pull: PullRequest,
-        opened: Backlog | None,
-        rid_json: bytes,
-        active: _Active,
-        *,
-        checked: bool = False,
-    ) -> None:
+        self, pull: PullRequest, opened: Backlog | None, rid_json: bytes, active: _Active, *,
+        checked: bool = False
+    ) -> None:  # fmt: skip
         subscription = active.subscription
         if checked and self._pull_gate is not None:
+            assert self._session is not None, "a peer with a pull gate has its session"
             refused = await self._pull_gate.check_pull(self._session, pull)
             if refused is not None:
                 active.subscription = None

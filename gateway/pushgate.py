@@ -41,6 +41,15 @@ class Admitted(Protocol):
     def admission(self) -> Admission: ...
 
 
+class PullGate(Protocol):
+    """The pull side of the gate, as the WebSocket peers see it (:class:`PushGate`)."""
+
+    @property
+    def pulls_checked(self) -> bool: ...
+
+    async def check_pull(self, session: Admitted, pull: PullRequest) -> UnknownFailure | None: ...
+
+
 class PushGate:
     """Callable as ``gate(session, push)``: None when the push may go on, else its failure."""
 

@@ -1,8 +1,8 @@
 """Push rules: who may write which events to which stores. Pure: no I/O, no clock.
 
-The configuration (``[rules]`` and its ``[[rules.push]]`` entries, README "Push rules") is
-plain data; :func:`compile_rules` turns it, once per load or reload, into matchers
-(precompiled regular expressions for the globs, frozensets for the claim values), and
+The configuration (``[rules]`` and its ``[[rules.push]]`` entries, README "Push rules and
+validation") is plain data; :func:`compile_rules` turns it, once per load or reload, into
+matchers (precompiled regular expressions for the globs, frozensets for the claim values), and
 :func:`decide` judges one pushed batch against them:
 
 1. A read-only credential (its ``read_only_claim`` holds one of ``read_only_values``, as a

@@ -108,3 +108,11 @@ def private_pulls(
 
 async def pull_raises(*_: Any) -> None:
     raise RuntimeError("pull hook broke")
+
+
+def exits(*_: Any) -> None:
+    raise SystemExit(3)
+
+
+async def exits_async(*_: Any) -> None:
+    raise SystemExit(3)

@@ -123,6 +123,9 @@ async def test_an_async_hook_runs_on_the_loop(make_gateway: MakeGateway, ws: Ope
     [
         ("raises", "the on_push hook failed (ValueError)"),
         ("returns_a_number", "the hook returned a int, not None or a reason"),
+        # sys.exit() in a hook is a failure of the hook, never the server's exit.
+        ("exits", "the on_push hook failed (RuntimeError)"),
+        ("exits_async", "the on_push hook failed (SystemExit)"),
     ],
 )
 async def test_a_hook_that_fails_refuses_and_is_logged_with_its_traceback(

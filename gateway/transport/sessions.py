@@ -24,9 +24,10 @@ from gateway.config import LiveConfig
 from gateway.engine import SyncEngine
 from gateway.errors import CloseCode, Refusal, RefusalCode, RpcFailure
 from gateway.metrics import SessionCounters
-from gateway.peer import Peer, PullGate
+from gateway.peer import Peer
 from gateway.protocol import PushRequest
 from gateway.pushgate import Admitted as HasAdmission
+from gateway.pushgate import PullGate
 from gateway.store import Writer
 from gateway.transport.ws import Session, WsConnection
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,3 +95,22 @@ def test_refusals_and_events() -> None:
         {"name": "v1.A", "args": {"x": 1}, "seqNum": 3},
         {"name": "v1.B", "args": None, "seqNum": 4},
     ]
+
+
+def test_the_readme_hooks_example_means_what_it_says() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.partition("\n### Hooks\n")[2]
+    config = tomllib.loads(section.partition("```toml\n")[2].partition("```")[0])
+    hooks = build_config(config, {}).hooks
+    assert parse_target("hooks.on_push", hooks.on_push) == ("myapp.sync_hooks", "check_push")
+    code = section.partition("```python\n")[2].partition("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    check_push, check_pull = namespace["check_push"], namespace["check_pull"]
+    deleted = [{"name": "v1.ProjectDeleted", "args": {}, "seqNum": 1}]
+    assert check_push("s", "bob", {"role": "owner"}, None, deleted) is None
+    assert (
+        check_push("s", "bob", {"role": "member"}, None, deleted) == "only owners delete projects"
+    )
+    assert asyncio.run(check_pull("org-acme", "bob", {"orgs": ["acme"]}, "app-1")) is None
+    assert asyncio.run(check_pull("org-evil", "bob", {"orgs": ["acme"]}, "app-1")) is not None

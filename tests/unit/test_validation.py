@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.configfile import build_config, load_event_schemas
@@ -158,3 +159,28 @@ def test_the_loader_names_what_is_wrong_with_the_file(tmp_path: Path) -> None:
 def test_strict_events_needs_a_schema_file() -> None:
     with pytest.raises(ConfigError, match=r"rules\.strict_events: needs a schema file"):
         build_config({"rules": {"strict_events": True}}, {})
+
+
+def readme_block(heading: str, language: str) -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.partition(f"\n### {heading}\n")[2]
+    return section.partition(f"```{language}\n")[2].partition("```")[0]
+
+
+def test_the_readme_schema_file_compiles_and_means_what_it_says() -> None:
+    schemas = compile_schemas(
+        orjson.loads(readme_block("Event validation", "json")), strict=True, source="README"
+    )
+    assert check(schemas, [ev("v1.TodoCreated", {"id": "a", "text": "milk"})]) is None
+    refused = check(schemas, [ev("v1.TodoCreated", {"id": "a"})])
+    assert refused is not None
+    assert (
+        refused.note
+        == "EVENT_INVALID: event 'v1.TodoCreated' (batch[0]): args: \"text\" is a required property"
+    )
+    refused = check(schemas, [ev("v1.TodoCompleted", {"id": "a"}), ev("v1.Unlisted", {}, 2)])
+    assert refused is not None
+    assert (
+        refused.note
+        == "EVENT_UNKNOWN: event 'v1.Unlisted' (batch[1]) has no schema (rules.strict_events)"
+    )
