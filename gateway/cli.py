@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 import uvloop
 
-from gateway import __version__, cli_admin, cli_client, log
+from gateway import __version__, cli_admin, cli_client, hookcall, log
 from gateway.app import Gateway
 from gateway.backup import DATABASE_NAME, BackupError, backup
 from gateway.cli_client import position
@@ -176,7 +176,9 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 def _check_config(config: Config) -> int:
     try:
-        load_event_schemas(config.rules)  # a broken schema file refuses the start too
+        # What the start would refuse too: a broken schema file, a hook that cannot be imported.
+        load_event_schemas(config.rules)
+        hookcall.resolve(config.hooks)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

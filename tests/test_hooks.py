@@ -24,7 +24,7 @@ from gateway.errors import ConfigError
 from gateway.hookcall import PER_STORE
 from tests import hooks_fixture
 from tests.helpers.clients import RpcClient
-from tests.helpers.daemon import Daemon, ws_url
+from tests.helpers.daemon import Daemon, run_cli, ws_url
 from tests.helpers.harness import MakeGateway
 from tests.helpers.http_client import http_push, http_rpc
 from tests.helpers.metrics import scrape
@@ -309,3 +309,30 @@ async def test_the_daemon_imports_a_hook_from_its_config(
         await daemon.wait_line(r"gateway\.security: push refused code=HOOK_REFUSED ")
     finally:
         await client.close()
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+async def test_check_config_imports_the_hooks_and_reads_the_schemas(tmp_path: Path) -> None:
+    """`gateway check-config` refuses what the start would: a hook module that cannot be
+    imported, a function it lacks, a schema file that is not a JSON object of schemas."""
+    config = tmp_path / "gateway.toml"
+    write(config, f'[hooks]\non_push = "{HOOKS}:refuse_deletes"\n')
+    rc, _, err = await run_cli("check-config", "--config", str(config))
+    assert rc == 0, err
+    write(config, f'[hooks]\non_pull = "{HOOKS}:nowhere"\n')
+    rc, _, err = await run_cli("check-config", "--config", str(config))
+    assert rc == 2
+    assert f"hooks.on_pull: {HOOKS} has no function 'nowhere'" in err
+    write(config, '[hooks]\non_push = "tests.no_such_module:f"\n')
+    rc, _, err = await run_cli("check-config", "--config", str(config))
+    assert rc == 2
+    assert "hooks.on_push: cannot import tests.no_such_module: ModuleNotFoundError" in err
+    schemas = tmp_path / "schemas.json"
+    write(schemas, '["not", "an", "object"]')
+    write(config, f'[rules]\nevent_schemas = "{schemas}"\n')
+    rc, _, err = await run_cli("check-config", "--config", str(config))
+    assert rc == 2
+    assert "expected a JSON object of schemas" in err
