@@ -336,3 +336,22 @@ async def test_check_config_imports_the_hooks_and_reads_the_schemas(tmp_path: Pa
     rc, _, err = await run_cli("check-config", "--config", str(config))
     assert rc == 2
     assert "expected a JSON object of schemas" in err
+
+
+async def test_a_reload_that_adds_a_hook_gives_it_the_claims_of_open_sessions(
+    make_gateway: MakeGateway, ws: Opener
+) -> None:
+    """Sessions opened with neither rules nor hooks keep no claims; a reload that configures
+    a hook renews them (the re-check), so the hook judges an open session by its token."""
+    gw = await make_gateway(**auth_config(read_only_claim=""))
+    store = new_store_id("private")
+    admin = await ws(gw, store, jwt_payload("ada", role="admin"))
+    vera = await ws(gw, store, jwt_payload("vera", role="viewer"))
+    config = gw.gw.config
+    hooked = dataclasses.replace(config.hooks, on_pull=f"{HOOKS}:private_pulls")
+    await gw.gw.reload(dataclasses.replace(config, hooks=hooked))
+    assert seqs_of(await admin.pull()) == []
+    rid = await vera.send_pull(None, live=False)
+    error = assert_fail(await vera.wait_exit(rid), "UnknownError")
+    assert error["note"] == f"PULL_FORBIDDEN: vera may not read {store}"
+    assert [c["claims"].get("role") for c in hooks_fixture.CALLS] == ["admin", "viewer"]
