@@ -44,8 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compression", action="store_true", help="skip the deflate study")
     parser.add_argument(
         "--only",
-        help="comma-separated subset: handshake,handshake_tls,fanout,durable_push,catchup,idle,"
-        "compression,fanout2,client (or one half of it: client_follow, client_commit)",
+        help="comma-separated subset: handshake,handshake_tls,fanout,durable_push,catchup,"
+        "push_rules,idle,compression,fanout2,client (or one half of it: client_follow, "
+        "client_commit)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(

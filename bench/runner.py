@@ -38,6 +38,7 @@ from bench.rigs.handshake import HandshakeResult, handshake
 from bench.rigs.handshake_tls import handshake_tls
 from bench.rigs.idle import IdleResult, idle
 from bench.rigs.multinode import two_nodes
+from bench.rigs.push_rules import push_rules
 from bench.sizes import Sizes
 from bench.studies.compression import compression_study
 from bench.studies.floor import floor_server
@@ -81,7 +82,11 @@ class Bench:
         return server
 
     async def gateway(
-        self, env: dict[str, str] | None = None, *, certs: Certs | None = None
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        certs: Certs | None = None,
+        args: tuple[str, ...] = (),
     ) -> Server:
         self._servers += 1
         n = self._servers
@@ -93,6 +98,7 @@ class Bench:
             self.bypass,
         )
         server.env.update(env or {})
+        server.argv.extend(args)
         if certs is not None:
             server.env["GATEWAY_SERVER_TLS_CERT_FILE"] = str(certs.cert_file)
             server.env["GATEWAY_SERVER_TLS_KEY_FILE"] = str(certs.key_file)
@@ -347,6 +353,8 @@ class Bench:
         on_shared = ("handshake", "handshake_tls", "fanout", "durable_push", "catchup")
         if any(self.wants(name) for name in on_shared):
             await self.shared()
+        if self.wants("push_rules"):
+            res["push_rules"] = await push_rules(self)
         if self.wants("fanout2"):
             res["fanout2"] = await two_nodes(
                 self.gateway,

@@ -27,6 +27,9 @@ class Sizes:
     fan_saturated_s: float = 4.0
     fan_saturated_rounds: int = 2
     fan_window: int = 16
+    # 3b. push rules: durable pushes without / with 10 rules and 20 event schemas
+    rules_s: float = 2.5
+    rules_rounds: int = 6
     # 3. durable pushes
     dur_pushers: int = 32
     dur_batch: int = 10
@@ -85,6 +88,8 @@ SMOKE = Sizes(
     dur_batch=5,
     dur_s=0.3,
     dur_single_batch=0,
+    rules_s=0.3,
+    rules_rounds=1,
     idle_connections=50,
     idle_stores=2,
     idle_warmup=5,

@@ -28,9 +28,11 @@ from gateway.admin.service import AdminService
 from gateway.admission import Admission, Admitted, PayloadContext, ValidatePayload
 from gateway.auth.gate import AuthGate
 from gateway.config import Config, LiveConfig, StoreBackend, StoreConfig, parse_listen
+from gateway.configfile import load_event_schemas
 from gateway.daemon import serve
 from gateway.engine import SyncEngine
 from gateway.errors import ConfigError, Refusal, StoreError
+from gateway.hookcall import Hooks, resolve
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.peer import http_call
@@ -42,6 +44,7 @@ from gateway.systemd import Notifier
 from gateway.transport.endpoints import Endpoints
 from gateway.transport.listener import Listener
 from gateway.transport.sessions import Sessions, writer_of
+from gateway.validation import EventSchemas
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +101,10 @@ class Gateway:
         )
         self.auth = AuthGate(config.auth)
         self.push_gate = PushGate(self.auth.wait_push, self.metrics.counters)
-        self._apply_rules(compile_rules(config.rules))
-        self.sessions = Sessions(self.settings, self.engine, self.push_gate)
+        self._apply_rules(
+            compile_rules(config.rules), load_event_schemas(config.rules), resolve(config.hooks)
+        )
+        self.sessions = Sessions(self.settings, self.engine, self.push_gate, self.push_gate)
         self.engine.on_retired = self._retired
         self.revocations = Revocations(
             self.store,
@@ -252,18 +257,24 @@ class Gateway:
         self.sessions.disconnect(store_id=store_id, reason=reason)
 
     async def _http_call(self, admitted: Admitted, request: protocol.Request) -> list[bytes]:
-        before_push = functools.partial(self.push_gate, admitted)
+        gate = self.push_gate
         return await http_call(
             self.engine,
             admitted.target.store_id,
             request,
-            before_push,
+            functools.partial(gate, admitted),
             writer_of(admitted.admission),
+            functools.partial(gate.check_pull, admitted) if gate.pulls_checked else None,
         )
 
-    def _apply_rules(self, rules: PushRules) -> None:
-        """Put push rules in force: the gate judges with them, admissions keep their claims."""
+    def _apply_rules(self, rules: PushRules, schemas: EventSchemas, hooks: Hooks) -> None:
+        """Put push rules, event schemas and hooks in force: the gate judges with them,
+        admissions keep the claims the rules read (all of them for a hook)."""
+        if hooks.active:
+            rules = dataclasses.replace(rules, all_claims=True)
         self.push_gate.rules = rules
+        self.push_gate.schemas = schemas
+        self.push_gate.hooks = hooks
         self.auth.push_rules = rules
 
     async def _unload_forever(self) -> None:
@@ -280,11 +291,12 @@ class Gateway:
     async def reload(self, new: Config) -> None:
         """Apply a new configuration without dropping connections.
 
-        Live: auth policy and keys, push rules, bypass token, grace window, limits, keepalive
-        and timeouts, store unloading, log level, metrics (README, "Lifecycle", says what each
-        does to open sessions). Sessions whose credentials the new policy refuses are closed
-        (4003, or 4001 when the token is merely expired). Raises ConfigError, changing
-        nothing, when ``new`` changes a restart-only setting or its keys cannot be loaded.
+        Live: auth policy and keys, push rules, event schemas, hooks, bypass token, grace
+        window, limits, keepalive and timeouts, store unloading, log level, metrics (README,
+        "Lifecycle", says what each does to open sessions). Sessions whose credentials the new
+        policy refuses are closed (4003, or 4001 when the token is merely expired). Raises
+        ConfigError, changing nothing, when ``new`` changes a restart-only setting or its keys,
+        schemas or hooks cannot be loaded.
         """
         for section, key in RESTART_ONLY:
             if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
@@ -296,8 +308,10 @@ class Gateway:
         # and then the old chain and the old configuration stay).
         self.listener.reload_tls(new.server.tls_cert_file, new.server.tls_key_file)
         rules = compile_rules(new.rules)
+        schemas = load_event_schemas(new.rules)
+        hooks = resolve(new.hooks, reload=True)  # re-imports the hooks' modules
         self.auth.apply(new.auth)  # raises ConfigError before anything else changed
-        self._apply_rules(rules)
+        self._apply_rules(rules, schemas, hooks)
         self.settings.swap(new)
         logger.info("configuration reloaded")
         logging.getLogger().setLevel(new.log.level.upper())

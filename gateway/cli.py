@@ -20,12 +20,18 @@ from typing import Any
 import jwt
 import uvloop
 
-from gateway import __version__, cli_admin, cli_client, log
+from gateway import __version__, cli_admin, cli_client, hookcall, log
 from gateway.app import Gateway
 from gateway.backup import DATABASE_NAME, BackupError, backup
 from gateway.cli_client import position
 from gateway.config import HMAC_ALGORITHMS, Config
-from gateway.configfile import SECRET_KEYS, as_dict, load_config, parse_duration
+from gateway.configfile import (
+    SECRET_KEYS,
+    as_dict,
+    load_config,
+    load_event_schemas,
+    parse_duration,
+)
 from gateway.errors import ConfigError, StoreError
 from gateway.migrate import MigrationError, SqliteSource, migrate
 from gateway.systemd import Notifier
@@ -169,6 +175,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _check_config(config: Config) -> int:
+    try:
+        # What the start would refuse too: a broken schema file, a hook that cannot be imported.
+        load_event_schemas(config.rules)
+        hookcall.resolve(config.hooks)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     shown = as_dict(config)
     for section, key in SECRET_KEYS:
         if shown[section][key]:

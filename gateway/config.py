@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.errors import ConfigError
+from gateway.hooks import HooksConfig, validate_hooks
 from gateway.rules import RulesConfig, validate_rules
 
 StoreBackend = Literal["sqlite", "postgres"]
@@ -205,6 +206,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
 
 class LiveConfig:
@@ -318,6 +320,7 @@ def validate(config: Config) -> Config:
     _validate_auth(config.auth)
     _validate_admin(config)
     validate_rules(config.rules)
+    validate_hooks(config.hooks)
     if config.auth.require_auth and config.auth.cookie_name:
         # A browser attaches the cookie to a WebSocket opened by any site (browsers apply no
         # CORS to WebSockets): cookie auth needs an Origin allowlist.

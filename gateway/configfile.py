@@ -31,7 +31,9 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import ConfigError
+from gateway.hooks import HooksConfig
 from gateway.rules import RulesConfig
+from gateway.validation import EventSchemas, compile_schemas
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -42,6 +44,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "admin": AdminConfig,
     "rules": RulesConfig,
+    "hooks": HooksConfig,
 }
 
 # Environment names used by the seed deployments, accepted as they are.
@@ -323,3 +326,21 @@ def make_config(**flat: Any) -> Config:
 def as_dict(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data (for ``check-config``)."""
     return dataclasses.asdict(config)
+
+
+def load_event_schemas(rules: RulesConfig) -> EventSchemas:
+    """The compiled ``[rules] event_schemas`` file (none configured: nothing to check).
+
+    Raises:
+        ConfigError: the file cannot be read, is not JSON, or holds an invalid schema.
+    """
+    path = rules.event_schemas
+    if not path:
+        return EventSchemas()
+    try:
+        document = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"rules.event_schemas: cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"rules.event_schemas: {path}: not JSON: {exc}") from None
+    return compile_schemas(document, strict=rules.strict_events, source=path)

@@ -32,6 +32,8 @@ class EngineCounters:
     pushes_accepted: int = 0
     events_accepted: int = 0
     pushes_rejected: Counter[str] = field(default_factory=Counter)
+    # Pulls refused by the on_pull hook (gateway.pushgate), by reason.
+    pulls_rejected: Counter[str] = field(default_factory=Counter)
     stores_unloaded: int = 0
     frames_delivered: int = 0
 
@@ -129,9 +131,16 @@ def families(
     yield labelled_counter(
         "gateway_pushes_rejected",
         "Pushes rejected, by reason (server_ahead, backend_mismatch, invalid_batch, storage, "
-        "unknown_outcome; forbidden and read_only: refused by the push rules).",
+        "unknown_outcome; forbidden and read_only: refused by the push rules; invalid and "
+        "unknown_event: by the event schemas; hook: by the on_push hook).",
         "reason",
         engine.pushes_rejected,
+    )
+    yield labelled_counter(
+        "gateway_pulls_rejected",
+        "Pulls refused, by reason (hook: by the on_pull hook).",
+        "reason",
+        engine.pulls_rejected,
     )
     yield counter(
         "gateway_server_ahead",

@@ -41,12 +41,15 @@ from gateway.errors import (
 from gateway.hub import Subscription
 from gateway.metrics import SessionCounters
 from gateway.protocol import PING, Ack, Interrupt, PullRequest, PushRequest, Request, RequestId
+from gateway.pushgate import Admitted, PullGate
 from gateway.store import Writer
 
 logger = logging.getLogger(__name__)
 
 # The push gate (gateway.pushgate): rules and rate limiting; a failure refuses the batch.
 BeforePush = Callable[[PushRequest], Awaitable[RpcFailure | None]]
+# The pull side of the gate (the on_pull hook) for an HTTP call; a failure refuses the pull.
+BeforePull = Callable[[PullRequest], Awaitable[RpcFailure | None]]
 
 
 class Wire(Protocol):
@@ -89,6 +92,8 @@ class Peer:
         "_active",
         "_before_push",
         "_evicted",
+        "_pull_gate",
+        "_session",
         "attributed",
         "connection",
         "counters",
@@ -111,6 +116,8 @@ class Peer:
         counters: SessionCounters,
         before_push: BeforePush | None = None,
         writer: Writer | None = None,
+        pull_gate: PullGate | None = None,
+        session: Admitted | None = None,
     ) -> None:
         self.connection = connection
         self.writer = writer
@@ -122,6 +129,9 @@ class Peer:
         self.settings = settings
         self.counters = counters
         self._before_push = before_push
+        # The pull gate and what it is given of this session (its SessionInfo).
+        self._pull_gate = pull_gate
+        self._session = session
         self._active: dict[RequestId, _Active] = {}
         self._evicted = False
         self.events_in = 0
@@ -204,7 +214,10 @@ class Peer:
                 if pull.live
                 else None
             )
-            opened = self.engine.open_pull_now(pull, subscription)
+            gate = self._pull_gate
+            # A checked pull is opened in its task, once the gate has let it through.
+            checked = gate is not None and gate.pulls_checked
+            opened = None if checked else self.engine.open_pull_now(pull, subscription)
             if isinstance(opened, RpcFailure):
                 self.write(frames.exit_fail(rid_json, opened))
                 return
@@ -219,7 +232,7 @@ class Peer:
                 subscription.go_live()
                 return
             active.subscription = subscription
-            runner = self._pull(pull, opened, rid_json, active)
+            runner = self._pull(pull, opened, rid_json, active, checked=checked)
         self._active[request.id] = active
         task = asyncio.get_running_loop().create_task(runner)
         active.task = task
@@ -264,9 +277,17 @@ class Peer:
     # -- requests -------------------------------------------------------------------------
 
     async def _pull(
-        self, pull: PullRequest, opened: Backlog | None, rid_json: bytes, active: _Active
-    ) -> None:
+        self, pull: PullRequest, opened: Backlog | None, rid_json: bytes, active: _Active, *,
+        checked: bool = False
+    ) -> None:  # fmt: skip
         subscription = active.subscription
+        if checked and self._pull_gate is not None:
+            assert self._session is not None, "a peer with a pull gate has its session"
+            refused = await self._pull_gate.check_pull(self._session, pull)
+            if refused is not None:
+                active.subscription = None
+                self.write(frames.exit_fail(rid_json, refused))
+                return
         try:
             if opened is None:
                 answer = await self.engine.open_pull(pull, subscription)
@@ -356,6 +377,7 @@ async def http_call(
     request: Request,
     before_push: BeforePush,
     writer: Writer | None = None,
+    before_pull: BeforePull | None = None,
 ) -> list[bytes]:
     """Run one HTTP-transport request; the frames the WebSocket would have sent for it, the
     last being its ``Exit`` (spec §10)."""
@@ -376,6 +398,9 @@ async def http_call(
         if error is None:
             return [frames.exit_success(rid, frames.PUSH_ACK)]
         return [frames.exit_fail(rid, error)]
+    refused = await before_pull(decoded) if before_pull is not None else None
+    if refused is not None:
+        return [frames.exit_fail(rid, refused)]
     opened = await engine.open_pull(decoded)
     if isinstance(opened, RpcFailure):
         return [frames.exit_fail(rid, opened)]

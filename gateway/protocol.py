@@ -194,8 +194,10 @@ class NewEvent:
     seq: int
     parent: int
     data: bytes
-    # The event's name, for the push rules (it is also inside ``data``).
+    # The event's name and its decoded ``args`` (None when absent), for the push rules, the
+    # event schemas and the hooks (both are also inside ``data``).
     name: str = ""
+    args: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +289,7 @@ def _encode_event(event: object, index: int) -> NewEvent:
     canonical["parentSeqNum"] = parent
     canonical["clientId"] = event["clientId"]
     canonical["sessionId"] = event["sessionId"]
-    return NewEvent(seq, parent, dumps(canonical), event["name"])
+    return NewEvent(seq, parent, dumps(canonical), event["name"], event.get("args"))
 
 
 def decode_push(payload: dict[str, Any]) -> PushRequest:

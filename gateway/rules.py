@@ -1,8 +1,8 @@
 """Push rules: who may write which events to which stores. Pure: no I/O, no clock.
 
-The configuration (``[rules]`` and its ``[[rules.push]]`` entries, README "Push rules") is
-plain data; :func:`compile_rules` turns it, once per load or reload, into matchers
-(precompiled regular expressions for the globs, frozensets for the claim values), and
+The configuration (``[rules]`` and its ``[[rules.push]]`` entries, README "Push rules and
+validation") is plain data; :func:`compile_rules` turns it, once per load or reload, into
+matchers (precompiled regular expressions for the globs, frozensets for the claim values), and
 :func:`decide` judges one pushed batch against them:
 
 1. A read-only credential (its ``read_only_claim`` holds one of ``read_only_values``, as a
@@ -41,7 +41,22 @@ _KIND_OF_REASON: Final = {
 # `gateway_pushes_rejected_total` reasons they are counted under.
 READ_ONLY: Final = "READ_ONLY"
 PUSH_FORBIDDEN: Final = "PUSH_FORBIDDEN"
-METRIC_REASONS: Final = {READ_ONLY: "read_only", PUSH_FORBIDDEN: "forbidden"}
+# Event validation (gateway.validation) and the push hook (gateway.hooks).
+EVENT_INVALID: Final = "EVENT_INVALID"
+EVENT_UNKNOWN: Final = "EVENT_UNKNOWN"
+HOOK_REFUSED: Final = "HOOK_REFUSED"
+# A pull refused by the on_pull hook (counted in gateway_pulls_rejected_total).
+PULL_FORBIDDEN: Final = "PULL_FORBIDDEN"
+METRIC_REASONS: Final = {
+    READ_ONLY: "read_only",
+    PUSH_FORBIDDEN: "forbidden",
+    EVENT_INVALID: "invalid",
+    EVENT_UNKNOWN: "unknown_event",
+    HOOK_REFUSED: "hook",
+    PULL_FORBIDDEN: "hook",
+}
+# How long a message from a validator or a hook may be in a refusal (characters).
+MAX_MESSAGE: Final = 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,12 +88,19 @@ class RulesConfig:
     read_only_values: tuple[str, ...] = ("read",)
     # First match wins per event; no match: allowed.
     push: tuple[PushRule, ...] = ()
+    # A JSON file mapping event names to the JSON Schema of their `args` ("" disables
+    # validation); read and compiled at start and on reload (gateway.validation).
+    event_schemas: str = ""
+    # Refuse events whose name has no schema in the file.
+    strict_events: bool = False
 
 
 def validate_rules(config: RulesConfig) -> None:
     """Raise ConfigError naming the key when a rule cannot mean what it says."""
     if config.read_only_claim and not config.read_only_values:
         raise ConfigError("rules.read_only_values: at least one value with read_only_claim")
+    if config.strict_events and not config.event_schemas:
+        raise ConfigError("rules.strict_events: needs a schema file in rules.event_schemas")
     for index, rule in enumerate(config.push):
         where = f"rules.push[{index}]"
         for key in ("stores", "events", "subjects"):
@@ -131,8 +153,10 @@ class PushRules:
     rules: tuple[CompiledRule, ...] = ()
     read_only_claim: str = ""
     read_only_values: frozenset[str] = frozenset()
-    # The JWT claims a session must keep for the rules (the rest are dropped at admission).
+    # The JWT claims a session must keep for the rules (the rest are dropped at admission),
+    # or all of them (a hook is configured: it gets the claims).
     claim_names: frozenset[str] = frozenset()
+    all_claims: bool = False
 
     @property
     def active(self) -> bool:
@@ -180,7 +204,9 @@ def session_kind(reason: str) -> str:
 
 
 def keep_claims(claims: Mapping[str, object], rules: PushRules) -> dict[str, object] | None:
-    """The part of a verified token's claims the rules read (None when they read none)."""
+    """The part of a verified token's claims the rules (or a hook) read (None: none)."""
+    if rules.all_claims:
+        return dict(claims) or None
     kept = {name: claims[name] for name in rules.claim_names if name in claims}
     return kept or None
 
@@ -211,12 +237,21 @@ def _holds(claims: Mapping[str, object] | None, name: str, allowed: frozenset[st
     return any(text in allowed for text in _texts(claims[name]))
 
 
-def _short(name: str) -> str:
+def short(name: str) -> str:
     """An event name for a message or a log line: a client chose it, so it is bounded and
     its control characters (a newline would forge a log line) are escaped."""
     if len(name) > 120:
         name = name[:120] + "…"
     return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
+def bounded(text: str) -> str:
+    """A message from a validator or a hook for a refusal note or a log line: one line,
+    bounded in length, control characters escaped."""
+    text = " ".join(text.split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "…"
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +311,8 @@ def decide(
         if first is not None and not first.allow:
             return Refused(
                 PUSH_FORBIDDEN,
-                f"event '{_short(name)}' (batch[{position}]) is denied by {first.label}",
-                event=_short(name),
+                f"event '{short(name)}' (batch[{position}]) is denied by {first.label}",
+                event=short(name),
                 position=position,
                 rule=first.index,
             )

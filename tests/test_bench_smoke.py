@@ -147,6 +147,14 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
         assert _number(report["ratios"][scenario]["acked_events_per_s"])
     assert "Python client" in proc.stdout
 
+    # The push path without and with 10 rules + 20 event schemas, on one gateway (SIGHUP).
+    rules = res["push_rules"]
+    for mode in ("plain", "rules"):
+        assert rules[mode]["acked_events"] > 0, mode
+        assert _number(rules[mode]["server_cpu_us_per_event"]), mode
+    assert len(rules["paired"]["ratios"]) == 1, rules["paired"]
+    assert "push rules (10 rules, 20 event schemas, strict)" in proc.stdout
+
     for key in ("none", "deflate"):
         study = res["compression"][key]
         assert study["wire_bytes_per_event"] > 0
@@ -157,7 +165,7 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     assert _number(report["ratios"]["handshake_tls_vs_plain"]["gateway.handshakes_per_s"])
     names = {t["name"] for t in report["targets"]}
     assert {"fanout_cpu", "fanout_p99", "handshakes", "idle_memory", "catchup"} <= names
-    assert {"client_follow", "client_commit", "client_many"} <= names
+    assert {"client_follow", "client_commit", "client_many", "push_rules"} <= names
     for target in report["targets"]:
         assert target["met"] is None
         if target["name"] != "durable_push_b1":  # skipped at smoke size

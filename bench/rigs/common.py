@@ -30,6 +30,8 @@ class Auth:
 
     secret: str
     pool: int = 256
+    # Claims every token carries beside sub, iat and exp (the push-rules rig's role, ...).
+    claims: dict[str, object] = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)
     _payloads: list[dict[str, str]] = field(default_factory=list)
     _wire: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
@@ -38,7 +40,7 @@ class Auth:
         now = int(time.time())
         self.tokens = [
             jwt.encode(
-                {"sub": f"bench-user-{i}", "iat": now, "exp": now + 3 * 3600},
+                {"sub": f"bench-user-{i}", "iat": now, "exp": now + 3 * 3600} | self.claims,
                 self.secret,
                 algorithm="HS256",
             )

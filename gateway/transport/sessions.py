@@ -27,6 +27,7 @@ from gateway.metrics import SessionCounters
 from gateway.peer import Peer
 from gateway.protocol import PushRequest
 from gateway.pushgate import Admitted as HasAdmission
+from gateway.pushgate import PullGate
 from gateway.store import Writer
 from gateway.transport.ws import Session, WsConnection
 
@@ -85,10 +86,17 @@ def _info(connection: WsConnection) -> SessionInfo:
 class Sessions:
     """The open WebSocket sessions of one gateway."""
 
-    def __init__(self, settings: LiveConfig, engine: SyncEngine, push_gate: PushGate) -> None:
+    def __init__(
+        self,
+        settings: LiveConfig,
+        engine: SyncEngine,
+        push_gate: PushGate,
+        pull_gate: PullGate | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._push_gate = push_gate
+        self._pull_gate = pull_gate
         self.counters = SessionCounters()
         self._open: set[WsConnection] = set()
         self._expiries: dict[int, set[WsConnection]] = {}
@@ -206,6 +214,8 @@ class Sessions:
             # reads the session's admission at each push: a re-check may have renewed it.
             before_push=functools.partial(self._push_gate, info),
             writer=writer_of(admission),
+            pull_gate=self._pull_gate,
+            session=info,
         )
         info.started = time.monotonic()
         logger.info(

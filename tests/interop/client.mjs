@@ -194,24 +194,13 @@ globalThis.fetch = async (input, init) => {
 // ---------------------------------------------------------------------------------------------------------
 // LiveStore (imported only now, after the polyfill).
 const { makeAdapter } = await import('@livestore/adapter-node')
-const { createStorePromise, Events, makeSchema, makeShutdownDeferred, Schema, State, StoreInternalsSymbol } =
-  await import('@livestore/livestore')
+const { createStorePromise, makeSchema, makeShutdownDeferred, State, StoreInternalsSymbol } = await import(
+  '@livestore/livestore'
+)
 const { makeWsSync, makeHttpSync } = await import('@livestore/sync-cf/client')
 const { Cause, Deferred, Effect, Exit } = await import('effect')
-
-const todos = State.SQLite.table({
-  name: 'todos',
-  columns: {
-    id: State.SQLite.text({ primaryKey: true }),
-    text: State.SQLite.text({ default: '' }),
-  },
-})
-const events = {
-  todoCreated: Events.synced({
-    name: 'v1.TodoCreated',
-    schema: Schema.Struct({ id: Schema.String, text: Schema.String }),
-  }),
-}
+// The app's table and events, shared with event_schemas.mjs (which prints their JSON Schemas).
+const { events, todos } = await import('./app_events.mjs')
 const materializers = State.SQLite.materializers(events, {
   'v1.TodoCreated': ({ id, text }) => todos.insert({ id, text }),
 })

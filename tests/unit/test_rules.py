@@ -467,9 +467,10 @@ def test_env_push_rules_must_be_json() -> None:
 
 
 def test_the_readme_example_loads_and_means_what_it_says() -> None:
-    """The ``[rules]`` example of the README's "Push rules" section, read by the real loader."""
+    """The ``[rules]`` example of the README's "Push rules and validation" section, read by
+    the real loader."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.partition("\n## Push rules\n")[2]
+    section = readme.partition("\n## Push rules and validation\n")[2]
     example = section.partition("```toml\n")[2].partition("```")[0]
     rules = compile_rules(build_config(tomllib.loads(example), {}).rules)
 
