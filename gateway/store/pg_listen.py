@@ -39,6 +39,14 @@ class PostgresListener:
     _on_revoked: Callable[[], None] | None = None
 
     _on_disconnect: Callable[[dict[str, str]], None] | None = None
+    _on_commits: Callable[[list[tuple[str, int]]], None] | None = None
+
+    def set_group_commit_listener(
+        self, on_commits: Callable[[list[tuple[str, int]]], None]
+    ) -> None:
+        """``on_commits([(store_id, head), ...])`` for a group's announcement, instead of one
+        ``on_commit`` per store (so a node can read the group's events in one query)."""
+        self._on_commits = on_commits
 
     def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
         """``on_revoked()`` when another node recorded a revocation."""
@@ -70,7 +78,9 @@ class PostgresListener:
             message = orjson.loads(payload)  # type: ignore[arg-type]
             if "c" in message:  # a group's commits: [[store_id, head], ...]
                 commits = [(str(s), int(h)) for s, h in message["c"]]
-                if self._on_commit is not None:
+                if self._on_commits is not None:
+                    self._on_commits(commits)
+                elif self._on_commit is not None:
                     for store_id, head in commits:
                         self._on_commit(store_id, head)
                 return

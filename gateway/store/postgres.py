@@ -336,6 +336,28 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         )
         return [StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"])) for r in rows]
 
+    async def read_ranges(
+        self, ranges: Sequence[tuple[str, int, int]]
+    ) -> dict[str, list[StoredEvent]]:
+        """Events ``(after, upto]`` of several stores in one query, by store, in order."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT e.store_id, e.seq, e.parent, e.created_ms, e.data "
+                "FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(s, a, u) "
+                "JOIN events e ON e.store_id = r.s AND e.seq > r.a AND e.seq <= r.u "
+                "ORDER BY e.store_id, e.seq",
+                [r[0] for r in ranges],
+                [r[1] for r in ranges],
+                [r[2] for r in ranges],
+            )
+        )
+        out: dict[str, list[StoredEvent]] = {}
+        for r in rows:
+            out.setdefault(r["store_id"], []).append(
+                StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"]))
+            )
+        return out
+
     async def _read_attributed(
         self, store_id: str, after: int, upto: int, limit: int
     ) -> list[StoredEvent]:
