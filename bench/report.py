@@ -18,7 +18,7 @@ import orjson
 
 from bench.machine import Machine, SourceState
 from bench.results import dig, fmt, to_json
-from bench.rigs import client, handshake_tls, push_rules
+from bench.rigs import client, handshake_tls, pg_throughput, push_rules
 from bench.sizes import Sizes
 from bench.studies import compression, floor
 
@@ -80,6 +80,22 @@ TARGETS: list[tuple[str, str, tuple[str, ...], str, float, str]] = [
         1.2,
         "server CPU per acked event with 10 push rules + 20 event schemas <= 1.2x without "
         "(median of paired rounds)",
+    ),
+    (
+        "pg_aggregate",
+        "pg_throughput",
+        ("acked_events_per_s",),
+        ">=",
+        5000.0,
+        "PostgreSQL, 2 nodes, 200 stores: durable acked events/s in aggregate >= 5,000 (B=1)",
+    ),
+    (
+        "pg_hot_store",
+        "pg_throughput",
+        ("hot_pushes_per_s",),
+        ">=",
+        300.0,
+        "PostgreSQL, 2 nodes: acked pushes/s on one hot store >= 300 (many clients, B=1)",
     ),
     (
         "catchup",
@@ -362,6 +378,7 @@ def table(report: dict[str, Any]) -> str:
             "us",
         )
 
+    rows.extend(pg_throughput.table_rows(res))
     header = ("measurement", "unit", "gateway", "baseline", "gw/base")
     cells = [header] + [
         (r[0], r[1], fmt(r[2]) if r[1] else "", fmt(r[3]) if r[1] else "", r[4]) for r in rows

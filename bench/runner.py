@@ -38,6 +38,7 @@ from bench.rigs.handshake import HandshakeResult, handshake
 from bench.rigs.handshake_tls import handshake_tls
 from bench.rigs.idle import IdleResult, idle
 from bench.rigs.multinode import two_nodes
+from bench.rigs.pg_throughput import pg_throughput
 from bench.rigs.push_rules import push_rules
 from bench.sizes import Sizes
 from bench.studies.compression import compression_study
@@ -365,6 +366,17 @@ class Bench:
                 subscribers=s.mn_subscribers,
                 rate=s.mn_rate,
                 duration=s.mn_s,
+                concurrency=s.concurrency,
+            )
+        if self.wants("pg_throughput"):
+            res["pg_throughput"] = await pg_throughput(
+                self.gateway,
+                self.auth,
+                self.log,
+                self.timings,
+                stores=s.pg_stores,
+                hot_clients=s.pg_hot,
+                duration=s.pg_s,
                 concurrency=s.concurrency,
             )
         if self.wants("idle"):

@@ -56,6 +56,11 @@ class Sizes:
     # take ~10 ms (a PostgreSQL commit), so far above ~70/s per store the pushers fall behind.
     mn_rate: float = 50.0
     mn_s: float = 4.0
+    # 8. PostgreSQL throughput: two gateways, single-event pushers on pg_stores stores (one
+    # each, back to back) and pg_hot clients on one hot store, for pg_s seconds.
+    pg_stores: int = 200
+    pg_hot: int = 16
+    pg_s: float = 10.0
     # 7. the Python client (gateway.client) against the load generator
     client_events: int = 100_000  # the store the follow measurement reads
     client_follow_runs: int = 3
@@ -104,6 +109,9 @@ SMOKE = Sizes(
     mn_subscribers=4,
     mn_rate=20.0,
     mn_s=0.3,
+    pg_stores=4,
+    pg_hot=2,
+    pg_s=0.3,
     client_events=1000,
     client_follow_runs=1,
     client_tasks=4,

@@ -84,6 +84,9 @@ class SyncEngine(Follower, StoreLifecycle):
         if self.shared:
             shared: SharedEventStore = store  # type: ignore[assignment]
             shared.set_commit_listener(self.on_commit, self.on_reconnect, self.on_retired_elsewhere)
+            on_group = getattr(store, "set_group_commit_listener", None)
+            if on_group is not None:
+                on_group(self.on_commits)
 
     @property
     def stores_loaded(self) -> int:

@@ -18,12 +18,15 @@ from gateway import frames
 from gateway.errors import StoreError
 from gateway.hub import Hub
 from gateway.metrics import EngineCounters
-from gateway.store import EventStore, SharedEventStore
+from gateway.store import EventStore, SharedEventStore, StoredEvent
 
 logger = logging.getLogger("gateway.engine")
 
 # Rows fetched from the store per read during catch-up.
 READ_BATCH = 1000
+
+# A group's announced stores are read in one query when each is at most this far behind.
+GROUP_READ_SPAN = 100
 
 
 @dataclass(slots=True)
@@ -69,6 +72,58 @@ class Follower:
             return
         if head > state.head:
             self._spawn(self._catch_up(state, head))
+
+    def on_commits(self, commits: list[tuple[str, int]]) -> None:
+        """A group's commits were announced: the stores this node is behind on are read
+        together (one query), the others as :meth:`on_commit` does."""
+        behind: list[tuple[StoreState, int]] = []
+        for store_id, head in commits:
+            state = self._states.get(store_id)
+            if (
+                state is None
+                or state.lock.locked()  # most likely this node's own push, about to publish
+                or head - state.head > GROUP_READ_SPAN
+                or self.hub.wants_attribution(store_id)
+            ):
+                self.on_commit(store_id, head)
+            elif head > state.head:
+                behind.append((state, head))
+        if len(behind) == 1:
+            self._spawn(self._catch_up(*behind[0]))
+        elif behind:
+            self._spawn(self._catch_up_group(behind))
+
+    async def _catch_up_group(self, behind: list[tuple[StoreState, int]]) -> None:
+        """Read the new events of several stores at once, then publish each store's under its
+        lock: only rows that continue what it published (it may have moved meanwhile); the
+        rest, if any, the usual way (:meth:`_publish_range`)."""
+        read_ranges = getattr(self.store, "read_ranges", None)
+        rows: dict[str, list[StoredEvent]] = {}
+        if read_ranges is not None:
+            try:
+                rows = await read_ranges([(s.store_id, s.head, head) for s, head in behind])
+            except StoreError as exc:
+                logger.info("reading a group's commits failed (%s); one store at a time", exc)
+        await asyncio.gather(*(self._publish_read(state, head, rows) for state, head in behind))
+
+    async def _publish_read(
+        self, state: StoreState, head: int, rows: dict[str, list[StoredEvent]]
+    ) -> None:
+        async with state.lock:
+            try:
+                fresh = [r for r in rows.get(state.store_id, ()) if r.seq > state.head]
+                if (
+                    fresh
+                    and fresh[0].seq == state.head + 1
+                    and not state.retired
+                    and not self.hub.wants_attribution(state.store_id)
+                ):
+                    self._publish_rows(state, fresh)
+                await self._publish_range(state, head)
+            except StoreError as exc:
+                logger.warning("store %r: catching up to %d failed: %s", state.store_id, head, exc)
+            except Exception:
+                logger.exception("store %r: catching up to %d failed", state.store_id, head)
 
     def on_reconnect(self) -> None:
         """Notifications may have been lost: compare every loaded store with the log."""
@@ -134,25 +189,32 @@ class Follower:
             if not rows:
                 # The head moved but no row is visible yet; a later notification retries.
                 return
-            entries = []
-            meta_cache: dict[int, bytes] = {}
-            for row in rows:
-                meta = meta_cache.get(row.created_ms)
-                if meta is None:
-                    meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
-                entries.append(frames.event_entry(row.data, meta))
-            attributed = None
-            if attributing:
-                attributed = [
-                    frames.event_entry(
-                        row.data,
-                        frames.metadata(
-                            row.created_ms, None if row.writer is None else row.writer.encoded()
-                        ),
-                    )
-                    for row in rows
-                ]
-            self.counters.frames_delivered += self.hub.publish(
-                state.store_id, entries, state.backend_id_json, attributed
-            )
-            state.head = rows[-1].seq
+            self._publish_rows(state, rows, attributing)
+
+    def _publish_rows(
+        self, state: StoreState, rows: list[StoredEvent], attributing: bool = False
+    ) -> None:
+        """Publish ``rows`` (consecutive, from ``state.head + 1``, read with their writers
+        when ``attributing``); advances ``state.head``."""
+        entries = []
+        meta_cache: dict[int, bytes] = {}
+        for row in rows:
+            meta = meta_cache.get(row.created_ms)
+            if meta is None:
+                meta = meta_cache[row.created_ms] = frames.metadata(row.created_ms)
+            entries.append(frames.event_entry(row.data, meta))
+        attributed = None
+        if attributing:
+            attributed = [
+                frames.event_entry(
+                    row.data,
+                    frames.metadata(
+                        row.created_ms, None if row.writer is None else row.writer.encoded()
+                    ),
+                )
+                for row in rows
+            ]
+        self.counters.frames_delivered += self.hub.publish(
+            state.store_id, entries, state.backend_id_json, attributed
+        )
+        state.head = rows[-1].seq

@@ -130,6 +130,20 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     else:
         assert "not reachable" in f2["skipped"]
 
+    # PostgreSQL throughput: many stores and a hot one, subscribers on both nodes.
+    pgt = res["pg_throughput"]
+    assert "error" not in pgt, pgt
+    if asyncio.run(postgres_available()) is None:
+        gw = pgt["gateway"]
+        assert gw["all_delivered"], gw
+        assert gw["events_delivered"] == gw["events_expected"] > 0
+        assert gw["order_errors"] == 0
+        assert gw["hot_acked_pushes"] > 0
+        assert _number(gw["postgres_backend_cpu_us_per_push"])
+        assert "hot store acked pushes/s" in proc.stdout
+    else:
+        assert "not reachable" in pgt["skipped"]
+
     # The Python client (its own process) next to the load generator, on one gateway.
     follow = res["client_follow"]
     for run in follow["client"]["runs"]:

@@ -1,7 +1,8 @@
 """The PostgreSQL backend's listening connection: every node hears every node's commits.
 
 A mixin of :class:`gateway.store.postgres.PostgresStore`. One connection LISTENs on the
-store's channel; a notification names a store and its new head (``{"s", "h"}``), or a reset
+store's channel; a notification names a store and its new head (``{"s", "h"}``; a group
+commit's lists them all: ``{"c": [[s, h], ...]}``), or a reset
 or delete (``{"s", "x", "n"}``, ``n`` the announcing node, which acts on its own change
 directly). The connection is watched: when it drops the node retries with backoff, reports
 not-ready meanwhile, and reconciles every loaded store once it is back.
@@ -38,6 +39,14 @@ class PostgresListener:
     _on_revoked: Callable[[], None] | None = None
 
     _on_disconnect: Callable[[dict[str, str]], None] | None = None
+    _on_commits: Callable[[list[tuple[str, int]]], None] | None = None
+
+    def set_group_commit_listener(
+        self, on_commits: Callable[[list[tuple[str, int]]], None]
+    ) -> None:
+        """``on_commits([(store_id, head), ...])`` for a group's announcement, instead of one
+        ``on_commit`` per store (so a node can read the group's events in one query)."""
+        self._on_commits = on_commits
 
     def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
         """``on_revoked()`` when another node recorded a revocation."""
@@ -67,6 +76,14 @@ class PostgresListener:
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
             message = orjson.loads(payload)  # type: ignore[arg-type]
+            if "c" in message:  # a group's commits: [[store_id, head], ...]
+                commits = [(str(s), int(h)) for s, h in message["c"]]
+                if self._on_commits is not None:
+                    self._on_commits(commits)
+                elif self._on_commit is not None:
+                    for store_id, head in commits:
+                        self._on_commit(store_id, head)
+                return
             store_id = message["s"]
             if "x" in message:
                 what, node = str(message["x"]), message.get("n")

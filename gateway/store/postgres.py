@@ -1,10 +1,12 @@
 """PostgreSQL backend: one event log shared by several gateway nodes (asyncpg).
 
 - ``events`` is keyed by (store_id, seq), so the database itself refuses a second event with
-  the same seqNum; ``stores`` holds each store's backendId and head. An append is one
-  transaction: a conditional ``UPDATE stores SET head = new WHERE head = expected`` (which
-  row-locks the store, so concurrent appends from different nodes serialise and exactly one
-  wins), the inserts, and a ``pg_notify`` announcing the new head. The ack follows COMMIT.
+  the same seqNum; ``stores`` holds each store's backendId and head. An append is a
+  conditional ``UPDATE stores SET head = new WHERE head = expected`` (which row-locks the
+  store, so concurrent appends from different nodes serialise and exactly one wins) and the
+  inserts; concurrent appends share one transaction, each in its own SAVEPOINT, and one
+  ``pg_notify`` announces every new head of the group (:mod:`gateway.store.pg_group`). The
+  ack follows COMMIT.
 - Every node LISTENs on the channel. A notification names the store and the new head; the
   engine reads the missing range from the table, so late, reordered, duplicated or lost
   notifications cannot cause a gap or a duplicate (lost ones are found by :meth:`heads`
@@ -33,12 +35,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-import orjson
 
-from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
+from gateway.errors import GatewayError, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import StoredEvent, StoreMeta, Writer, new_backend_id
 from gateway.store.pg_catalog import PostgresCatalog
+from gateway.store.pg_group import GroupCommitter
 from gateway.store.pg_listen import PostgresListener
 from gateway.store.pg_schema import migrate
 
@@ -65,6 +67,10 @@ def _store_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"postgres: {type(exc).__name__}: {exc}")
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A pooled connection's session needs no reset (no LISTEN, SET, cursor or lock)."""
 
 
 def _driver_failure(exc: BaseException) -> bool:
@@ -105,6 +111,8 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         self._listening = asyncio.Event()
         self._closed = False
         self._writer_ids: dict[tuple[str, str, str], int] = {}
+        # At most half the pool writes groups; the rest serves reads.
+        self._group = GroupCommitter(self, max_groups=pool_max // 2)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -133,6 +141,10 @@ class PostgresStore(PostgresCatalog, PostgresListener):
                 max_size=self._pool_max,
                 timeout=self._connect_timeout,
                 server_settings=self._settings("pool"),
+                # asyncpg still rolls back an open transaction on release; its default reset
+                # query (UNLISTEN, RESET ALL, CLOSE ALL, advisory unlock: a round trip per
+                # release) undoes nothing pooled connections do here.
+                reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise _store_error(exc) from exc
@@ -151,6 +163,7 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         if self._closed:
             return
         self._closed = True
+        await self._group.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -242,69 +255,22 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         created_ms: int,
         writer: Writer | None = None,
     ) -> None:
+        """Written by the next group (:mod:`gateway.store.pg_group`), answered after COMMIT."""
         if not events:
             return
+        self._require_pool()
+        job = self._group.submit(store_id, expected_head, events, created_ms, writer)
         try:
-            await self._append(store_id, expected_head, events, created_ms, writer)
-        except GatewayError:
-            raise  # HeadMismatch, a missing store, a closed store: nothing was written
-        except Exception as exc:
-            # The failure may have come after COMMIT was sent: ask the log.
-            committed = await self._committed(store_id, events[-1], created_ms)
-            if committed is None:
-                raise CommitUnknown(
-                    f"postgres: the outcome of an append to {store_id!r} is unknown: {exc}"
-                ) from exc
-            if not committed:
-                raise _store_error(exc) from exc
-            logger.warning("append to %r reported %s but committed; acknowledging", store_id, exc)
-
-    async def _append(
-        self,
-        store_id: str,
-        expected_head: int,
-        events: Sequence[NewEvent],
-        created_ms: int,
-        writer: Writer | None,
-    ) -> None:
-        new_head = events[-1].seq
-        notice = orjson.dumps({"s": store_id, "h": new_head}).decode()
-        async with self._connection() as conn, conn.transaction():
-            updated = await conn.fetchval(
-                "UPDATE stores SET head = $3, bytes = bytes + $4, last_ms = $5 "
-                "WHERE store_id = $1 AND head = $2 RETURNING head",
-                store_id,
-                expected_head,
-                new_head,
-                sum(len(e.data) for e in events),
-                created_ms,
-            )
-            if updated is None:
-                head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", store_id)
-                if head is None:
-                    raise StoreError(f"store {store_id!r} does not exist")
-                raise HeadMismatch(int(head))
-            writer_id = await self._writer_id(conn, writer)
-            await conn.execute(
-                "INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
-                "SELECT $1, s, p, $2, d, $6 FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) "
-                "AS t(s, p, d)",
-                store_id,
-                created_ms,
-                [e.seq for e in events],
-                [e.parent for e in events],
-                [e.data for e in events],
-                writer_id,
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice)
-        if writer is not None:  # committed: the row is there for good
-            if len(self._writer_ids) >= MAX_CACHED_WRITERS:
-                self._writer_ids.clear()
-            self._writer_ids[(writer.subject, writer.instance_id, writer.reason)] = writer_id
+            await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            # A group shared with other appends goes on: its outcome is the log's.
+            self._group.abandon(job)
+            raise
 
     async def _writer_id(self, conn: Conn, writer: Writer | None) -> int:
-        """The id of ``writer`` in ``writers`` (added on first use; 0 for none). Known ids
-        are cached once their transaction committed; rows are never deleted."""
+        """The id of ``writer`` in ``writers`` (added on first use; 0 for none). Run outside
+        any transaction, so a row found or added is there for good (rows are never deleted)
+        and its id is cached."""
         if writer is None:
             return 0
         key = (writer.subject, writer.instance_id, writer.reason)
@@ -320,6 +286,9 @@ class PostgresStore(PostgresCatalog, PostgresListener):
                 *key,
             )
             found = await conn.fetchval(query, *key)
+        if len(self._writer_ids) >= MAX_CACHED_WRITERS:
+            self._writer_ids.clear()
+        self._writer_ids[key] = int(found)
         return int(found)
 
     async def _committed(self, store_id: str, last: NewEvent, created_ms: int) -> bool | None:
@@ -366,6 +335,28 @@ class PostgresStore(PostgresCatalog, PostgresListener):
             )
         )
         return [StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"])) for r in rows]
+
+    async def read_ranges(
+        self, ranges: Sequence[tuple[str, int, int]]
+    ) -> dict[str, list[StoredEvent]]:
+        """Events ``(after, upto]`` of several stores in one query, by store, in order."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT e.store_id, e.seq, e.parent, e.created_ms, e.data "
+                "FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(s, a, u) "
+                "JOIN events e ON e.store_id = r.s AND e.seq > r.a AND e.seq <= r.u "
+                "ORDER BY e.store_id, e.seq",
+                [r[0] for r in ranges],
+                [r[1] for r in ranges],
+                [r[2] for r in ranges],
+            )
+        )
+        out: dict[str, list[StoredEvent]] = {}
+        for r in rows:
+            out.setdefault(r["store_id"], []).append(
+                StoredEvent(r["seq"], r["parent"], r["created_ms"], bytes(r["data"]))
+            )
+        return out
 
     async def _read_attributed(
         self, store_id: str, after: int, upto: int, limit: int

@@ -1,0 +1,221 @@
+"""Group commit of the PostgreSQL store: concurrent appends share one transaction, each in
+its own SAVEPOINT; one append's failure is its own; a group whose connection dies answers
+every append in it from the log; one notification announces the whole group.
+
+With ``pool_max=2`` the store writes one group at a time: of appends started together, the
+first is written alone and the others wait for it, then go together (which the tests check
+through the rows' ``xmin``, the id of the transaction that wrote them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import orjson
+import pytest
+
+from gateway.errors import CommitUnknown, HeadMismatch, StoreError
+from gateway.store.pg_group import MAX_NOTICE, Append, notices
+from gateway.store.postgres import PostgresStore
+from tests.helpers.postgres import POSTGRES_DSN
+from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.store.test_postgres_faults import (  # the fixtures admin and schema, and helpers
+    _admin,
+    _events,
+    _lock_store_row,
+    _open,
+    _schema,
+    _wait_blocked,
+)
+
+pytestmark = pytest.mark.postgres
+__all__ = ["_admin", "_schema"]
+
+
+async def test_concurrent_appends_share_one_transaction_and_one_notification(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    store = await _open(schema, pool_min=1, pool_max=2)
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    await admin.add_listener(store.channel, lambda *args: payloads.put_nowait(args[3]))
+    try:
+        ids = [f"s{k:02d}" for k in range(20)]
+        for store_id in ["lead", *ids]:
+            await store.ensure_store(store_id)
+        await asyncio.gather(
+            store.append("lead", 0, _events(1, 1), 1),
+            *(store.append(s, 0, _events(1, 2, s), 1) for s in ids),
+        )
+        assert await store.heads(ids) == dict.fromkeys(ids, 2)
+        for s in ids:
+            assert [e.seq for e in await store.read(s, 0, 10, 10)] == [1, 2]
+        # One notification for the lead, one for the group of twenty (sent at its COMMIT:
+        # they shared one transaction).
+        first = orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        second = orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        assert first == {"c": [["lead", 1]]}
+        assert second == {"c": [[s, 2] for s in ids]}
+        assert payloads.empty()
+    finally:
+        await store.close()
+
+
+async def test_one_failing_append_does_not_fail_its_group(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """In one group: a stale head (HeadMismatch), a constraint violation (an event row the
+    head does not know of) and a missing store fail alone; the others commit."""
+    store = await _open(schema, pool_min=1, pool_max=2)
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        for store_id in ("lead", "a", "bad", "stale", "z"):
+            await store.ensure_store(store_id)
+        await store.append("stale", 0, _events(1, 1), 1)
+        # An event at seq 1 the head (0) does not know: appending seq 1 violates the key.
+        await admin.execute(
+            f'INSERT INTO "{schema}".events (store_id, seq, parent, created_ms, data, writer) '  # noqa: S608 - our schema name
+            "VALUES ('bad', 1, 0, 1, '\\x00', 0)"
+        )
+        await admin.add_listener(store.channel, lambda *args: payloads.put_nowait(args[3]))
+        results = await asyncio.gather(
+            store.append("lead", 0, _events(1, 1), 5),
+            store.append("a", 0, _events(1, 2), 5),
+            store.append("bad", 0, _events(1, 1), 5),
+            store.append("stale", 0, _events(1, 1, "other"), 5),
+            store.append("missing", 0, _events(1, 1), 5),
+            store.append("z", 0, _events(1, 3), 5),
+            return_exceptions=True,
+        )
+        assert [results[0], results[1], results[5]] == [None, None, None]
+        assert isinstance(results[2], StoreError)
+        assert not isinstance(results[2], CommitUnknown)
+        assert isinstance(results[3], HeadMismatch)
+        assert results[3].head == 1
+        assert isinstance(results[4], StoreError)
+        assert "does not exist" in str(results[4])
+        assert await store.heads(["a", "bad", "stale", "z"]) == {
+            "a": 2,
+            "bad": 0,
+            "stale": 1,
+            "z": 3,
+        }
+        # The group announced what it wrote, nothing else.
+        assert orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT)) == {
+            "c": [["lead", 1]]
+        }
+        assert orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT)) == {
+            "c": [["a", 2], ["z", 3]]
+        }
+        assert [e.data for e in await store.read("stale", 0, 5, 5)] == [_events(1, 1)[0].data]
+    finally:
+        await store.close()
+
+
+async def test_same_store_twice_in_a_group_one_wins(schema: str) -> None:
+    store = await _open(schema, pool_min=1, pool_max=2)
+    try:
+        await store.ensure_store("s")
+        results = await asyncio.gather(
+            store.append("lead", 0, _events(1, 1), 1),
+            store.append("s", 0, _events(1, 1, "x"), 1),
+            store.append("s", 0, _events(1, 1, "y"), 1),
+            return_exceptions=True,
+        )
+        assert sum(r is None for r in results[1:]) == 1
+        (lost,) = [r for r in results[1:] if r is not None]
+        assert isinstance(lost, HeadMismatch)
+        assert lost.head == 1
+        assert await store.count("s", 0, 10) == 1
+    finally:
+        await store.close()
+
+
+async def test_group_killed_mid_transaction_fails_every_append_and_writes_none(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """The group's connection dies while it waits for a row lock, after writing one of its
+    appends: every append in it fails (StoreError, not unknown: the log says none is there),
+    nothing was written, and the same appends succeed afterwards."""
+    store = await _open(schema, pool_min=1, pool_max=2)
+    try:
+        for store_id in ("lead", "a", "m", "z"):
+            await store.ensure_store(store_id)
+        async with admin.transaction():
+            await _lock_store_row(admin, schema, "m")
+            lead = asyncio.create_task(store.append("lead", 0, _events(1, 1), 1))
+            group = [
+                asyncio.create_task(store.append(s, 0, _events(1, 2), 1)) for s in ("a", "m", "z")
+            ]
+            await lead
+            pid = await _wait_blocked(admin, schema)
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            results = await asyncio.wait_for(
+                asyncio.gather(*group, return_exceptions=True), 10 * TIMEOUT_UNIT
+            )
+        for result in results:
+            assert isinstance(result, StoreError), result
+            assert not isinstance(result, CommitUnknown)
+        assert await store.heads(["a", "m", "z"]) == {"a": 0, "m": 0, "z": 0}
+        for s in ("a", "m", "z"):
+            assert await store.count(s, 0, 10) == 0
+        await asyncio.gather(*(store.append(s, 0, _events(1, 2), 2) for s in ("a", "m", "z")))
+        assert await store.heads(["a", "m", "z"]) == {"a": 2, "m": 2, "z": 2}
+    finally:
+        await store.close()
+
+
+async def test_cancelled_caller_of_a_shared_group_leaves_the_others_acked(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """Cancelling one caller does not interrupt the group it shares: the others are acked
+    and its append's outcome is the log's (here: written)."""
+    store = await _open(schema, pool_min=1, pool_max=2)
+    try:
+        for store_id in ("lead", "a", "m"):
+            await store.ensure_store(store_id)
+        async with admin.transaction():
+            await _lock_store_row(admin, schema, "m")
+            lead = asyncio.create_task(store.append("lead", 0, _events(1, 1), 1))
+            a = asyncio.create_task(store.append("a", 0, _events(1, 1), 1))
+            m = asyncio.create_task(store.append("m", 0, _events(1, 1), 1))
+            await lead
+            await _wait_blocked(admin, schema)
+            a.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await a
+        await asyncio.wait_for(m, 10 * TIMEOUT_UNIT)
+        assert await store.heads(["a", "m"]) == {"a": 1, "m": 1}
+    finally:
+        await store.close()
+
+
+def _job(store_id: str, head: int) -> Append:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return Append(store_id, head - 1, _events(head, 1), 1, None, future)
+
+
+async def test_notifications_are_split_under_the_payload_limit() -> None:
+    jobs = [_job(f"store-{'x' * 180}-{k}", k + 1) for k in range(200)]
+    payloads = notices(jobs)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) <= MAX_NOTICE for p in payloads)
+    listed = [tuple(c) for p in payloads for c in orjson.loads(p)["c"]]
+    assert listed == [(job.store_id, job.events[-1].seq) for job in jobs]
+
+
+async def test_store_accepts_the_old_notification_format(schema: str) -> None:
+    """A node of the previous version announces ``{"s", "h"}``: still heard."""
+    store = PostgresStore(POSTGRES_DSN, schema=schema)
+    await store.open()
+    heard: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    store.set_commit_listener(lambda s, h: heard.put_nowait((s, h)), lambda: None)
+    try:
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", store.channel, '{"s": "old", "h": 7}')
+        finally:
+            await conn.close()
+        assert await asyncio.wait_for(heard.get(), 5 * TIMEOUT_UNIT) == ("old", 7)
+    finally:
+        await store.close()
