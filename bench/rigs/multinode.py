@@ -12,7 +12,8 @@ import gc
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from bench.client import Conn
@@ -228,6 +229,62 @@ def postgres_dsn() -> str:
     )
 
 
+async def postgres_unreachable(scenario: str, log: Callable[[str], None]) -> str | None:
+    """None when the bench's PostgreSQL answers, else the note a skipped scenario reports."""
+    import asyncpg
+
+    dsn = postgres_dsn()
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except Exception as exc:  # no server: skip, the rest of the run stands
+        note = f"skipped: PostgreSQL at {dsn} is not reachable ({type(exc).__name__}: {exc})"
+        log(f"{scenario}: {note}")
+        return note
+    await conn.close()
+    return None
+
+
+@asynccontextmanager
+async def postgres_nodes(
+    scenario: str,
+    start_gateway: Callable[[dict[str, str]], Awaitable[Server]],
+    log: Callable[[str], None],
+    timings: dict[str, float],
+) -> AsyncIterator[tuple[list[Server], str, str]]:
+    """Two gateway nodes on one fresh PostgreSQL schema: ``(nodes, dsn, schema)``. The nodes
+    are stopped, the time taken goes to ``timings[scenario]`` and the schema is dropped
+    afterwards, whatever happened."""
+    import asyncpg
+
+    dsn = postgres_dsn()
+    schema = f"bench_{secrets.token_hex(6)}"
+    env = {
+        "GATEWAY_STORE_BACKEND": "postgres",
+        "GATEWAY_STORE_DSN": dsn,
+        "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
+    }
+    nodes: list[Server] = []
+    started = time.monotonic()
+    try:
+        for index in range(2):
+            node = await start_gateway(env)
+            node.name = f"gateway-node{index + 1}"
+            nodes.append(node)
+        yield nodes, dsn, schema
+    finally:
+        for node in nodes:
+            await node.stop()
+        timings[scenario] = time.monotonic() - started
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+        except Exception as exc:
+            log(f"{scenario}: could not drop schema {schema}: {exc}")
+
+
 async def two_nodes(
     start_gateway: Callable[[dict[str, str]], Awaitable[Server]],
     auth: Auth,
@@ -244,66 +301,34 @@ async def two_nodes(
     PostgreSQL schema: subscribers split across them, pushes through node 1. Skipped with a
     note when PostgreSQL is not reachable; a failure is reported, never raised. The time it
     took goes to ``timings["fanout2"]``."""
-    import asyncpg
-
-    dsn = postgres_dsn()
+    skipped = await postgres_unreachable("fanout2", log)
+    if skipped is not None:
+        return TwoNodeResult(skipped=skipped)
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except Exception as exc:  # no server: skip, the rest of the run stands
-        note = f"skipped: PostgreSQL at {dsn} is not reachable ({type(exc).__name__}: {exc})"
-        log(f"fanout2: {note}")
-        return TwoNodeResult(skipped=note)
-    await conn.close()
-    schema = f"bench_{secrets.token_hex(6)}"
-    env = {
-        "GATEWAY_STORE_BACKEND": "postgres",
-        "GATEWAY_STORE_DSN": dsn,
-        "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
-    }
-    nodes: list[Server] = []
-    rig: CrossNodeRig | None = None
-    started = time.monotonic()
-    try:
-        for index in range(2):
-            node = await start_gateway(env)
-            node.name = f"gateway-node{index + 1}"
-            nodes.append(node)
-        log(f"fanout2: connecting {stores}x{subscribers} across 2 nodes (schema {schema}) ...")
-        rig = CrossNodeRig(nodes, auth, stores=stores, subscribers=subscribers)
-        await rig.open(concurrency=concurrency)
-        log(f"fanout2: paced {rate * stores:.0f} pushes/s for {duration} s ...")
-        paced = await rig.paced(rate, duration)
-        lost = rig.close()
-        rig = None
-        return TwoNodeResult(
-            gateway=TwoNodeGateway(
-                nodes=len(nodes),
-                pushing_node=1,
-                postgres_schema=schema,
-                note="informational (no target): both nodes pinned to the server CPU; "
-                "PostgreSQL runs unpinned, its CPU is not in server_cpu_us_per_event",
-                stores=stores,
-                subscribers_per_store=subscribers,
-                live_subscribers=stores * subscribers,
-                batch=1,
-                paced=paced,
-                connections_lost=lost,
+        async with postgres_nodes("fanout2", start_gateway, log, timings) as (nodes, _, schema):
+            log(f"fanout2: connecting {stores}x{subscribers} across 2 nodes (schema {schema}) ...")
+            rig = CrossNodeRig(nodes, auth, stores=stores, subscribers=subscribers)
+            try:
+                await rig.open(concurrency=concurrency)
+                log(f"fanout2: paced {rate * stores:.0f} pushes/s for {duration} s ...")
+                paced = await rig.paced(rate, duration)
+            finally:
+                lost = rig.close()
+            return TwoNodeResult(
+                gateway=TwoNodeGateway(
+                    nodes=len(nodes),
+                    pushing_node=1,
+                    postgres_schema=schema,
+                    note="informational (no target): both nodes pinned to the server CPU; "
+                    "PostgreSQL runs unpinned, its CPU is not in server_cpu_us_per_event",
+                    stores=stores,
+                    subscribers_per_store=subscribers,
+                    live_subscribers=stores * subscribers,
+                    batch=1,
+                    paced=paced,
+                    connections_lost=lost,
+                )
             )
-        )
     except Exception as exc:  # a failure here must not cost the other measurements
         log(f"fanout2: FAILED: {type(exc).__name__}: {exc}")
         return TwoNodeResult(error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if rig is not None:
-            rig.close()
-        for node in nodes:
-            await node.stop()
-        timings["fanout2"] = time.monotonic() - started
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-        except Exception as exc:
-            log(f"fanout2: could not drop schema {schema}: {exc}")

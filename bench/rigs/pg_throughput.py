@@ -13,7 +13,6 @@ PostgreSQL per acked push (the schema's backends, found in ``pg_stat_activity`` 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from bench.client import Conn, monotonic_ns
 from bench.procs import Server, proc_cpu_seconds
 from bench.results import FLAT, OMIT_NONE, Latency, Usage, percentiles
 from bench.rigs.common import Auth, Meter, abort_all, open_live, open_many, store_ids
-from bench.rigs.multinode import NodeGroup, postgres_cpu, postgres_dsn
+from bench.rigs.multinode import NodeGroup, postgres_cpu, postgres_nodes, postgres_unreachable
 from bench.rigs.streams import Phase, Pusher, Subscriber, Track, open_pusher
 
 SCENARIO = "pg_throughput"
@@ -273,55 +272,23 @@ async def pg_throughput(
     concurrency: int,
 ) -> PgThroughputResult:
     """Two gateway nodes on one fresh PostgreSQL schema; never raises (a failure is reported)."""
-    import asyncpg
-
-    dsn = postgres_dsn()
+    skipped = await postgres_unreachable(SCENARIO, log)
+    if skipped is not None:
+        return PgThroughputResult(skipped=skipped)
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except Exception as exc:  # no server: skip, the rest of the run stands
-        note = f"skipped: PostgreSQL at {dsn} is not reachable ({type(exc).__name__}: {exc})"
-        log(f"{SCENARIO}: {note}")
-        return PgThroughputResult(skipped=note)
-    await conn.close()
-    schema = f"bench_{secrets.token_hex(6)}"
-    env = {
-        "GATEWAY_STORE_BACKEND": "postgres",
-        "GATEWAY_STORE_DSN": dsn,
-        "GATEWAY_STORE_POSTGRES_SCHEMA": schema,
-    }
-    nodes: list[Server] = []
-    rig: PgThroughputRig | None = None
-    started = time.monotonic()
-    try:
-        for index in range(2):
-            node = await start_gateway(env)
-            node.name = f"gateway-node{index + 1}"
-            nodes.append(node)
-        log(f"{SCENARIO}: {stores} stores + 1 hot store ({hot_clients} clients), schema {schema}")
-        rig = PgThroughputRig(nodes, auth, stores=stores, hot_clients=hot_clients)
-        await rig.open(concurrency=concurrency)
-        log(f"{SCENARIO}: pushing for {duration} s ...")
-        result = await rig.run(duration, dsn, schema)
-        rig.close()
-        rig = None
-        return PgThroughputResult(gateway=result)
+        async with postgres_nodes(SCENARIO, start_gateway, log, timings) as (nodes, dsn, schema):
+            log(f"{SCENARIO}: {stores} stores + 1 hot ({hot_clients} clients), schema {schema}")
+            rig = PgThroughputRig(nodes, auth, stores=stores, hot_clients=hot_clients)
+            try:
+                await rig.open(concurrency=concurrency)
+                log(f"{SCENARIO}: pushing for {duration} s ...")
+                result = await rig.run(duration, dsn, schema)
+            finally:
+                rig.close()
+            return PgThroughputResult(gateway=result)
     except Exception as exc:  # a failure here must not cost the other measurements
         log(f"{SCENARIO}: FAILED: {type(exc).__name__}: {exc}")
         return PgThroughputResult(error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if rig is not None:
-            rig.close()
-        for node in nodes:
-            await node.stop()
-        timings[SCENARIO] = time.monotonic() - started
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-        except Exception as exc:
-            log(f"{SCENARIO}: could not drop schema {schema}: {exc}")
 
 
 def table_rows(res: dict[str, object]) -> list[tuple[str, str, float | None, None, str]]:
