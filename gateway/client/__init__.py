@@ -12,6 +12,7 @@ Depends only on ``websockets``, ``orjson`` and gateway's pure wire helpers
 (:mod:`gateway.frames`), never on the server.
 """
 
+from gateway.client.connecting import connect
 from gateway.client.model import (
     BackendIdMismatch,
     Batch,
@@ -25,7 +26,7 @@ from gateway.client.model import (
     Stats,
     Writer,
 )
-from gateway.client.store import StoreClient, TokenProvider, connect
+from gateway.client.store import StoreClient, TokenProvider
 
 __all__ = [
     "BackendIdMismatch",
