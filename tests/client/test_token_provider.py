@@ -78,17 +78,20 @@ def long_lived(_: int) -> str:
     return make_jwt(SECRET, "svc", ttl=3600)
 
 
-async def test_a_session_closed_4001_reconnects_with_the_providers_next_token(
-    make_gateway: MakeGateway,
+@pytest.mark.parametrize("transport", ["ws", "http"])
+async def test_an_expired_session_reconnects_with_the_providers_next_token(
+    make_gateway: MakeGateway, transport: str
 ) -> None:
-    """The first token expires during the session: the server closes it 4001; the client,
-    reading its stream, asks the provider again, reconnects and resumes the stream from its
-    cursor (no gap, no duplicate); commits go through the new session."""
+    """The first token expires during the session: over a WebSocket the server closes it
+    4001; over HTTP the next poll is answered 401 TOKEN_EXPIRED and the session ends the same
+    way. The client, reading its stream, asks the provider again, reconnects and resumes the
+    stream from its cursor (no gap, no duplicate); commits go through the new session."""
     gateway = await jwt_gateway(make_gateway)
     store_id = new_store_id()
     provider = Provider(lambda n: make_jwt(SECRET, "svc", ttl=SHORT_TTL if n == 0 else 3600))
+    opened = client if transport == "ws" else http_client
     async with (
-        client(gateway, store_id, token_provider=provider) as follower,
+        opened(gateway, store_id, token_provider=provider) as follower,
         client(gateway, store_id, bypass_token=BYPASS) as writer,
         aclosing(follower.events()) as stream,
     ):
@@ -106,6 +109,9 @@ async def test_a_session_closed_4001_reconnects_with_the_providers_next_token(
         assert follower.stats.closes == {4001: 1}
         assert follower.stats.connections == 2
         assert provider.calls == 2 == follower.stats.token_requests
+        if transport == "http":
+            assert follower.url.startswith("http://")
+            assert (follower.stats.pings, follower.stats.pongs) == (0, 0)  # no HTTP keepalive
 
 
 async def test_a_synchronous_provider_is_called_before_each_connect(
@@ -183,37 +189,6 @@ def test_a_provider_excludes_the_fixed_credentials() -> None:
         connect(url, "s", token_provider=provider, auth_token="x")
     with pytest.raises(ValueError, match="token_provider"):
         connect(url, "s", token_provider=provider, bypass_token="x")
-
-
-async def test_over_http_an_expired_token_gets_the_providers_next_one(
-    make_gateway: MakeGateway,
-) -> None:
-    """Over HTTP every request carries the token: once the first one expired, the next poll is
-    answered 401 TOKEN_EXPIRED; the session ends as a WebSocket's 4001 does, the provider is
-    asked again, and the stream resumes from its cursor on a new session."""
-    gateway = await jwt_gateway(make_gateway)
-    store_id = new_store_id()
-    provider = Provider(lambda n: make_jwt(SECRET, "svc", ttl=SHORT_TTL if n == 0 else 3600))
-    async with (
-        http_client(gateway, store_id, token_provider=provider) as follower,
-        client(gateway, store_id, bypass_token=BYPASS) as writer,
-        aclosing(follower.events()) as stream,
-    ):
-        assert follower.url.startswith("http://")
-        assert await writer.commit("e", {"n": 1}) == 1
-        first = await asyncio.wait_for(anext(stream), WITHIN)
-        assert [e.seq_num for e in first.events] == [1]
-        # Polling on: a poll after the token's exp is refused; the stream reconnects.
-        reading = asyncio.ensure_future(anext(stream))
-        await wait_for_event(provider.called[1], WITHIN, "the second token request")
-        assert await writer.commit("e", {"n": 2}) == 2
-        second = await asyncio.wait_for(reading, WITHIN)
-        assert [(e.seq_num, e.args) for e in second.events] == [(2, {"n": 2})]
-        assert await asyncio.wait_for(follower.commit("e", {"n": 3}), WITHIN) == 3
-        assert follower.stats.closes == {4001: 1}
-        assert follower.stats.connections == 2
-        assert provider.calls == 2 == follower.stats.token_requests
-        assert (follower.stats.pings, follower.stats.pongs) == (0, 0)  # no keepalive over HTTP
 
 
 async def test_over_http_a_refused_token_asks_the_provider_once_more(
