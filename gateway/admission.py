@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.errors import Refusal, RefusalCode
 from gateway.protocol import loads
+from gateway.transport.http1 import has_token
 
 # Refusals are logged where the WebSocket handshake always logged them (a stable name).
 logger = logging.getLogger("gateway.server")
@@ -241,11 +242,6 @@ def cors_headers(
     return (("Access-Control-Allow-Origin", allow_origin), ("Vary", "Origin"))
 
 
-def _wants_websocket(headers: Mapping[str, str]) -> bool:
-    value = headers.get("upgrade", "")
-    return any(token.strip().lower() == "websocket" for token in value.split(","))
-
-
 _SHUTTING_DOWN: Final = Refusal(code=RefusalCode.SHUTTING_DOWN, message="server is shutting down")
 
 
@@ -312,7 +308,7 @@ async def admit(
             code=RefusalCode.TRANSPORT_DISABLED,
             message=f"the {via} transport is not enabled on this server",
         )
-    if via == "ws" and not _wants_websocket(request.headers):
+    if via == "ws" and not has_token(request.headers.get("upgrade", ""), "websocket"):
         return Refusal(
             code=RefusalCode.UPGRADE_REQUIRED,
             message="transport=ws expects Upgrade: websocket",

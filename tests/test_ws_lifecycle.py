@@ -751,18 +751,37 @@ async def test_plain_gets_and_refused_upgrades_do_not_delay_shutdown(
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "status", "code"),
     [
-        b"GET /?storeId=x&transport=ws HTTP/1.1\r\nno colon here\r\n\r\n",
-        b"GET /?storeId=x&transport=ws HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
-        b"GET\r\n\r\n",
+        (b"GET /?storeId=x&transport=ws HTTP/1.1\r\nno colon here\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET /?storeId=x&transport=ws HTTP/1.1\r\nX : y\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET /?storeId=x&transport=ws HTTP/1.1\r\nX: a\x00b\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET /?storeId=x&transport=ws HTTP/1.1\r\nX: a\nY: b\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET /?storeId=x\x7f HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET  /  HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"GET /?storeId=x&transport=ws HTTP/9.9\r\nHost: x\r\n\r\n", 505, "HTTP_VERSION"),
+        (b"GET / HTTP/1.1\r\n" + b"X-H: v\r\n" * 101 + b"\r\n", 431, "HEADERS_TOO_LARGE"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "URI_TOO_LONG"),
     ],
-    ids=["bad-header-line", "bad-version", "no-target"],
+    ids=[
+        "bad-header-line",
+        "space-before-colon",
+        "control-character",
+        "bare-lf",
+        "target-character",
+        "double-space",
+        "no-target",
+        "bad-version",
+        "too-many-headers",
+        "long-request-line",
+    ],
 )
-async def test_malformed_request_gets_a_400_with_a_reason_code(
-    make_gateway: MakeGateway, request_bytes: bytes
+async def test_malformed_request_gets_its_reason_code(
+    make_gateway: MakeGateway, request_bytes: bytes, status: int, code: str
 ) -> None:
-    """Bytes that are not an HTTP request get ``400 BAD_REQUEST`` (JSON), then the close."""
+    """Bytes that are not an HTTP request get their documented status and JSON code, then
+    the close."""
     gw = await make_gateway()
     ws = await RawWs.open_tcp(gw)
     try:
@@ -773,8 +792,9 @@ async def test_malformed_request_gets_a_400_with_a_reason_code(
     finally:
         await ws.aclose()
     head, _, body = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), received
-    assert orjson.loads(body)["error"]["code"] == "BAD_REQUEST", body
+    assert head.startswith(b"HTTP/1.1 %d " % status), received
+    assert b"Connection: close" in head, head
+    assert orjson.loads(body)["error"]["code"] == code, body
 
 
 async def test_unfinished_requests_do_not_delay_shutdown(make_gateway: MakeGateway) -> None:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
 from gateway.admission import Admission, PayloadContext
+from gateway.auth import jws
 from gateway.auth import policy as auth
 from gateway.auth.limits import FailureTracker, PushLimiter
 from gateway.config import HMAC_ALGORITHMS, AuthConfig
@@ -268,11 +269,11 @@ class AuthGate:
         return keys
 
     async def verify(self, token: str) -> auth.Verification:
-        header = auth.token_header(token)
-        if header is None:
+        compact = jws.parse(token)
+        if compact is None:
             return auth.Invalid("malformed token")
-        keys = await self._keys_for(header)
-        return auth.verify_jwt(token, keys, self.rules, self._clock(), header)
+        keys = await self._keys_for(compact.header)
+        return auth.verify_jwt(token, keys, self.rules, self._clock(), compact)
 
     async def wait_push(self, admission: Admission) -> None:
         """Delay a push of a rate-limited subject until its bucket allows it."""

@@ -1,11 +1,11 @@
 """Authentication policy, pure: credentials in, a decision out. No I/O, no clock.
 
 The decision table (README, "Authentication"): what a sync request is allowed to do given its
-credential and the mode (``require_auth``). JWTs are verified with pyjwt, with algorithms
-pinned by configuration. pyjwt checks the signature, ``aud`` and ``iss``; this module checks
-``exp``, ``nbf``, the subject and ``type`` itself against an injected ``now``, so that an
-expired token whose signature and other claims are valid can be told apart (and given the
-grace window) from a token that is invalid in any other way.
+credential and the mode (``require_auth``). JWTs are parsed by :mod:`gateway.auth.jws` and
+their signatures checked by pyjwt's algorithms, pinned by configuration; this module checks
+the claims (``exp``, ``nbf``, ``aud``, ``iss``, the subject, ``type``) itself against an
+injected ``now``, so that an expired token whose signature and other claims are valid can be
+told apart (and given the grace window) from a token that is invalid in any other way.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import jwt
-
 from gateway.admission import MISSING
+from gateway.auth import jws
 from gateway.errors import Refusal, RefusalCode
 
 # Accepted-request reasons (stable: logs and metrics use them).
@@ -173,10 +172,8 @@ Verification = Verified | Expired | Invalid
 
 def token_header(token: str) -> dict[str, Any] | None:
     """The unverified JOSE header, or None when the token is not a JWS."""
-    try:
-        return jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        return None
+    compact = jws.parse(token)
+    return None if compact is None else compact.header
 
 
 def _number(value: object) -> float | None:
@@ -185,62 +182,66 @@ def _number(value: object) -> float | None:
     return None
 
 
+def _claims_error(claims: Mapping[str, Any], rules: JwtRules) -> str | None:
+    """What is wrong with the claims pyjwt used to check (RFC 7519 §4.1), or None.
+
+    ``exp`` is required; ``aud`` and ``iss`` are checked when configured (``aud`` may be a
+    string or a list of strings, one of them ours); ``sub`` and ``jti``, when present, must be
+    strings.
+    """
+    if "exp" not in claims:
+        return "missing claim exp"
+    if rules.audience:
+        if "aud" not in claims:
+            return "missing claim aud"
+        audience = claims["aud"]
+        if isinstance(audience, str):
+            audience = [audience]
+        if (
+            not isinstance(audience, list)
+            or not all(isinstance(a, str) for a in audience)
+            or rules.audience not in audience
+        ):
+            return "wrong audience"
+    if rules.issuer:
+        if "iss" not in claims:
+            return "missing claim iss"
+        if claims["iss"] != rules.issuer:
+            return "wrong issuer"
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            return "malformed token"
+    return None
+
+
 def verify_jwt(
     token: str,
     keys: Sequence[Any],
     rules: JwtRules,
     now: float,
-    header: dict[str, Any] | None = None,
+    compact: jws.Compact | None = None,
 ) -> Verification:
     """Verify ``token`` against candidate ``keys`` (all for the header's algorithm family).
 
-    The algorithm must be one of ``rules.algorithms``; pyjwt is told to accept only that
-    one, so the header cannot choose another (``none``, or HS256 keyed with a public key).
-    ``header`` is the token's unverified header when the caller already parsed it.
+    The algorithm must be one of ``rules.algorithms`` and a key must have signed the token
+    with that very algorithm, so the header cannot choose another (``none``, or HS256 keyed
+    with a public key). ``compact`` is the token already parsed, when the caller has it.
     """
-    if header is None:
-        header = token_header(token)
-    if header is None:
+    if compact is None:
+        compact = jws.parse(token)
+    if compact is None:
         return Invalid("malformed token")
-    algorithm = header.get("alg")
+    algorithm = compact.header.get("alg")
     if not isinstance(algorithm, str) or algorithm not in rules.algorithms:
         return Invalid("algorithm not allowed")
     if not keys:
         return Invalid("no key for this token")
-    options = {
-        "verify_signature": True,
-        "verify_exp": False,
-        "verify_nbf": False,
-        "verify_iat": False,
-        "verify_aud": bool(rules.audience),
-        "verify_iss": bool(rules.issuer),
-        "require": ["exp"],
-    }
-    claims: dict[str, Any] | None = None
-    for key in keys:
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[algorithm],
-                options=options,  # type: ignore[arg-type]
-                audience=rules.audience or None,
-                issuer=rules.issuer or None,
-            )
-        except (jwt.InvalidSignatureError, jwt.InvalidKeyError, TypeError):
-            # Not this key (wrong signature, or a key of another type or curve): try the next.
-            continue
-        except jwt.MissingRequiredClaimError as exc:
-            return Invalid(f"missing claim {exc.claim}")
-        except jwt.InvalidAudienceError:
-            return Invalid("wrong audience")
-        except jwt.InvalidIssuerError:
-            return Invalid("wrong issuer")
-        except (jwt.InvalidTokenError, ValueError):
-            return Invalid("malformed token")
-        break
-    if claims is None:
+    if not any(jws.signed_by(compact, algorithm, key) for key in keys):
         return Invalid("bad signature")
+    claims = compact.claims
+    error = _claims_error(claims, rules)
+    if error is not None:
+        return Invalid(error)
     expires_at = _number(claims.get("exp"))
     if expires_at is None:
         return Invalid("exp must be a number")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import http
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-from websockets.datastructures import Headers
-from websockets.http11 import Response
 
 from gateway import __version__
 from gateway.errors import Refusal
@@ -43,15 +41,21 @@ class Answer:
         return cls(refusal.status, body, TEXT, (*refusal.headers, ("Retry-After", "1")))
 
 
-def to_response(answer: Answer) -> Response:
-    """``answer`` as websockets' Response; the connection closes after it."""
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(answer.body))),
-            ("Content-Type", answer.content_type),
-            *answer.headers,
-        ]
+def encode(status: int, headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
+    """One HTTP/1.1 response: status line, ``headers`` in order, blank line, ``body``."""
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def closing(answer: Answer) -> bytes:
+    """``answer`` as the last response of its connection (``Connection: close``)."""
+    headers = (
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Server", SERVER_HEADER),
+        ("Connection", "close"),
+        ("Content-Length", str(len(answer.body))),
+        ("Content-Type", answer.content_type),
+        *answer.headers,
     )
-    return Response(answer.status, http.HTTPStatus(answer.status).phrase, headers, answer.body)
+    return encode(answer.status, headers, answer.body)

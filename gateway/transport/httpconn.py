@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import http
 import logging
 from collections.abc import Coroutine
 from typing import Any, Protocol
@@ -28,14 +27,13 @@ from gateway.admission import (
 from gateway.config import LiveConfig
 from gateway.errors import FrameError, Refusal, RefusalCode, StoreError
 from gateway.protocol import Request
-from gateway.transport.answer import SERVER_HEADER, Answer
+from gateway.transport import http1
+from gateway.transport.answer import SERVER_HEADER, Answer, encode
 
 logger = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 32 * 1024
 # How long a connection closed after an error answer keeps draining the client's input.
 LINGER_SECONDS = 2.0
-MAX_HEADERS = 100
 
 
 class Owner(Protocol):
@@ -136,32 +134,25 @@ class HttpConnection(asyncio.Protocol):
 
     # -- parsing --------------------------------------------------------------------------
 
-    def _fail(self, code: RefusalCode, message: str) -> None:
+    def _fail(self, refusal: Refusal) -> None:
         self._closing = True
-        self._write(Answer.refusal(Refusal(code=code, message=message)), keep_alive=False)
+        self._write(Answer.refusal(refusal), keep_alive=False)
 
     def _next(self) -> None:
         """Parse and start the next complete request in the buffer, if there is one."""
         if self._closing:
             return
-        end = self._buffer.find(b"\r\n\r\n")
+        end = http1.head_end(self._buffer)
         if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                self._fail(RefusalCode.HEADERS_TOO_LARGE, "request head is too large")
+            refusal = http1.unfinished(self._buffer)
+            if refusal is not None:
+                self._fail(refusal)
             return
-        if end > MAX_HEAD_BYTES:
-            self._fail(RefusalCode.HEADERS_TOO_LARGE, "request head is too large")
+        head = http1.parse_head(bytes(self._buffer[:end]))
+        if isinstance(head, Refusal):
+            self._fail(head)
             return
-        head = bytes(self._buffer[:end])
-        try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-        except ValueError:
-            self._fail(RefusalCode.BAD_REQUEST, "malformed request line")
-            return
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self._fail(RefusalCode.HTTP_VERSION, "HTTP/1.1 required")
-            return
+        method, target, version, headers = head
         if method == "GET":
             # A GET on a kept-alive connection (an upgrade after a fetch: Node's WebSocket
             # reuses pooled connections) is served exactly as on a fresh one: the WebSocket
@@ -173,30 +164,24 @@ class HttpConnection(asyncio.Protocol):
             self._buffer.clear()
             self._owner.take_over(self, self._transport, initial)
             return
-        if len(lines) - 1 > MAX_HEADERS:
-            self._fail(RefusalCode.HEADERS_TOO_LARGE, "too many headers")
-            return
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._fail(RefusalCode.BAD_REQUEST, "malformed header line")
-                return
-            key = name.lower()
-            value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         if "transfer-encoding" in headers:
-            self._fail(RefusalCode.LENGTH_REQUIRED, "send the body with a Content-Length")
+            self._fail(
+                Refusal(
+                    code=RefusalCode.LENGTH_REQUIRED, message="send the body with a Content-Length"
+                )
+            )
             return
         length_text = headers.get("content-length", "0")
         if not length_text.isdigit():
-            self._fail(RefusalCode.BAD_REQUEST, "invalid Content-Length")
+            self._fail(Refusal(code=RefusalCode.BAD_REQUEST, message="invalid Content-Length"))
             return
         length = int(length_text)
         if length > self._settings.current.limits.max_message_bytes:
-            self._fail(RefusalCode.PAYLOAD_TOO_LARGE, "request body is too large")
+            self._fail(
+                Refusal(code=RefusalCode.PAYLOAD_TOO_LARGE, message="request body is too large")
+            )
             return
-        start = end + 4
+        start = http1.body_start(end)
         if len(self._buffer) < start + length:
             return
         body = bytes(self._buffer[start : start + length])
@@ -262,28 +247,25 @@ class HttpConnection(asyncio.Protocol):
         return Answer(200, b"[" + b",".join(frames) + b"]")
 
     def _write(self, response: Answer, *, keep_alive: bool, origin: str | None = None) -> None:
-        status = http.HTTPStatus(response.status)
-        lines = [
-            f"HTTP/1.1 {status.value} {status.phrase}",
-            f"Date: {email.utils.formatdate(usegmt=True)}",
-            f"Server: {SERVER_HEADER}",
-            f"Content-Length: {len(response.body)}",
+        headers = [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Server", SERVER_HEADER),
+            ("Content-Length", str(len(response.body))),
         ]
         if response.body or response.status != 204:
-            lines.append(f"Content-Type: {response.content_type}")
+            headers.append(("Content-Type", response.content_type))
         server_config = self._settings.current.server
-        cors = cors_headers(origin, server_config.cors_allow_origin, server_config.allowed_origins)
-        lines.extend(f"{name}: {value}" for name, value in cors)
-        lines.extend(f"{name}: {value}" for name, value in response.headers)
-        lines.extend(f"{name}: {value}" for name, value in server_config.response_headers.items())
-        timeout = int(server_config.http_keepalive_timeout)
-        lines.append(
-            f"Connection: keep-alive\r\nKeep-Alive: timeout={timeout}"
-            if keep_alive
-            else "Connection: close"
+        headers.extend(
+            cors_headers(origin, server_config.cors_allow_origin, server_config.allowed_origins)
         )
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._transport.write(head + response.body)
+        headers.extend(response.headers)
+        headers.extend(server_config.response_headers.items())
+        if keep_alive:
+            timeout = int(server_config.http_keepalive_timeout)
+            headers += [("Connection", "keep-alive"), ("Keep-Alive", f"timeout={timeout}")]
+        else:
+            headers.append(("Connection", "close"))
+        self._transport.write(encode(response.status, headers, response.body))
         if not keep_alive:
             self._closing = True
             self._close_after_answer()

@@ -1,12 +1,13 @@
 """The listening socket: accept, route, answer handshakes, shut down.
 
 Each accepted TCP connection starts with a tiny sniffer that reads the request method:
-``GET`` connections become a :class:`~gateway.transport.ws.WsConnection` (websockets'
-Sans-I/O ``ServerProtocol`` under our own ``asyncio.Protocol``); anything else goes to
-:class:`~gateway.transport.httpconn.HttpConnection`. Both ask :func:`gateway.admission.admit`
-whether a sync request is admitted. A WebSocket request without sync parameters is one of
-the plain :mod:`~gateway.transport.endpoints`; an admitted one becomes a session, kept by
-:class:`~gateway.transport.sessions.Sessions`.
+``GET`` connections become a :class:`~gateway.transport.ws.WsConnection` (our own
+``asyncio.Protocol``: the upgrade is read and answered by :mod:`~gateway.transport.http1` and
+:mod:`~gateway.transport.upgrade`, the frames by websockets' Sans-I/O ``ServerProtocol``);
+anything else goes to :class:`~gateway.transport.httpconn.HttpConnection`. Both ask
+:func:`gateway.admission.admit` whether a sync request is admitted. A WebSocket request
+without sync parameters is one of the plain :mod:`~gateway.transport.endpoints`; an admitted
+one becomes a session, kept by :class:`~gateway.transport.sessions.Sessions`.
 
 One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
 ``Listener.handshake`` -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
@@ -22,9 +23,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from websockets.datastructures import Headers
-from websockets.http11 import Request
-
 from gateway import protocol
 from gateway.admission import (
     Admitted,
@@ -36,9 +34,10 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
-from gateway.transport import tls
-from gateway.transport.answer import SERVER_HEADER, Answer, to_response
+from gateway.transport import tls, upgrade
+from gateway.transport.answer import SERVER_HEADER, Answer, closing
 from gateway.transport.endpoints import Endpoints
+from gateway.transport.http1 import Head
 from gateway.transport.httpconn import HttpConnection
 from gateway.transport.sessions import Sessions
 from gateway.transport.ws import Session, WsConnection, cast_transport
@@ -58,15 +57,6 @@ _WS_LOGGER = logging.getLogger("gateway.websockets")
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
-
-
-def _header_dict(headers: Headers) -> dict[str, str]:
-    """Lower-case names; a repeated header's values joined with ", " (as HTTP/1.1 reads)."""
-    merged: dict[str, str] = {}
-    for name, value in headers.raw_items():
-        key = name.lower()
-        merged[key] = f"{merged[key]}, {value}" if key in merged else value
-    return merged
 
 
 def remote_text(address: object) -> str | None:
@@ -289,34 +279,32 @@ class Listener:
 
     # -- WebSocket: the ws Owner ----------------------------------------------------------
 
-    def handshake(self, connection: WsConnection, request: Request) -> None:
-        self.spawn(self._handshake(connection, request))
+    def handshake(self, connection: WsConnection, head: Head) -> None:
+        self.spawn(self._handshake(connection, head))
 
-    def malformed(self) -> bytes:
-        refusal = Refusal(code=RefusalCode.BAD_REQUEST, message="malformed HTTP request")
-        return to_response(Answer.refusal(refusal)).serialize()
-
-    async def _handshake(self, connection: WsConnection, request: Request) -> None:
+    async def _handshake(self, connection: WsConnection, head: Head) -> None:
         try:
-            answer = await self._decide(connection, request)
+            answer = await self._decide(connection, head)
         except Exception:
             logger.exception("handshake failed")
             self.request_failed("ws")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             answer = Answer.refusal(refusal)
-        # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
-        response = connection.proto.accept(request) if answer is None else to_response(answer)
-        response.headers["Server"] = SERVER_HEADER
-        connection.respond(response, lambda: self._sessions.open(connection))
-        # The parser's frame keeps the request for the connection's lifetime; what the
-        # session needs from its headers was copied (``Sessions.admitted``).
-        request.headers.clear()
+        if answer is not None:
+            connection.respond(closing(answer), None)
+            return
+        # An admitted request that is not a valid upgrade (a bad Sec-WebSocket-Key...).
+        opening = upgrade.switching_protocols(head, SERVER_HEADER)
+        if isinstance(opening, Refusal):
+            connection.respond(closing(Answer.refusal(opening)), None)
+        else:
+            connection.respond(opening, lambda: self._sessions.open(connection))
 
-    async def _decide(self, connection: WsConnection, request: Request) -> Answer | None:
+    async def _decide(self, connection: WsConnection, head: Head) -> Answer | None:
         """The handshake hook: None to accept, else the answer (an endpoint or a refusal)."""
-        headers = _header_dict(request.headers)
+        headers = head.headers
         remote = remote_text(connection.remote_address)
-        incoming = Incoming(method="GET", target=request.path, headers=headers, remote_addr=remote)
+        incoming = Incoming(method="GET", target=head.target, headers=headers, remote_addr=remote)
         outcome = await self.admit(incoming, "ws")
         if isinstance(outcome, NotSync):
             return await self._endpoints.answer(outcome.path, headers, remote)

@@ -1,16 +1,20 @@
 """One WebSocket connection: an ``asyncio.Protocol`` driving websockets' Sans-I/O layer.
 
-websockets' ``ServerProtocol`` parses the upgrade request and the frames, answers Pings and
-runs the closing handshake; this module moves bytes between it and the transport, and owns
-the timers around it. It replaces the asyncio ``ServerConnection``, which costs a handler
-task, an ``Assembler``, a keepalive task and a receive future per connection: about twice
-the memory and CPU per connection of the protocol alone (measured in ``bench/studies/floor.py``).
+The opening handshake is read and answered here (:mod:`.http1` parses the request head,
+:mod:`.upgrade` writes the 101); from the 101 on, websockets' ``ServerProtocol``, created in
+the OPEN state, parses the frames, answers Pings and runs the closing handshake, and this
+module moves bytes between it and the transport and owns the timers around it. It replaces
+the asyncio ``ServerConnection``, which costs a handler task, an ``Assembler``, a keepalive
+task and a receive future per connection: about twice the memory and CPU per connection of
+the protocol alone (measured in ``bench/studies/floor.py``).
 
 What a connection does, in order:
 
-1. ``CONNECTING``: bytes feed the parser until the request is complete; reading then pauses
-   while the owner's ``handshake`` decides and calls :meth:`WsConnection.respond` (101 opens
-   the session; anything else refuses). The handshake must end within ``open_timeout``.
+1. Before the 101: bytes gather until the request head is complete (a malformed or
+   oversized one is refused at once); reading then pauses while the owner's ``handshake``
+   decides and calls :meth:`WsConnection.respond` (a 101 opens the session; anything else
+   refuses, half-closes and discards input until the client's FIN). The handshake must end
+   within ``open_timeout``.
 2. ``OPEN``: each complete message (fragments joined, size capped by the parser: 1009) goes to
    the session's ``handle``. Text frames are written with a header built here, without the
    Sans-I/O frame object: no extension is ever negotiated, so the bytes are the same. While
@@ -31,13 +35,13 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.errors import CloseCode, WireClosed
+from gateway.errors import CloseCode, Refusal, RefusalCode, WireClosed
+from gateway.transport import http1
+from gateway.transport.answer import Answer, closing
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,12 +49,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _OPEN = State.OPEN
-_CONNECTING = State.CONNECTING
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
 _CLOSE = Opcode.CLOSE
+
+# The request line of an upgrade: at most what browsers send and websockets accepted.
+MAX_REQUEST_LINE = 8 * 1024
+
+# Where a connection is before its session: reading the request, waiting for the owner's
+# verdict (reading paused), or refused (the answer is out; input is discarded until the
+# client's FIN). Then websockets' ServerProtocol takes over, created in the OPEN state.
+_READING, _DECIDING, _REFUSED, _OPENED = range(4)
+
+_NOT_GET = Refusal(code=RefusalCode.METHOD_NOT_ALLOWED, message="WebSocket upgrades use GET")
 
 # Headers of unmasked, unfragmented server text frames (RFC 6455 §5.2) by payload length.
 _SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
@@ -79,11 +92,8 @@ class Session(Protocol):
 class Owner(Protocol):
     """The server side a connection reports to (``gateway.transport.listener.Listener``)."""
 
-    def handshake(self, connection: WsConnection, request: Request) -> None:
+    def handshake(self, connection: WsConnection, head: http1.Head) -> None:
         """Start deciding the upgrade; the decision ends with :meth:`WsConnection.respond`."""
-
-    def malformed(self) -> bytes:
-        """The HTTP answer to bytes that are not an HTTP request."""
 
     def closed(self, connection: WsConnection, session: Session | None) -> None:
         """The TCP connection is gone (called once, whatever the state), after
@@ -94,10 +104,15 @@ class WsConnection(asyncio.Protocol):
     """A WebSocket connection; the session's ``Wire``."""
 
     __slots__ = (
+        "_cork",
         "_drain",
-        "_early",
         "_fragments",
+        "_head",
+        "_logger",
+        "_max_size",
         "_paused",
+        "_phase",
+        "_rest",
         "_timer",
         "admitted",
         "close_timeout",
@@ -122,7 +137,14 @@ class WsConnection(asyncio.Protocol):
     ) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = transport
-        self.proto = ServerProtocol(max_size=max_size, logger=logger)
+        # websockets' protocol, from the 101 on; the request before it is read here.
+        self.proto: ServerProtocol | None = None
+        self._max_size = max_size
+        self._logger = logger
+        self._phase = _READING
+        self._head: bytearray | None = bytearray()
+        # Bytes the client sent behind its request (frames ahead of the 101).
+        self._rest = b""
         # Read when a closing handshake starts, so a reload changes it for open sessions.
         self.close_timeout = close_timeout
         # Set by the owner: what the handshake admitted, and the session once open.
@@ -131,10 +153,11 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             open_timeout, self._abort
         )
-        self._early: Sequence[object] | None = None
         self._fragments: list[bytes] | None = None
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        # While not None, writes gather here and go out as one (see _uncork).
+        self._cork: list[bytes] | None = None
         # Keepalive bookkeeping, driven by the owner's sweeper.
         self.seen = True
         self.quiet_since = 0.0
@@ -144,22 +167,17 @@ class WsConnection(asyncio.Protocol):
 
     @property
     def open(self) -> bool:
-        return self.proto.state is _OPEN and self.transport is not None
+        proto = self.proto
+        return proto is not None and proto.state is _OPEN and self.transport is not None
 
     @property
     def deciding(self) -> bool:
         """The request is in and the owner has not answered it yet."""
-        return (
-            self.session is None
-            and self._early is not None
-            and self.transport is not None
-            and self.proto.state is _CONNECTING
-            and not self.proto.close_expected()
-        )
+        return self._phase == _DECIDING and self.transport is not None
 
     @property
     def close_code(self) -> int | None:
-        return self.proto.close_code
+        return None if self.proto is None else self.proto.close_code
 
     @property
     def remote_address(self) -> object:
@@ -168,7 +186,9 @@ class WsConnection(asyncio.Protocol):
 
     def set_max_size(self, max_size: int) -> None:
         """Change the largest message accepted from now on (a reload of the limit)."""
-        self.proto.max_message_size = max_size
+        self._max_size = max_size
+        if self.proto is not None:
+            self.proto.max_message_size = max_size
 
     def buffered(self) -> int:
         transport = self.transport
@@ -177,36 +197,53 @@ class WsConnection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.seen = True
         proto = self.proto
+        if proto is None:
+            if self._phase == _READING:
+                self._read_head(data)
+            elif self._phase == _DECIDING:
+                self._rest += data  # what the transport had read before it paused
+            return
         proto.receive_data(data)
         events = proto.events_received()
-        self.seen = True
-        # While connecting, what the parser answers to frames sent ahead of the 101 (a Pong)
-        # must wait for the 101: ``respond`` sends it.
-        if proto.state is not _CONNECTING or proto.handshake_exc is not None:
-            if isinstance(proto.handshake_exc, InvalidMessage) and self._early is None:
-                # websockets would only half-close; say why first. (It answers over-long
-                # request lines and headers with 414 and 431 itself.)
-                self._early = ()
-                if self.transport is not None:
-                    self.transport.write(self.owner.malformed())
+        # What the parser answers (Pongs, a close) and the session's answers to these events
+        # go out in one write.
+        self._cork = []
+        try:
             self._flush()
-        if not events:
+            if events:
+                self._dispatch(events)
+        finally:
+            self._uncork()
+
+    def _read_head(self, data: bytes) -> None:
+        buffer = self._head
+        assert buffer is not None
+        buffer += data
+        end = http1.head_end(buffer)
+        if end < 0:
+            refusal = http1.unfinished(buffer, max_request_line=MAX_REQUEST_LINE)
+            if refusal is not None:
+                self._refuse(closing(Answer.refusal(refusal)))
             return
-        if self.session is None:
-            first = events[0]
-            if isinstance(first, Request) and self._early is None:
-                # Frames the client sent right behind its request wait for the verdict.
-                self._early = events[1:]
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                self.owner.handshake(self, first)
+        head = http1.parse_head(bytes(buffer[:end]), max_request_line=MAX_REQUEST_LINE)
+        self._rest = bytes(buffer[http1.body_start(end) :])
+        self._head = None
+        if not isinstance(head, Refusal) and head.method != "GET":
+            head = _NOT_GET
+        if isinstance(head, Refusal):
+            self._refuse(closing(Answer.refusal(head)))
             return
-        self._dispatch(events)
+        self._phase = _DECIDING
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.owner.handshake(self, head)
 
     def eof_received(self) -> bool:
-        self.proto.receive_eof()
-        self._flush()
+        if self.proto is not None:
+            self.proto.receive_eof()
+            self._flush()
         # Returning False lets the transport close itself.
         return False
 
@@ -214,15 +251,17 @@ class WsConnection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         if transport is None:
             return
+        self._head = None
+        self._rest = b""
         proto = self.proto
-        proto.receive_eof()
-        # The parser is a generator whose frame holds the protocol, and the exceptions it
-        # keeps (an abrupt EOF, a bad request) hold that frame in their tracebacks: reference
-        # cycles only the cyclic GC would free. Breaking them lets refcounting free the
-        # connection, and keeps full collections (100+ ms pauses with many connections) rare.
-        proto.parser.close()
-        proto.parser_exc = None
-        proto.handshake_exc = None
+        if proto is not None:
+            proto.receive_eof()
+            # The parser is a generator whose frame holds the protocol, and the exception it
+            # keeps (an abrupt EOF) holds that frame in its traceback: reference cycles only
+            # the cyclic GC would free. Breaking them lets refcounting free the connection,
+            # and keeps full collections (100+ ms pauses with many connections) rare.
+            proto.parser.close()
+            proto.parser_exc = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -253,45 +292,80 @@ class WsConnection(asyncio.Protocol):
 
     # -- handshake ------------------------------------------------------------------------
 
-    def respond(self, response: Response, session: Callable[[], Session] | None) -> None:
-        """Send the handshake's answer; on 101, open ``session()`` and read on."""
-        proto = self.proto
-        if self.transport is None or proto.state is not _CONNECTING:
+    def respond(self, response: bytes, session: Callable[[], Session] | None) -> None:
+        """Send the handshake's answer: with ``session``, the 101 (then open ``session()`` and
+        read on); without, a refusal (then close)."""
+        transport = self.transport
+        if transport is None or self._phase != _DECIDING:
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        # Answers to frames that came ahead of the verdict go after it, or nowhere.
-        ahead = proto.data_to_send()
-        proto.send_response(response)
-        # A refusal half-closes; _flush arms the close timer for the client's side.
-        self._flush()
-        if proto.state is not _OPEN:
-            # Read on (the parser discards) so the client's FIN ends the connection now
-            # rather than at the close timer.
-            if self.transport is not None:
-                self.transport.resume_reading()
+        if session is None:
+            self._refuse(response)
             return
-        if ahead and self.transport is not None:
-            for data in ahead:
-                if data:
-                    self.transport.write(data)
-                else:
-                    self.transport.write_eof()
-        assert session is not None
+        self._phase = _OPENED
+        self.proto = ServerProtocol(state=_OPEN, max_size=self._max_size, logger=self._logger)
+        # The 101 and the answers to the frames that came with the request: one write.
+        self._cork = [response]
+        try:
+            self._open(session)
+        finally:
+            self._uncork()
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _open(self, session: Callable[[], Session]) -> None:
         try:
             self.session = session()
         except Exception:
             logger.exception("session failed to open")
             self.fail(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        early, self._early = self._early, ()
-        if early:
-            self._dispatch(early)
-        if self.transport is not None:
-            self.transport.resume_reading()
+        rest, self._rest = self._rest, b""
+        if rest:
+            proto = self.proto
+            assert proto is not None
+            proto.receive_data(rest)
+            events = proto.events_received()
+            self._flush()
+            if events:
+                self._dispatch(events)
+
+    def _refuse(self, response: bytes) -> None:
+        """Write ``response``, half-close, and discard input until the client closes (or
+        the close timer aborts): closing at once while request bytes are unread would reset
+        the connection, which can destroy the answer before the client reads it."""
+        self._phase = _REFUSED
+        self._head = None
+        self._rest = b""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        transport.write(response)
+        if not transport.can_write_eof():
+            self._timer = None
+            transport.close()
+            return
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(self.close_timeout(), self._abort)
+        transport.resume_reading()
 
     # -- reading --------------------------------------------------------------------------
+
+    def _uncork(self) -> None:
+        """Write what gathered while corked, as one write.
+
+        A client's frames often arrive together (a Ping and a Pull in one read), and each
+        answer written on its own is a send system call with the loopback or NIC path
+        behind it: the second and third writes of a handshake were a fifth of its CPU.
+        """
+        corked, self._cork = self._cork, None
+        transport = self.transport
+        if corked and transport is not None:
+            transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def _dispatch(self, events: Sequence[object]) -> None:
         try:
@@ -333,9 +407,13 @@ class WsConnection(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         """Write ``data`` as one text frame now (the caller checked :attr:`open`)."""
-        transport = self.transport
-        if transport is not None:
-            transport.write(text_frame(data))
+        self._write(text_frame(data))
+
+    def _write(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
 
     async def send_paced(self, data: bytes) -> None:
         """Write one text frame, then wait while the socket's buffer is above its limit."""
@@ -352,13 +430,15 @@ class WsConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self.transport
-        if transport is None:
-            return
         proto = self.proto
+        if transport is None or proto is None:
+            return
         for data in proto.data_to_send():
             if data:
-                transport.write(data)
-            elif transport.can_write_eof():
+                self._write(data)
+                continue
+            self._uncork()
+            if transport.can_write_eof():
                 transport.write_eof()
             else:
                 transport.close()
@@ -369,14 +449,16 @@ class WsConnection(asyncio.Protocol):
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake (no-op unless open)."""
-        if self.open:
-            self.proto.send_close(code, reason)
+        proto = self.proto
+        if proto is not None and self.open:
+            proto.send_close(code, reason)
             self._flush()
 
     def fail(self, code: int, reason: str = "") -> None:
         """Close without waiting for anything the client sends."""
-        if self.transport is not None and self.proto.state is _OPEN:
-            self.proto.fail(code, reason)
+        proto = self.proto
+        if proto is not None and self.transport is not None and proto.state is _OPEN:
+            proto.fail(code, reason)
             self._flush()
 
     def _abort(self) -> None:
@@ -404,8 +486,9 @@ class WsConnection(asyncio.Protocol):
                 logger.info("closing: keepalive ping timeout")
                 self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             return
-        if now - self.quiet_since >= interval and self.open:
-            self.proto.send_ping(b"")
+        proto = self.proto
+        if now - self.quiet_since >= interval and proto is not None and self.open:
+            proto.send_ping(b"")
             self._flush()
             if timeout:
                 self.ping_deadline = now + timeout
