@@ -1,41 +1,45 @@
 """9. C100k on one process (issue 16): as many authenticated live pulls as the machine's file
 limits allow, held for a minute while a hot store with 1,000 subscribers is pushed.
 
-One fresh server at a time (baseline, then gateway: the generator holds a socket per
-connection, so both servers cannot be loaded at once under one file limit). Each gets
-``connections`` authenticated connections with a live pull: ``c100k_warmup`` first (then the
-server's RSS is read), then the rest over ``c100k_stores`` stores, plus one hot store with
-``c100k_hot`` subscribers and its pusher (:class:`bench.rigs.fanout.FanoutRig`). Client
-sockets are bound to ``c100k_sources`` loopback addresses before they connect (one address
-has ~28k ephemeral ports: 100k connections need at least four). The connections are then held
-for ``c100k_hold_s`` seconds, in ``c100k_slices`` slices of paced single-event pushes to the
-hot store (``c100k_rate`` pushes/s: push->delivery latency at every subscriber, server CPU per
-delivered event; the ``c100k_keep`` share of slices least disturbed by other processes is
-kept, as in the fan-out rig). At the end: the server's RSS again (VmRSS, never an estimate),
-how many connections it closed meanwhile, and the per-connection figures projected to 100k.
+A fresh baseline and a fresh gateway, loaded at once, each by a load generator process of its
+own (:mod:`bench.rigs.c100k_worker`: one process holds at most ~19,850 sockets under a 20,000
+file limit). Each server gets ``connections`` authenticated connections with a live pull:
+``c100k_warmup`` first (then its RSS is read), then the rest over ``c100k_stores`` stores,
+plus one hot store with ``c100k_hot`` subscribers and its pusher
+(:class:`bench.rigs.fanout.FanoutRig`). Client sockets are bound to ``c100k_sources``
+loopback addresses before they connect (one address has ~28k ephemeral ports: 100k
+connections need at least four). The servers open one after the other, then hold their
+connections for at least ``c100k_hold_s`` seconds, during which ``c100k_slices`` slices of
+paced single-event pushes to the hot store (``c100k_rate`` pushes/s: push->delivery latency at
+every subscriber, server CPU per delivered event) alternate between them, as the fan-out
+rig's do, so the noise of a shared machine hits both alike; each keeps the ``c100k_keep``
+share of its slices least disturbed by other processes. At the end: each server's RSS again
+(VmRSS, never an estimate), how many connections it closed meanwhile, and the per-connection
+figures projected to 100k.
 
-The default size comes from the real limits: the lower of this process's and the server's
-``RLIMIT_NOFILE`` soft limit, less the descriptors each already holds and ``c100k_reserve``
-(~19,800 under a 20,000 limit that cannot be raised).
+The default size comes from the real limits: this process's ``RLIMIT_NOFILE`` soft limit
+(the workers and servers raise theirs to the same hard limit) less the descriptors it holds
+and ``c100k_reserve`` (~19,800 under a 20,000 limit that cannot be raised).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from bench.cleanest import keep_cleanest
-from bench.client import Conn, ConnectError, source_addresses
 from bench.procs import Server
 from bench.results import dig, fmt
-from bench.rigs.common import Auth, Meter, abort_all, open_live, store_ids
-from bench.rigs.fanout import FanoutPhase, FanoutRig, PacedSlices
+from bench.rigs import c100k_worker
+from bench.rigs.c100k_worker import Opened, Spec
+from bench.rigs.fanout import FanoutPhase, PacedSlices
 
 if TYPE_CHECKING:
     from bench.runner import Bench
@@ -90,137 +94,167 @@ def default_connections(reserve: int) -> int:
     return soft - fd_count() - reserve
 
 
-async def _open_counting(
-    count: int, concurrency: int, opener: Callable[[int], Awaitable[Conn]]
-) -> tuple[list[Conn], int]:
-    """Like :func:`bench.rigs.common.open_many`, but a refused or failed connection is
-    counted (one of the target's "all open"), not raised."""
-    conns: list[Conn] = []
-    failures = 0
-    counter = itertools.count()
+class Worker:
+    """A load generator process holding one server's connections."""
 
-    async def worker() -> None:
-        nonlocal failures
-        while True:
-            i = next(counter)
-            if i >= count:
-                return
-            try:
-                conns.append(await opener(i))
-            except (ConnectError, OSError, TimeoutError):
-                failures += 1
+    def __init__(self, process: BaseProcess, pipe: Connection) -> None:
+        self.process = process
+        self.pipe = pipe
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
-    return conns, failures
+    @classmethod
+    def start(cls, spec: Spec) -> Worker:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=c100k_worker.main, args=(theirs, spec), daemon=True)
+        process.start()
+        theirs.close()
+        return cls(process, ours)
+
+    async def call(self, *command: object) -> Any:
+        self.pipe.send(command)
+        status, answer = await asyncio.get_running_loop().run_in_executor(None, self.pipe.recv)
+        if status != "ok":
+            raise RuntimeError(f"c100k worker: {answer}")
+        return answer
+
+    def stop(self) -> None:
+        self.pipe.close()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
-async def hold(bench: Bench, server: Server, auth: Auth, connections: int) -> C100kResult:
-    s = bench.sizes
-    limit = fd_limit(server.pid)
-    fds_before = fd_count(server.pid)
-    # The server holds one descriptor per connection besides its own.
-    connections = min(connections, limit - fds_before - s.c100k_reserve)
-    hot = s.c100k_hot
-    idle_count = connections - s.c100k_warmup - hot - 1
-    assert idle_count > 0, f"c100k: {connections} connections leave none idle"
-    ids = store_ids(f"c100k-{server.name}", s.c100k_stores)
-    sources = source_addresses(s.c100k_sources)
+@dataclass
+class _Held:
+    """One server's readings while the rig runs."""
 
-    def opener(offset: int) -> Callable[[int], Awaitable[Conn]]:
-        async def open_one(i: int) -> Conn:
-            n = offset + i
-            store = ids[n % len(ids)]
-            conn, _, _ = await open_live(
-                server, store, auth.wire(store, n), source=sources[n % len(sources)]
-            )
-            return conn
-
-        return open_one
-
-    rig = FanoutRig(server, auth, stores=1, subscribers=hot, batch=1)
-    warm: list[Conn] = []
-    conns: list[Conn] = []
-    try:
-        warm, failed_warm = await _open_counting(s.c100k_warmup, s.concurrency, opener(0))
-        await server.quiet()
-        await asyncio.sleep(s.settle_s / 2)
-        rss_before = server.rss()
-        meter = Meter(server)
-        conns, failed = await _open_counting(idle_count, s.concurrency, opener(s.c100k_warmup))
-        conns_usage = meter.read()
-        idle_opened = len(conns)
-        bench.log(f"c100k: {len(warm) + len(conns)} idle open, hot store: {hot} subscribers")
-        await rig.open(concurrency=s.concurrency, sources=sources)
-        usage = meter.read()
-        # Counted now: closing the connections empties the lists.
-        measured = len(conns) + len(rig.conns)
-        opened = len(warm) + measured
-        bench.log(f"c100k: {opened} connections open to {server.name} in {usage.elapsed_s:.1f} s")
-        held_from = time.monotonic()
-        await server.quiet()
-        await asyncio.sleep(s.settle_s)
-        rss_open = server.rss()
-        fds_held = fd_count(server.pid)
-        slices: list[FanoutPhase] = []
-        raws: list[tuple[list[int], list[int]]] = []
-        slice_s = s.c100k_hold_s / s.c100k_slices
-        for _ in range(s.c100k_slices):
-            slices.append(await rig.paced(s.c100k_rate, slice_s))
-            raws.append(rig.last_raw)
-        # The minute counts from the last connection open, the RSS reading included.
-        await asyncio.sleep(max(0.0, s.c100k_hold_s - (time.monotonic() - held_from)))
-        await server.quiet()
-        rss_end = server.rss()
-        held_s = time.monotonic() - held_from
-        dropped = sum(c.closed for c in warm) + sum(c.closed for c in conns)
-    finally:
-        dropped_hot = rig.close()
-        abort_all(conns)
-        abort_all(warm)
-    dropped += dropped_hot
-    per_conn = (rss_end - rss_before) / measured / 1024
-    return C100kResult(
-        connections=opened,
-        measured_connections=measured,
-        stores=s.c100k_stores,
-        hot_subscribers=hot,
-        source_addresses=len(sources),
-        fd_limit=limit,
-        server_fds_before=fds_before,
-        server_fds_held=fds_held,
-        open_failures=failed_warm + failed,
-        open_s=usage.elapsed_s,
-        # The idle connections' handshakes (the hot store's come with warm-up pushes).
-        handshakes_per_s=idle_opened / conns_usage.elapsed_s,
-        server_cpu_us_per_handshake=conns_usage.server_cpu_s / max(idle_opened, 1) * 1e6,
-        held_s=held_s,
-        connections_dropped=dropped,
-        connections_not_held=failed_warm + failed + dropped,
-        rss_before_mib=rss_before / 2**20,
-        rss_open_mib=rss_open / 2**20,
-        rss_end_mib=rss_end / 2**20,
-        rss_per_connection_open_kib=(rss_open - rss_before) / measured / 1024,
-        rss_per_connection_kib=per_conn,
-        projected_100k_rss_mib=(rss_before / 1024 + PROJECTED * per_conn) / 1024,
-        projected_100k_fds=fds_before + PROJECTED,
-        paced=keep_cleanest(slices, raws, s.c100k_keep, bench.server_cpus, bench.gen_cpus),
-    )
+    server: Server
+    worker: Worker
+    connections: int
+    fd_limit: int
+    fds_before: int
+    warm: int = 0
+    opened: Opened | None = None
+    rss_before: int = 0
+    rss_open: int = 0
+    fds_held: int = 0
+    held_from: float = 0.0
+    slices: list[FanoutPhase] = field(default_factory=list)
+    raws: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
 
 async def c100k(bench: Bench) -> dict[str, C100kResult]:
-    """The rig on a fresh baseline, then a fresh gateway (same size for both)."""
+    """The rig on a fresh baseline and a fresh gateway, loaded at once (same size)."""
     s = bench.sizes
-    connections = s.c100k_connections or default_connections(s.c100k_reserve)
-    results = {}
-    for make in (bench.baseline, bench.gateway):
-        server = await make()
-        try:
-            results[server.name] = await bench.measure(
-                SCENARIO, server, hold(bench, server, bench.auth, connections)
+    started = time.monotonic()
+    wanted = s.c100k_connections or default_connections(s.c100k_reserve)
+    servers: list[Server] = []
+    held: list[_Held] = []
+    try:
+        for make in (bench.baseline, bench.gateway):
+            server = await make()
+            servers.append(server)
+            limit, fds = fd_limit(server.pid), fd_count(server.pid)
+            # The server holds one descriptor per connection besides its own.
+            connections = min(wanted, limit - fds - s.c100k_reserve)
+            spec = Spec(
+                name=server.name,
+                port=server.port,
+                pid=server.pid,
+                cpus=server.cpus,
+                quiet_interval=server.quiet_interval,
+                secret=bench.secret,
+                pool=bench.auth.pool,
+                sizes=s,
+                connections=connections,
             )
-        finally:
+            held.append(_Held(server, Worker.start(spec), connections, limit, fds))
+        for h in held:
+            await bench.measure(f"{SCENARIO}_open", h.server, _open(bench, h))
+        for h in held:
+            await h.server.quiet()
+        await asyncio.sleep(s.settle_s)
+        for h in held:
+            h.rss_open = h.server.rss()
+            h.fds_held = fd_count(h.server.pid)
+        slice_s = s.c100k_hold_s / 2 / s.c100k_slices
+        for index in range(s.c100k_slices):
+            for h in held:
+                phase, raw = await bench.measure(
+                    f"{SCENARIO}#{index + 1}",
+                    h.server,
+                    h.worker.call("slice", s.c100k_rate, slice_s),
+                )
+                h.slices.append(phase)
+                h.raws.append(raw)
+        # Every server holds its connections for c100k_hold_s from its last one's opening.
+        last = max(h.held_from for h in held)
+        await asyncio.sleep(max(0.0, s.c100k_hold_s - (time.monotonic() - last)))
+        results = {}
+        for h in held:
+            await h.server.quiet()
+            rss_end = h.server.rss()
+            held_s = time.monotonic() - h.held_from
+            dropped = await h.worker.call("finish")
+            results[h.server.name] = _result(bench, h, rss_end, held_s, dropped)
+        bench.timings[SCENARIO] = time.monotonic() - started
+        return results
+    finally:
+        for h in held:
+            h.worker.stop()
+        for server in servers:
             await server.stop()
-    return results
+
+
+async def _open(bench: Bench, h: _Held) -> None:
+    s = bench.sizes
+    h.warm = await h.worker.call("warm")
+    await h.server.quiet()
+    await asyncio.sleep(s.settle_s / 2)
+    h.rss_before = h.server.rss()
+    bench.log(f"{SCENARIO}: opening {h.connections} connections to {h.server.name} ...")
+    h.opened = opened = await h.worker.call("open")
+    h.held_from = time.monotonic()
+    bench.log(
+        f"{SCENARIO}: {h.warm + opened.measured} connections open to {h.server.name} "
+        f"in {opened.usage.elapsed_s:.1f} s ({opened.open_failures} failed)"
+    )
+
+
+def _result(bench: Bench, h: _Held, rss_end: int, held_s: float, dropped: int) -> C100kResult:
+    s = bench.sizes
+    opened = h.opened
+    assert opened is not None
+    measured = opened.measured
+    per_conn = (rss_end - h.rss_before) / measured / 1024
+    idle = opened.idle_usage
+    return C100kResult(
+        connections=h.warm + measured,
+        measured_connections=measured,
+        stores=s.c100k_stores,
+        hot_subscribers=s.c100k_hot,
+        source_addresses=s.c100k_sources,
+        fd_limit=h.fd_limit,
+        server_fds_before=h.fds_before,
+        server_fds_held=h.fds_held,
+        open_failures=opened.open_failures,
+        open_s=opened.usage.elapsed_s,
+        # The idle connections' handshakes (the hot store's come with warm-up pushes).
+        handshakes_per_s=opened.idle_opened / idle.elapsed_s,
+        server_cpu_us_per_handshake=idle.server_cpu_s / max(opened.idle_opened, 1) * 1e6,
+        held_s=held_s,
+        connections_dropped=dropped,
+        connections_not_held=opened.open_failures + dropped,
+        rss_before_mib=h.rss_before / 2**20,
+        rss_open_mib=h.rss_open / 2**20,
+        rss_end_mib=rss_end / 2**20,
+        rss_per_connection_open_kib=(h.rss_open - h.rss_before) / measured / 1024,
+        rss_per_connection_kib=per_conn,
+        projected_100k_rss_mib=(h.rss_before / 1024 + PROJECTED * per_conn) / 1024,
+        projected_100k_fds=h.fds_before + PROJECTED,
+        paced=keep_cleanest(h.slices, h.raws, s.c100k_keep, bench.server_cpus, bench.gen_cpus),
+    )
 
 
 _ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
