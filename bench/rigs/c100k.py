@@ -54,7 +54,7 @@ class C100kResult:
     measured_connections: int  # opened after the first RSS reading (the per-connection base)
     stores: int
     hot_subscribers: int
-    source_addresses: int
+    source_addresses: int  # distinct local addresses the client sockets were bound to
     fd_limit: int  # the server's soft RLIMIT_NOFILE
     server_fds_before: int
     server_fds_held: int
@@ -234,7 +234,7 @@ def _result(bench: Bench, h: _Held, rss_end: int, held_s: float, dropped: int) -
         measured_connections=measured,
         stores=s.c100k_stores,
         hot_subscribers=s.c100k_hot,
-        source_addresses=s.c100k_sources,
+        source_addresses=opened.sources_used,
         fd_limit=h.fd_limit,
         server_fds_before=h.fds_before,
         server_fds_held=h.fds_held,

@@ -53,6 +53,7 @@ class Opened:
     open_failures: int
     measured: int  # connections opened by ``open`` (after the warm-up)
     idle_usage: Usage  # the idle connections' handshakes
+    sources_used: int  # distinct local addresses of the open connections (getsockname)
     usage: Usage  # every connection of ``open``, the hot store's warm-up pushes included
 
 
@@ -64,6 +65,12 @@ class _Attached(Server):
     @property
     def pid(self) -> int:
         return self.attached_pid
+
+
+def _local_address(conn: Conn) -> str | None:
+    transport = conn.transport
+    name = transport.get_extra_info("sockname") if transport is not None else None
+    return str(name[0]) if name else None
 
 
 async def open_counting(
@@ -136,7 +143,9 @@ class Holder:
         self.failures += failed
         idle_usage = meter.read()
         await self.rig.open(concurrency=s.concurrency, sources=self.sources)
+        every = self.warm + self.conns + self.rig.sub_conns  # the pusher: any address
         return Opened(
+            sources_used=len({_local_address(c) for c in every} - {None}),
             idle_opened=len(self.conns),
             open_failures=self.failures,
             measured=len(self.conns) + len(self.rig.conns),
