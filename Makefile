@@ -82,7 +82,8 @@ types: $(STAMP)
 check: lint types test
 
 # Load benchmark: gateway against a bare websockets broadcast server, same run, same
-# machine (< 5 minutes). Prints a table, writes bench/results.json. See bench/cli.py.
+# machine (about 6 minutes, 1½ of them the C100k rig). Prints a table, writes
+# bench/results.json. See bench/cli.py.
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -188,19 +188,29 @@ async def connect(
     extensions: Sequence[ClientExtensionFactory] | None = None,
     ssl: _ssl.SSLContext | None = None,
     within: float = 30.0,
+    source: str | None = None,
 ) -> Conn:
     """Open a connection and complete the upgrade; raises ConnectError when refused.
 
     With ``ssl`` the connection is TLS first (the context verifies the server certificate
     against ``host``); ``connection_made`` then comes after the TLS handshake, so the
-    upgrade request goes out encrypted.
+    upgrade request goes out encrypted. ``source``: the local address to bind before
+    connecting (e.g. ``127.0.3.7``; one address has ~28k ephemeral ports, see
+    :func:`source_addresses`).
     """
     loop = asyncio.get_running_loop()
     conn = Conn(host, port, resource, on_text, extensions)
+    local = (source, 0) if source is not None else None
     async with asyncio.timeout(within):
-        await loop.create_connection(lambda: conn, host, port, ssl=ssl)
+        await loop.create_connection(lambda: conn, host, port, ssl=ssl, local_addr=local)
         await conn.opened
     return conn
+
+
+def source_addresses(count: int) -> list[str]:
+    """``count`` loopback addresses in 127.0.0.0/8 other than 127.0.0.1 (the servers'):
+    127.0.0.2 .. 127.0.0.254, then 127.0.1.2 ..."""
+    return [f"127.0.{k // 253}.{2 + k % 253}" for k in range(count)]
 
 
 async def run_workers(count: int, worker: Callable[[int], Any]) -> list[Any]:

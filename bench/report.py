@@ -18,7 +18,7 @@ import orjson
 
 from bench.machine import Machine, SourceState
 from bench.results import dig, fmt, to_json
-from bench.rigs import client, handshake_tls, pg_throughput, push_rules
+from bench.rigs import c100k, client, handshake_tls, pg_throughput, push_rules
 from bench.sizes import Sizes
 from bench.studies import compression, floor
 
@@ -55,6 +55,38 @@ TARGETS: list[tuple[str, str, tuple[str, ...], str, float, str]] = [
         "ratio<=",
         1.1,
         "RSS per idle connection (live pull) <= 1.1x baseline",
+    ),
+    (
+        "c100k_held",
+        "c100k",
+        ("connections_not_held",),
+        "<=",
+        0.0,
+        "C100k rig: every connection opened and none dropped while held for the minute",
+    ),
+    (
+        "c100k_rss",
+        "c100k",
+        ("rss_per_connection_kib",),
+        "<=",
+        8.0,
+        "C100k rig: server RSS per authenticated live pull <= 8 KiB (VmRSS, after the minute)",
+    ),
+    (
+        "c100k_p99",
+        "c100k",
+        ("paced", "latency", "p99_ms"),
+        "ratio<=",
+        1.5,
+        "C100k rig: push->delivery p99 at the hot store's 1,000 subscribers <= 1.5x baseline",
+    ),
+    (
+        "c100k_cpu",
+        "c100k",
+        ("paced", "server_cpu_us_per_event"),
+        "ratio<=",
+        1.1,
+        "C100k rig: server CPU per delivered event (hot store) <= 1.1x baseline at this size",
     ),
     (
         "durable_push",
@@ -332,6 +364,7 @@ def table(report: dict[str, Any]) -> str:
         2,
     )
     row("  RSS after", "idle", ("rss_after_mib",), "MiB")
+    rows.extend(c100k.table_rows(res))
     cu = res.get("catchup", {}).get("gateway", {})
     row(f"catch-up of {cu.get('events')} events", "catchup", ("events_per_s",), "ev/s")
     row("  server CPU per event", "catchup", ("server_cpu_us_per_event",), "us", 2)

@@ -29,6 +29,7 @@ from bench.machine import machine, source_state
 from bench.procs import Server, baseline_server, gateway_server, plan_cpus, raise_nofile
 from bench.profiling import Profiler
 from bench.results import Picked
+from bench.rigs.c100k import c100k
 from bench.rigs.catchup import catchup, populate
 from bench.rigs.client import client_rig
 from bench.rigs.common import Auth
@@ -381,6 +382,8 @@ class Bench:
             )
         if self.wants("idle"):
             res["idle"] = await self.idle()
+        if self.wants("c100k"):
+            res["c100k"] = await c100k(self)
         if any(self.wants(name) for name in ("client", "client_follow", "client_commit")):
             res.update(await client_rig(self))
         if self.wants("compression") and not self.args.no_compression:

@@ -61,6 +61,21 @@ class Sizes:
     pg_stores: int = 200
     pg_hot: int = 16
     pg_s: float = 10.0
+    # 9. C100k on one process (issue 16): as many authenticated live pulls as the file limits
+    # of both processes allow (0: computed from RLIMIT_NOFILE, ~19,800 at a 20,000 limit),
+    # over c100k_stores stores plus one hot store with c100k_hot subscribers, from
+    # c100k_sources loopback addresses, held for c100k_hold_s while the hot store is pushed
+    # c100k_rate single-event pushes/s, in c100k_slices slices (c100k_keep of them kept).
+    c100k_connections: int = 0
+    c100k_reserve: int = 150  # file descriptors left to both processes' own needs
+    c100k_stores: int = 1000
+    c100k_hot: int = 1000
+    c100k_sources: int = 64
+    c100k_warmup: int = 200
+    c100k_hold_s: float = 60.0
+    c100k_slices: int = 12
+    c100k_keep: float = 0.5
+    c100k_rate: float = 10.0
     # 7. the Python client (gateway.client) against the load generator
     client_events: int = 100_000  # the store the follow measurement reads
     client_follow_runs: int = 3
@@ -112,6 +127,14 @@ SMOKE = Sizes(
     pg_stores=4,
     pg_hot=2,
     pg_s=0.3,
+    c100k_connections=80,
+    c100k_stores=4,
+    c100k_hot=10,
+    c100k_sources=4,
+    c100k_warmup=5,
+    c100k_hold_s=0.6,
+    c100k_slices=2,
+    c100k_rate=20.0,
     client_events=1000,
     client_follow_runs=1,
     client_tasks=4,

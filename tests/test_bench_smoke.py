@@ -103,6 +103,20 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
         assert _number(idle["rss_per_connection_kib"])
         assert idle["rss_after_mib"] > 0
 
+        # C100k rig at toy size: every connection held, the hot store delivered to all.
+        c100k = res["c100k"][name]
+        assert c100k["connections"] == 80
+        assert c100k["connections_not_held"] == 0
+        assert c100k["source_addresses"] == 4  # the client sockets' own addresses
+        assert c100k["server_fds_held"] >= c100k["connections"]
+        assert _number(c100k["rss_per_connection_kib"])
+        assert c100k["projected_100k_rss_mib"] > c100k["rss_before_mib"]
+        hot = c100k["paced"]
+        assert hot["all_delivered"], hot
+        assert hot["events_delivered"] == hot["events_expected"] > 0
+        assert hot["order_errors"] == 0
+        _latency_ok(hot["latency"])
+
     # The floor (Sans-I/O reference server) runs the comparisons it can do.
     for scenario in ("handshake", "fanout", "idle"):
         assert "floor" in res[scenario], scenario
@@ -180,6 +194,8 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     names = {t["name"] for t in report["targets"]}
     assert {"fanout_cpu", "fanout_p99", "handshakes", "idle_memory", "catchup"} <= names
     assert {"client_follow", "client_commit", "client_many", "push_rules"} <= names
+    assert {"c100k_held", "c100k_rss", "c100k_p99", "c100k_cpu"} <= names
+    assert "C100k rig" in proc.stdout
     for target in report["targets"]:
         assert target["met"] is None
         if target["name"] != "durable_push_b1":  # skipped at smoke size

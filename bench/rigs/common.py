@@ -105,8 +105,10 @@ async def open_live(
     wire: tuple[str, bytes],
     *,
     extensions: list[Any] | None = None,
+    source: str | None = None,
 ) -> tuple[Conn, int, int]:
-    """Connect, send Ping and a live Pull, wait for the first Chunk; (conn, t_start, t_chunk)."""
+    """Connect (from the local address ``source``, if given), send Ping and a live Pull,
+    wait for the first Chunk; (conn, t_start, t_chunk)."""
     loop = asyncio.get_running_loop()
     first: asyncio.Future[int] = loop.create_future()
 
@@ -121,7 +123,13 @@ async def open_live(
     resource, pull = wire
     started = monotonic_ns()
     conn = await connect(
-        HOST, server.port, resource, on_text, extensions=extensions, ssl=server.client_tls
+        HOST,
+        server.port,
+        resource,
+        on_text,
+        extensions=extensions,
+        ssl=server.client_tls,
+        source=source,
     )
     conn.send(PING)
     conn.send(pull)

@@ -118,14 +118,23 @@ class FanoutRig:
         # The raw latencies (delivery, push ack) of the last phase, for merging slices.
         self.last_raw: tuple[list[int], list[int]] = ([], [])
 
-    async def open(self, *, concurrency: int, extensions: list[Any] | None = None) -> None:
+    async def open(
+        self,
+        *,
+        concurrency: int,
+        extensions: list[Any] | None = None,
+        sources: Sequence[str] = (),
+    ) -> None:
+        """Open every subscriber (subscriber ``i`` from ``sources[i % len(sources)]`` if
+        given) and the pushers, then push a few warm-up batches through every store."""
         started = time.monotonic()
         ids, tracks, phase, auth = self.ids, self.tracks, self.phase, self.auth
 
         async def open_sub(i: int) -> Conn:
             k = i % self.stores
+            source = sources[i % len(sources)] if sources else None
             conn, _, _ = await open_live(
-                self.server, ids[k], auth.wire(ids[k], i), extensions=extensions
+                self.server, ids[k], auth.wire(ids[k], i), extensions=extensions, source=source
             )
             Subscriber(conn, tracks[k], phase)
             return conn

@@ -53,6 +53,10 @@ _MAX_METHOD = 16
 HttpCall = Callable[[Admitted, protocol.Request], Awaitable[list[bytes]]]
 
 _WS_LOGGER = logging.getLogger("gateway.websockets")
+# Connections the kernel may hold accepted but not yet taken by the event loop: after a
+# restart, tens of thousands of clients reconnect at once. The kernel caps it at
+# net.core.somaxconn (4096 by default since Linux 5.4).
+LISTEN_BACKLOG = 4096
 
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
@@ -161,7 +165,7 @@ class Listener:
             lambda: _Sniffer(self),
             server_config.host,
             server_config.port,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
             ssl=self.tls,
             ssl_handshake_timeout=server_config.open_timeout if self.tls else None,
         )
