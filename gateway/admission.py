@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway.errors import Refusal, RefusalCode
 from gateway.protocol import loads
@@ -52,6 +52,41 @@ class NotSync:
         self.path = path
 
 
+def _split_target(target: str) -> tuple[str, str]:
+    """The path (``/`` if empty) and the query of a request target, without a fragment."""
+    if target.startswith("/") and not target.startswith("//"):
+        path, _, query = target.partition("?")  # origin-form, what clients send
+        query = query.partition("#")[0]
+    else:
+        split = urlsplit(target)  # absolute-form, or a path that looks like an authority
+        path, query = split.path, split.query
+    return path or "/", query
+
+
+def _form_decode(text: str) -> str:
+    """One form-decoding pass (``+`` is a space, then percent-decoding as strict UTF-8)."""
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        # A double-encoded payload's outer layer escapes nothing but its inner escapes'
+        # percent signs: then decoding it is a plain replace (the same result, in C).
+        if text.count("%") == text.count("%25"):
+            return text.replace("%25", "%")
+        return unquote(text, errors="strict")
+    return text
+
+
+def _form_pairs(query: str) -> list[tuple[str, str]]:
+    """``application/x-www-form-urlencoded`` pairs, as ``parse_qsl(query,
+    keep_blank_values=True, errors="strict")`` reads them; raises UnicodeDecodeError."""
+    pairs = []
+    for field in query.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((_form_decode(name), _form_decode(value)))
+    return pairs
+
+
 def parse_target(
     target: str, *, max_store_id_length: int, max_payload_bytes: int
 ) -> SyncTarget | NotSync | Refusal:
@@ -60,10 +95,10 @@ def parse_target(
     The path is not significant (spec §2.1). ``payload`` is JSON that was percent-encoded
     twice (spec §2.2): the query is form-decoded, then the value is unquoted once more.
     """
-    split = urlsplit(target)
+    path, query = _split_target(target)
     try:
-        params = parse_qsl(split.query, keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
+        params = _form_pairs(query)
+    except UnicodeDecodeError:
         return Refusal(code=RefusalCode.BAD_REQUEST, message="query string is not valid UTF-8")
     values: dict[str, str] = {}
     for key, value in params:
@@ -71,7 +106,7 @@ def parse_target(
             return Refusal(code=RefusalCode.BAD_REQUEST, message=f"duplicate parameter {key}")
         values[key] = value
     if "storeId" not in values and "transport" not in values:
-        return NotSync(split.path or "/")
+        return NotSync(path)
     store_id = values.get("storeId")
     if store_id is None:
         return Refusal(code=RefusalCode.MISSING_STORE_ID, message="storeId is required")
@@ -104,7 +139,7 @@ def parse_target(
         except ValueError:
             return Refusal(code=RefusalCode.BAD_PAYLOAD, message="payload is not valid JSON")
     return SyncTarget(
-        path=split.path or "/",
+        path=path,
         store_id=store_id,
         transport=transport,
         payload=payload,

@@ -48,8 +48,11 @@ class Head(NamedTuple):
 
 
 def has_token(value: str, token: str) -> bool:
-    """Whether the comma-separated header ``value`` lists ``token`` (case-insensitive)."""
-    return any(item.strip().lower() == token for item in value.split(","))
+    """Whether the comma-separated header ``value`` lists ``token`` (lower-case)."""
+    value = value.lower()
+    if value == token:  # the usual case: one token, no spaces
+        return True
+    return token in value and any(item.strip() == token for item in value.split(","))
 
 
 def head_end(buffer: bytes | bytearray) -> int:
