@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from urllib.parse import parse_qsl
+
 import pytest
 
-from gateway.admission import MISSING, NotSync, SyncTarget, parse_target, redact_target
+from gateway.admission import (
+    MISSING,
+    NotSync,
+    SyncTarget,
+    _form_pairs,
+    parse_target,
+    redact_target,
+)
 from gateway.errors import Refusal
 
 LIMITS = {"max_store_id_length": 64, "max_payload_bytes": 1024}
@@ -72,3 +82,22 @@ class TestParseTarget:
         """Logs never see the query, which carries the token."""
         assert redact_target("/sync?storeId=s&payload=secret") == "/sync?…"
         assert "secret" not in redact_target("/a?payload=secret")
+
+
+def test_form_pairs_read_queries_as_parse_qsl_does() -> None:
+    """The handshake's own query decoding gives parse_qsl's pairs (keep_blank_values,
+    strict UTF-8), on queries built from the pieces that trip decoders up."""
+    pieces = ["a", "b", "%25", "%2525", "+", "=", "&", ";", "%2F", "%C3%A9", "%ZZ", "%", "%2"]
+    pieces += ["%FF", "é", " ", "#"]
+    rng = random.Random(16)  # noqa: S311 - reproducible test data
+    for _ in range(20_000):
+        query = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        try:
+            expected: object = parse_qsl(query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            expected = UnicodeDecodeError
+        try:
+            got: object = _form_pairs(query)
+        except UnicodeDecodeError:
+            got = UnicodeDecodeError
+        assert got == expected, query
