@@ -50,6 +50,11 @@ def setup(level: str, fmt: str) -> None:
     # No caller lookup per record (documented logging optimisation): the stack walk costs
     # time on every line and materialises the frames of suspended coroutines.
     logging._srcfile = None
+    # Neither format shows the thread or the process: no lookups of them per record either
+    # (a connection logs two lines, its open and its close).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else JournalFormatter())
     root = logging.getLogger()
