@@ -49,6 +49,14 @@ TARGETS: list[tuple[str, str, tuple[str, ...], str, float, str]] = [
         "authenticated handshakes per server CPU-second >= 0.8x baseline",
     ),
     (
+        "handshakes_storm",
+        "handshake",
+        ("handshakes_per_server_cpu_s",),
+        "ratio>=",
+        1.5,
+        "the same >= 1.5x baseline: a reconnect storm is nothing but handshakes",
+    ),
+    (
         "idle_memory",
         "idle",
         ("rss_per_connection_kib",),
