@@ -304,3 +304,45 @@ async def test_push_whose_append_fails_is_transient_and_publishes_nothing(
     finally:
         await pusher.close()
         await listener.close()
+
+
+async def test_a_handshake_that_waits_carries_on(make_gateway: MakeGateway) -> None:
+    """Handshakes run eagerly; one whose ``validate_payload`` waits is carried on as a task:
+    admitted when the wait ends (and syncs), answered 500 when the hook then fails, and
+    every other handshake meanwhile is decided at once."""
+    waiting, failing = new_store_id("waiting"), new_store_id("failing")
+    entered = {waiting: asyncio.Event(), failing: asyncio.Event()}
+    release = asyncio.Event()
+
+    async def hook(context: PayloadContext) -> Admission | Refusal:
+        if context.store_id in entered:
+            entered[context.store_id].set()
+            await release.wait()
+            if context.store_id == failing:
+                raise RuntimeError("the hook broke after its wait")
+        return Admission()
+
+    gw = await make_gateway(validate_payload=hook)
+    admitted = asyncio.create_task(RpcClient.open(gw.ws_url(waiting), waiting))
+    refused = asyncio.create_task(RpcClient.open(gw.ws_url(failing), failing))
+    try:
+        for event in entered.values():
+            await wait_for_event(event, what="a handshake waiting in validate_payload")
+        other = new_store_id()
+        quick = await RpcClient.open(gw.ws_url(other), other)
+        await quick.backend_id()
+        await quick.close()
+        assert not admitted.done()
+        assert not refused.done()
+        release.set()
+        client = await asyncio.wait_for(admitted, 10 * TIMEOUT_UNIT)
+        await client.backend_id()
+        await client.close()
+        with pytest.raises(InvalidStatus) as failed:
+            await asyncio.wait_for(refused, 10 * TIMEOUT_UNIT)
+        assert_error_body(refusal_of(failed.value), 500, "INTERNAL_ERROR")
+    finally:
+        release.set()
+        for task in (admitted, refused):
+            task.cancel()
+        await asyncio.gather(admitted, refused, return_exceptions=True)
