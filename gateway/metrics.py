@@ -47,6 +47,8 @@ class SessionCounters:
     evictions: int = 0
     # Requests ended by an unexpected exception (answered 1011 / 500), by transport.
     requests_failed: Counter[str] = field(default_factory=Counter)
+    # Sync handshakes answered 503 OVERLOADED (limits.max_pending_handshakes).
+    handshakes_shed: int = 0
 
 
 class Metrics:
@@ -162,6 +164,11 @@ def families(
         "Requests ended by an unexpected error (closed 1011 / answered 500; logged).",
         "transport",
         sessions.requests_failed,
+    )
+    yield counter(
+        "gateway_handshakes_shed",
+        "WebSocket sync handshakes answered 503 OVERLOADED while too many were pending.",
+        sessions.handshakes_shed,
     )
     yield gauge("gateway_live_subscribers", "Live pulls.", live_subscribers)
     yield gauge("gateway_stores_loaded", "Stores held in memory.", stores_loaded)

@@ -36,6 +36,7 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.shedding import shed
 from gateway.transport import tls
 from gateway.transport.answer import SERVER_HEADER, Answer, to_response
 from gateway.transport.endpoints import Endpoints
@@ -154,6 +155,9 @@ class Listener:
         self.http_connections: set[HttpConnection] = set()
         # Connections that have not sent their request method yet.
         self.sniffing: set[asyncio.Transport] = set()
+        # WebSocket connections whose request has not been answered yet; with ``sniffing``,
+        # the handshakes pending (load shedding, ``limits.max_pending_handshakes``).
+        self.unanswered: set[WsConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.tls: ssl.SSLContext | None = None
@@ -171,7 +175,7 @@ class Listener:
             lambda: _Sniffer(self),
             server_config.host,
             server_config.port,
-            backlog=1024,
+            backlog=server_config.backlog,
             ssl=self.tls,
             ssl_handshake_timeout=server_config.open_timeout if self.tls else None,
         )
@@ -261,6 +265,7 @@ class Listener:
             logger=_WS_LOGGER,
         )
         self.ws_connections.add(connection)
+        self.unanswered.add(connection)
         transport.set_protocol(connection)
         connection.data_received(initial)
 
@@ -272,6 +277,18 @@ class Listener:
         conn.data_received(initial)
 
     # -- admission, for both transports ---------------------------------------------------
+
+    def pending_handshakes(self) -> int:
+        """Connections accepted whose request has not been answered yet."""
+        return len(self.sniffing) + len(self.unanswered)
+
+    def _overloaded(self) -> Refusal | None:
+        # The handshake asking is one of the unanswered: count the others.
+        limit = self.settings.current.limits.max_pending_handshakes
+        refusal = shed(self.pending_handshakes() - 1, limit=limit)
+        if refusal is not None:
+            self._sessions.counters.handshakes_shed += 1
+        return refusal
 
     async def admit(self, request: Incoming, via: Transport) -> Admitted | Refusal | NotSync:
         current = self.settings.current
@@ -285,6 +302,7 @@ class Listener:
             allowed_origins=current.server.allowed_origins,
             closing=self.is_closing,
             validate_payload=self._validate_payload,
+            overloaded=self._overloaded if via == "ws" else None,
         )
 
     # -- WebSocket: the ws Owner ----------------------------------------------------------
@@ -307,6 +325,7 @@ class Listener:
         # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
         response = connection.proto.accept(request) if answer is None else to_response(answer)
         response.headers["Server"] = SERVER_HEADER
+        self.unanswered.discard(connection)
         connection.respond(response, lambda: self._sessions.open(connection))
         # The parser's frame keeps the request for the connection's lifetime; what the
         # session needs from its headers was copied (``Sessions.admitted``).
@@ -327,6 +346,7 @@ class Listener:
 
     def closed(self, connection: WsConnection, session: Session | None) -> None:
         self.ws_connections.discard(connection)
+        self.unanswered.discard(connection)
         self._sessions.closed(connection, session)
         if self._ws_gone is not None and not self.ws_connections:
             self._ws_gone.set()

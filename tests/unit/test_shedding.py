@@ -1,0 +1,48 @@
+"""Load shedding (gateway.shedding): when a sync handshake is refused, and with what."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import RefusalCode
+from gateway.shedding import MAX_RETRY_AFTER, retry_after, shed
+
+
+@pytest.mark.parametrize(
+    ("pending", "limit", "refused"),
+    [
+        (0, 4, False),
+        (3, 4, False),
+        (4, 4, True),
+        (5000, 4, True),
+        (0, 1, False),
+        (1, 1, True),
+        (10**6, 0, False),  # 0: never shed
+        (10**6, -1, False),
+    ],
+)
+def test_shed_refuses_from_the_limit_on(pending: int, limit: int, refused: bool) -> None:
+    refusal = shed(pending, limit=limit)
+    assert (refusal is not None) is refused
+    if refusal is not None:
+        assert refusal.code is RefusalCode.OVERLOADED
+        assert refusal.status == 503
+        headers = dict(refusal.headers)
+        assert int(headers["Retry-After"]) == retry_after(pending, limit)
+
+
+@pytest.mark.parametrize(
+    ("pending", "limit", "seconds"),
+    [
+        (4, 4, 1),
+        (7, 4, 1),
+        (8, 4, 2),
+        (12, 4, 3),
+        (2048, 2048, 1),
+        (6000, 2048, 2),
+        (10**9, 4, MAX_RETRY_AFTER),
+        (5, 0, 1),
+    ],
+)
+def test_retry_after_grows_with_the_queue(pending: int, limit: int, seconds: int) -> None:
+    assert retry_after(pending, limit) == seconds
