@@ -39,6 +39,27 @@ class ConnectError(Exception):
     pass
 
 
+class Refused(ConnectError):
+    """The upgrade was answered with another status than 101; ``head``: the response head."""
+
+    def __init__(self, status: int, head: bytes) -> None:
+        line = head[: head.find(b"\r\n")].decode(errors="replace")
+        super().__init__(f"upgrade refused: {line}")
+        self.status = status
+        self.head = head
+
+    def header(self, name: bytes) -> bytes | None:
+        """A response header's value (the first), or None."""
+        prefix = b"\r\n" + name.lower() + b":"
+        lower = self.head.lower()
+        at = lower.find(prefix)
+        if at < 0:
+            return None
+        start = at + len(prefix)
+        end = lower.find(b"\r\n", start)
+        return self.head[start : end if end >= 0 else len(self.head)].strip()
+
+
 _LINGER_RESET = struct.pack("ii", 1, 0)
 # One key for every upgrade of the fast path: the server only echoes its hash.
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -106,8 +127,11 @@ class Conn(asyncio.Protocol):
             return None
         self._head = None
         if not head.startswith(b"HTTP/1.1 101 "):
-            status = bytes(head[: head.find(b"\r\n")]).decode(errors="replace")
-            self.opened.set_exception(ConnectError(f"upgrade refused: {status}"))
+            try:
+                status = int(head[9:12])
+            except ValueError:
+                status = 0
+            self.opened.set_exception(Refused(status, bytes(head[:end])))
             self.abort()
             return None
         self.opened.set_result(now)
@@ -188,17 +212,19 @@ async def connect(
     extensions: Sequence[ClientExtensionFactory] | None = None,
     ssl: _ssl.SSLContext | None = None,
     within: float = 30.0,
+    local_addr: tuple[str, int] | None = None,
 ) -> Conn:
     """Open a connection and complete the upgrade; raises ConnectError when refused.
 
     With ``ssl`` the connection is TLS first (the context verifies the server certificate
     against ``host``); ``connection_made`` then comes after the TLS handshake, so the
-    upgrade request goes out encrypted.
+    upgrade request goes out encrypted. ``local_addr``: the address to bind first (the
+    storm spreads clients over 127.0.0.0/8: one address has ~28k ephemeral ports).
     """
     loop = asyncio.get_running_loop()
     conn = Conn(host, port, resource, on_text, extensions)
     async with asyncio.timeout(within):
-        await loop.create_connection(lambda: conn, host, port, ssl=ssl)
+        await loop.create_connection(lambda: conn, host, port, ssl=ssl, local_addr=local_addr)
         await conn.opened
     return conn
 

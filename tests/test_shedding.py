@@ -16,6 +16,7 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from gateway.client import connect
 from tests.helpers.clients import RpcClient
 from tests.helpers.harness import GatewayHarness, MakeGateway
 from tests.helpers.http_client import http_request, refusal_of
@@ -103,3 +104,30 @@ async def test_below_the_limit_nothing_is_shed(make_gateway: MakeGateway) -> Non
         assert (await scrape(gw)).value("gateway_handshakes_shed_total") == 0
     finally:
         await _close_all(idle)
+
+
+async def test_the_python_client_waits_for_retry_after(make_gateway: MakeGateway) -> None:
+    """A shed handshake makes gateway.client wait at least Retry-After (1 s) before its
+    next attempt, although its own backoff would retry after 50 ms at most."""
+    gw = await make_gateway(max_pending_handshakes=1, open_timeout=OPEN_TIMEOUT)
+    store = new_store_id()
+    idle = await _idle_connections(gw, 1)
+    started = time.monotonic()
+    client = connect(f"ws://{gw.base}", store, backoff_base=0.05, ping_interval=None)
+    opening = asyncio.create_task(client.__aenter__())
+    try:
+        deadline = time.monotonic() + 5 * TIMEOUT_UNIT
+        while (await scrape(gw)).value("gateway_handshakes_shed_total") < 1:
+            assert time.monotonic() < deadline, "the client's handshake was never shed"
+            await asyncio.sleep(0.02)
+    finally:
+        await _close_all(idle)
+    async with asyncio.timeout(10 * TIMEOUT_UNIT):
+        await opening
+    elapsed = time.monotonic() - started
+    try:
+        assert client.stats.connections == 1
+        assert elapsed >= 1.0, f"reconnected after {elapsed:.2f} s, before Retry-After"
+        assert (await scrape(gw)).value("gateway_handshakes_shed_total") == 1
+    finally:
+        await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.client.backoff import Backoff, retry_after_seconds
 from gateway.errors import RefusalCode
 from gateway.shedding import MAX_RETRY_AFTER, retry_after, shed
 
@@ -46,3 +47,34 @@ def test_shed_refuses_from_the_limit_on(pending: int, limit: int, refused: bool)
 )
 def test_retry_after_grows_with_the_queue(pending: int, limit: int, seconds: int) -> None:
     assert retry_after(pending, limit) == seconds
+
+
+def test_backoff_waits_at_least_retry_after() -> None:
+    backoff = Backoff(base=0.05, cap=30.0)
+    backoff.failed(retry_after=2.0)
+    delays = [backoff.next_delay() for _ in range(200)]
+    assert min(delays) >= 2.0
+    assert max(delays) <= 3.0
+    assert max(delays) > min(delays), "clients shed together must not return together"
+    backoff.failed()  # a failure without advice: the backoff's own delay again
+    assert backoff.next_delay() <= 0.1
+    backoff.failed(retry_after=10_000)
+    assert backoff.next_delay() <= 30.0 * 1.5  # capped
+    backoff.succeeded()
+    assert backoff.next_delay() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 0.0),
+        ("", 0.0),
+        ("3", 3.0),
+        (" 7 ", 7.0),
+        ("-1", 0.0),
+        ("soon", 0.0),
+        ("Fri, 04 Dec 2026 21:00:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_header(header: str | None, seconds: float) -> None:
+    assert retry_after_seconds(header) == seconds
