@@ -102,7 +102,7 @@ class LimitsConfig:
     max_requests_per_connection: int = 64
     # WebSocket handshakes accepted and not yet answered past which a new sync handshake is
     # answered 503 OVERLOADED with Retry-After at once (a reconnect storm); 0: never shed.
-    max_pending_handshakes: int = 2048
+    max_pending_handshakes: int = 8192
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
