@@ -126,6 +126,7 @@ async def _run(
     warm_s: float,
     within: float,
     log: Callable[[str], None],
+    profile: Callable[[str], None] | None = None,
 ) -> StormResult:
     ids = store_ids(f"storm-{server.name}", stores)
     tally = Tally(clients=clients)
@@ -152,12 +153,16 @@ async def _run(
     connect_s = time.monotonic() - started
     log(f"storm: {clients} live pulls on {server.name} in {connect_s:.1f} s; restarting it")
     await asyncio.sleep(warm_s)
+    if profile is not None:
+        profile("storm.drain")
     gen0 = self_cpu_seconds()
     killed = time.monotonic()
     tally.deadline = killed + within
     tasks = [asyncio.create_task(client.storm(server.port)) for client in fleet]
     drain_s, ready = await server.restart()
     tally.ready_at = ready
+    if profile is not None:
+        profile("storm.restarted")
     cpu0 = server.cpu()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout_at(asyncio.get_running_loop().time() + within):
@@ -215,6 +220,23 @@ async def _run(
     )
 
 
+def _profile_steps(bench: Bench, server: Server) -> Callable[[str], None] | None:
+    """With ``--profile``: a callable that ends the profile in progress and starts the next
+    one on ``server``'s process (the restarted one has a new pid). It blocks ~0.3 s: numbers
+    measured while profiling are not benchmark numbers."""
+    profiler = bench.profiler
+    if profiler is None:
+        return None
+
+    def step(name: str) -> None:
+        summary = profiler.stop()
+        if summary is not None:
+            bench.log(f"  profile: {summary}")
+        profiler.start(name, server.pid)
+
+    return step
+
+
 async def storm(bench: Bench) -> dict[str, StormResult]:
     """The storm on a fresh baseline, then on a fresh gateway."""
     s = bench.sizes
@@ -228,6 +250,7 @@ async def storm(bench: Bench) -> dict[str, StormResult]:
     ]
     for make in makers:
         server = await make()
+        profile = _profile_steps(bench, server) if server.name == "gateway" else None
         try:
             results[server.name] = await bench.measure(
                 SCENARIO,
@@ -243,6 +266,7 @@ async def storm(bench: Bench) -> dict[str, StormResult]:
                     warm_s=s.storm_warm_s,
                     within=s.storm_within_s,
                     log=bench.log,
+                    profile=profile,
                 ),
             )
         finally:
