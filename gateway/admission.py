@@ -259,7 +259,6 @@ async def admit(
     allowed_origins: tuple[str, ...] = (),
     closing: Callable[[], bool],
     validate_payload: ValidatePayload,
-    overloaded: Callable[[], Refusal | None] | None = None,
 ) -> Admitted | Refusal | NotSync:
     """Decide whether ``request``, which arrived on transport ``via``, opens a sync session.
 
@@ -267,8 +266,6 @@ async def admit(
         :class:`Admitted` for a sync request the hook accepted; :class:`NotSync` for a
         WebSocket-path request without sync parameters (the caller serves its endpoints,
         ``/healthz`` and friends); else the :class:`Refusal` to answer with.
-        ``overloaded`` (load shedding, :mod:`gateway.shedding`) is asked once the request
-        is a well-formed sync request, before the credential check it would spare.
     """
     if via == "http" and request.method != "POST":
         return Refusal(
@@ -323,10 +320,6 @@ async def admit(
         )
     if closing():
         return _SHUTTING_DOWN
-    if overloaded is not None:
-        shed = overloaded()
-        if shed is not None:
-            return shed
     context = PayloadContext(
         store_id=target.store_id,
         payload=target.payload,

@@ -100,7 +100,7 @@ class LimitsConfig:
     max_payload_bytes: int = 16 * 1024
     # Concurrent requests (pulls + pushes) in flight on one WebSocket connection.
     max_requests_per_connection: int = 64
-    # WebSocket handshakes accepted and not yet answered past which a new sync handshake is
+    # WebSocket requests waiting for their answer past which a sync handshake that arrives is
     # answered 503 OVERLOADED with Retry-After at once (a reconnect storm); 0: never shed.
     max_pending_handshakes: int = 8192
 

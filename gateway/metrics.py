@@ -97,6 +97,7 @@ def families(
     lockouts: Counter[str],
     live_subscribers: int,
     stores_loaded: int,
+    handshakes_pending: int = 0,
 ) -> Iterator[Metric]:
     """The metric families of one gateway, from its components' plain counters."""
     yield labelled_gauge(
@@ -169,6 +170,11 @@ def families(
         "gateway_handshakes_shed",
         "WebSocket sync handshakes answered 503 OVERLOADED while too many were pending.",
         sessions.handshakes_shed,
+    )
+    yield gauge(
+        "gateway_handshakes_pending",
+        "WebSocket requests arrived or arriving and not answered yet (this scrape included).",
+        handshakes_pending,
     )
     yield gauge("gateway_live_subscribers", "Live pulls.", live_subscribers)
     yield gauge("gateway_stores_loaded", "Stores held in memory.", stores_loaded)

@@ -8,6 +8,8 @@ once with ``503 OVERLOADED`` and a ``Retry-After`` while too many handshakes are
 *pending* (accepted, request not yet answered): the answer costs no credential check, no store
 and no pull, and the client retries with its backoff (ours waits at least ``Retry-After``).
 
+The decision is taken as the request arrives (its bytes parsed, before its handshake joins
+the queue of work), so a shed client has not waited; ``pending`` is the queue ahead of it.
 Pure: the listener counts what is pending and asks :func:`shed` for each sync handshake.
 """
 
@@ -19,6 +21,13 @@ from gateway.errors import Refusal, RefusalCode
 
 # The longest Retry-After we suggest (s): past this a client's own backoff is the better guide.
 MAX_RETRY_AFTER: Final = 10
+
+
+def is_sync_target(target: str) -> bool:
+    """Whether a request target names a store (a sync request; ``/healthz``, ``/metrics``
+    and the other endpoints never do). Cheap on purpose: the full parse comes later."""
+    query = target.partition("?")[2]
+    return "storeId=" in query or "transport=" in query
 
 
 def retry_after(pending: int, limit: int) -> int:

@@ -2,9 +2,9 @@
 answered 503 ``OVERLOADED`` with ``Retry-After`` at once (never left to time out), while open
 sessions, non-sync endpoints and, once the queue is gone, new handshakes carry on.
 
-The pending handshakes are raw TCP connections that send nothing: the server accepts them
-before it reads the request of a connection made after them (accept is FIFO), so they are
-counted when that request is decided.
+The pending handshakes are raw TCP connections that send the start of an upgrade request and
+no more: the server waits for the rest. The test waits (``gateway_handshakes_pending``) until
+the server counts them before it sends a whole handshake.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ OPEN_TIMEOUT = 30.0
 
 
 async def _idle_connections(gw: GatewayHarness, n: int) -> list[asyncio.StreamWriter]:
+    """``n`` handshakes that never finish their request, once the server counts them."""
     writers = []
     for _ in range(n):
         _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /?storeId=s&transport=ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await writer.drain()
         writers.append(writer)
+    deadline = time.monotonic() + 5 * TIMEOUT_UNIT
+    # The scrape counts itself.
+    while (await scrape(gw)).value("gateway_handshakes_pending") < n + 1:
+        assert time.monotonic() < deadline, "the server never counted the pending handshakes"
+        await asyncio.sleep(0.01)
     return writers
 
 

@@ -36,7 +36,7 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
-from gateway.shedding import shed
+from gateway.shedding import is_sync_target, shed
 from gateway.transport import tls
 from gateway.transport.answer import SERVER_HEADER, Answer, to_response
 from gateway.transport.endpoints import Endpoints
@@ -279,16 +279,21 @@ class Listener:
     # -- admission, for both transports ---------------------------------------------------
 
     def pending_handshakes(self) -> int:
-        """Connections accepted whose request has not been answered yet."""
-        return len(self.sniffing) + len(self.unanswered)
+        """WebSocket connections handed over by the sniffer whose request has not been
+        answered yet (in the queue of work, or still arriving)."""
+        return len(self.unanswered)
 
-    def _overloaded(self) -> Refusal | None:
-        # The handshake asking is one of the unanswered: count the others.
+    def _shed(self, request: Request) -> Answer | None:
+        """Load shedding, as the request arrives: 503 OVERLOADED when too many wait ahead."""
         limit = self.settings.current.limits.max_pending_handshakes
-        refusal = shed(self.pending_handshakes() - 1, limit=limit)
-        if refusal is not None:
-            self._sessions.counters.handshakes_shed += 1
-        return refusal
+        # The connection asking is one of the unanswered: count the others.
+        if limit <= 0 or len(self.unanswered) <= limit or not is_sync_target(request.path):
+            return None
+        refusal = shed(len(self.unanswered) - 1, limit=limit)
+        if refusal is None:
+            return None
+        self._sessions.counters.handshakes_shed += 1
+        return Answer.refusal(refusal)
 
     async def admit(self, request: Incoming, via: Transport) -> Admitted | Refusal | NotSync:
         current = self.settings.current
@@ -302,12 +307,15 @@ class Listener:
             allowed_origins=current.server.allowed_origins,
             closing=self.is_closing,
             validate_payload=self._validate_payload,
-            overloaded=self._overloaded if via == "ws" else None,
         )
 
     # -- WebSocket: the ws Owner ----------------------------------------------------------
 
     def handshake(self, connection: WsConnection, request: Request) -> None:
+        shed = self._shed(request)
+        if shed is not None:
+            self._answer(connection, request, shed)
+            return
         self.spawn(self._handshake(connection, request))
 
     def malformed(self) -> bytes:
@@ -322,6 +330,10 @@ class Listener:
             self.request_failed("ws")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             answer = Answer.refusal(refusal)
+        self._answer(connection, request, answer)
+
+    def _answer(self, connection: WsConnection, request: Request, answer: Answer | None) -> None:
+        """Send the handshake's answer (None: accept it and open the session)."""
         # websockets' accept() may still refuse (a bad Sec-WebSocket-Key: 400).
         response = connection.proto.accept(request) if answer is None else to_response(answer)
         response.headers["Server"] = SERVER_HEADER

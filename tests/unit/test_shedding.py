@@ -6,7 +6,7 @@ import pytest
 
 from gateway.client.backoff import Backoff, retry_after_seconds
 from gateway.errors import RefusalCode
-from gateway.shedding import MAX_RETRY_AFTER, retry_after, shed
+from gateway.shedding import MAX_RETRY_AFTER, is_sync_target, retry_after, shed
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,20 @@ def test_backoff_waits_at_least_retry_after() -> None:
 )
 def test_retry_after_header(header: str | None, seconds: float) -> None:
     assert retry_after_seconds(header) == seconds
+
+
+@pytest.mark.parametrize(
+    ("target", "sync"),
+    [
+        ("/?storeId=s&transport=ws", True),
+        ("/sync?payload=x&storeId=s", True),
+        ("/?transport=ws", True),  # refused later (MISSING_STORE_ID): shed alike
+        ("/", False),
+        ("/healthz", False),
+        ("/metrics", False),
+        ("/stats?x=1", False),
+        ("/storeId=s", False),  # in the path, not the query
+    ],
+)
+def test_is_sync_target(target: str, sync: bool) -> None:
+    assert is_sync_target(target) is sync
