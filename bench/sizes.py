@@ -84,6 +84,8 @@ class Sizes:
     storm_within_s: float = 90.0
     # The gateway's limits.max_pending_handshakes in the storm (-1: its default).
     storm_max_pending: int = -1
+    # The gateway's server.backlog in the storm (-1: its default).
+    storm_backlog: int = -1
     concurrency: int = 64
     settle_s: float = 1.0  # wait before reading RSS
 

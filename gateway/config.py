@@ -102,7 +102,7 @@ class LimitsConfig:
     max_requests_per_connection: int = 64
     # WebSocket requests waiting for their answer past which a sync handshake that arrives is
     # answered 503 OVERLOADED with Retry-After at once (a reconnect storm); 0: never shed.
-    max_pending_handshakes: int = 8192
+    max_pending_handshakes: int = 16384
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -244,6 +244,8 @@ async def storm(bench: Bench) -> dict[str, StormResult]:
     env = {}
     if s.storm_max_pending >= 0:
         env["GATEWAY_LIMITS_MAX_PENDING_HANDSHAKES"] = str(s.storm_max_pending)
+    if s.storm_backlog >= 0:
+        env["GATEWAY_SERVER_BACKLOG"] = str(s.storm_backlog)
     makers: list[Callable[[], Awaitable[Server]]] = [
         bench.baseline,
         lambda: bench.gateway(env),

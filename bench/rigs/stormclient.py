@@ -201,8 +201,11 @@ class StormClient:
                 )
                 await conn.opened
         except TimeoutError:
+            # No TCP connection yet (SYNs dropped: the accept queue overflowed), or no answer
+            # to the upgrade request.
+            stage = "connect" if conn.transport is None else "upgrade"
             conn.abort()
-            raise TimeoutError("open") from None
+            raise TimeoutError(stage) from None
         conn.send(PING)
         conn.send(self.pull_frame())
         try:
