@@ -9,7 +9,7 @@ the plain :mod:`~gateway.transport.endpoints`; an admitted one becomes a session
 :class:`~gateway.transport.sessions.Sessions`.
 
 One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
-``Listener.handshake`` -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
+``Listener.handshake`` (sheds it, 503 ``OVERLOADED``, while too many wait) -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
 ``WsConnection.respond`` (101) -> ``Sessions.open`` -> ``Peer`` (RPC frames) ->
 ``SyncEngine`` -> store and hub.
 """
@@ -155,8 +155,8 @@ class Listener:
         self.http_connections: set[HttpConnection] = set()
         # Connections that have not sent their request method yet.
         self.sniffing: set[asyncio.Transport] = set()
-        # WebSocket connections whose request has not been answered yet; with ``sniffing``,
-        # the handshakes pending (load shedding, ``limits.max_pending_handshakes``).
+        # WebSocket connections whose request has not been answered yet: the handshakes
+        # pending (load shedding, ``limits.max_pending_handshakes``; gateway.shedding).
         self.unanswered: set[WsConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
