@@ -9,7 +9,8 @@ the plain :mod:`~gateway.transport.endpoints`; an admitted one becomes a session
 :class:`~gateway.transport.sessions.Sessions`.
 
 One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
-``Listener.handshake`` (sheds it, 503 ``OVERLOADED``, while too many wait) -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
+``Listener.handshake`` (sheds it, 503 ``OVERLOADED``, while too many wait) -> ``admit``
+(target, transport, shutdown, ``validate_payload``) ->
 ``WsConnection.respond`` (101) -> ``Sessions.open`` -> ``Peer`` (RPC frames) ->
 ``SyncEngine`` -> store and hub.
 """
