@@ -90,7 +90,8 @@ async def main_async(args: argparse.Namespace) -> None:
         "compression": "deflate" if args.deflate else None,
         "ping_interval": None,
         "max_size": 4 * 1024 * 1024,
-        "backlog": 1024,
+        # As the gateway's default (server.backlog): a reconnect storm must not overflow it.
+        "backlog": 4096,
     }
     scheme = "ws"
     if args.tls_cert:

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help="comma-separated subset: handshake,handshake_tls,fanout,durable_push,catchup,"
-        "push_rules,idle,c100k,compression,fanout2,pg_throughput,client (or one half of it: "
+        "push_rules,idle,c100k,compression,fanout2,pg_throughput,storm,client (or one half of it: "
         "client_follow, client_commit)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -39,6 +39,27 @@ class ConnectError(Exception):
     pass
 
 
+class Refused(ConnectError):
+    """The upgrade was answered with another status than 101; ``head``: the response head."""
+
+    def __init__(self, status: int, head: bytes) -> None:
+        line = head[: head.find(b"\r\n")].decode(errors="replace")
+        super().__init__(f"upgrade refused: {line}")
+        self.status = status
+        self.head = head
+
+    def header(self, name: bytes) -> bytes | None:
+        """A response header's value (the first), or None."""
+        prefix = b"\r\n" + name.lower() + b":"
+        lower = self.head.lower()
+        at = lower.find(prefix)
+        if at < 0:
+            return None
+        start = at + len(prefix)
+        end = lower.find(b"\r\n", start)
+        return self.head[start : end if end >= 0 else len(self.head)].strip()
+
+
 _LINGER_RESET = struct.pack("ii", 1, 0)
 # One key for every upgrade of the fast path: the server only echoes its hash.
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -106,8 +127,11 @@ class Conn(asyncio.Protocol):
             return None
         self._head = None
         if not head.startswith(b"HTTP/1.1 101 "):
-            status = bytes(head[: head.find(b"\r\n")]).decode(errors="replace")
-            self.opened.set_exception(ConnectError(f"upgrade refused: {status}"))
+            try:
+                status = int(head[9:12])
+            except ValueError:
+                status = 0
+            self.opened.set_exception(Refused(status, bytes(head[:end])))
             self.abort()
             return None
         self.opened.set_result(now)

@@ -110,6 +110,7 @@ class Server:
     extra: dict[str, object] = field(default_factory=dict)
     # Serving wss://: the context clients connect with (trusts the server's throwaway CA).
     client_tls: ssl.SSLContext | None = None
+    restarts: int = 0
 
     @property
     def pid(self) -> int:
@@ -161,6 +162,36 @@ class Server:
                 return
             await asyncio.sleep(0.02)
         raise RuntimeError(f"{self.name} did not start within {within} s (see {self.log_path})")
+
+    async def restart(self, within: float = 60.0) -> tuple[float, float]:
+        """SIGTERM the process (as a deploy does), wait for it to exit, start it again on
+        the same port (and arguments: the same data directory), logging to a new file.
+        Returns (seconds until the old process exited, monotonic time the new one listens).
+        """
+        proc = self.proc
+        assert proc is not None
+        assert self.port
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        deadline = started + within
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                break
+            await asyncio.sleep(0.01)
+        exited = time.monotonic() - started
+        argv = list(self.argv)
+        argv[argv.index("--port") + 1] = str(self.port)
+        self.argv = argv
+        self.restarts += 1
+        self.log_path = self.log_path.with_name(f"{self.log_path.stem}-r{self.restarts}.log")
+        self.spawn()
+        while time.monotonic() < deadline:
+            if self.listening() is not None:
+                return exited, time.monotonic()
+            await asyncio.sleep(0.005)
+        raise RuntimeError(f"{self.name} did not restart within {within} s ({self.log_path})")
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)

@@ -18,7 +18,7 @@ import orjson
 
 from bench.machine import Machine, SourceState
 from bench.results import dig, fmt, to_json
-from bench.rigs import c100k, client, handshake_tls, pg_throughput, push_rules
+from bench.rigs import c100k, client, handshake_tls, pg_throughput, push_rules, storm
 from bench.sizes import Sizes
 from bench.studies import compression, floor
 
@@ -136,6 +136,31 @@ TARGETS: list[tuple[str, str, tuple[str, ...], str, float, str]] = [
         ">=",
         300.0,
         "PostgreSQL, 2 nodes: acked pushes/s on one hot store >= 300 (many clients, B=1)",
+    ),
+    (
+        "storm_time",
+        "storm",
+        ("storm_s",),
+        "ratio<=",
+        1.5,
+        "reconnect storm: SIGTERM to every client live + caught up <= 1.5x the baseline's "
+        "(SIGTERM to every client accepted)",
+    ),
+    (
+        "storm_failed",
+        "storm",
+        ("failed_handshakes",),
+        "<=",
+        0.0,
+        "reconnect storm: no handshake times out, is reset or refused (503s are shed, fine)",
+    ),
+    (
+        "storm_missed",
+        "storm",
+        ("events_missed",),
+        "<=",
+        0.0,
+        "reconnect storm: no client misses an event pushed during the storm",
     ),
     (
         "catchup",
@@ -420,6 +445,7 @@ def table(report: dict[str, Any]) -> str:
         )
 
     rows.extend(pg_throughput.table_rows(res))
+    rows.extend(storm.table_rows(res))
     header = ("measurement", "unit", "gateway", "baseline", "gw/base")
     cells = [header] + [
         (r[0], r[1], fmt(r[2]) if r[1] else "", fmt(r[3]) if r[1] else "", r[4]) for r in rows

@@ -41,6 +41,7 @@ from bench.rigs.idle import IdleResult, idle
 from bench.rigs.multinode import two_nodes
 from bench.rigs.pg_throughput import pg_throughput
 from bench.rigs.push_rules import push_rules
+from bench.rigs.storm import storm
 from bench.sizes import Sizes
 from bench.studies.compression import compression_study
 from bench.studies.floor import floor_server
@@ -384,6 +385,11 @@ class Bench:
             res["idle"] = await self.idle()
         if self.wants("c100k"):
             res["c100k"] = await c100k(self)
+        if self.wants("storm"):
+            if s.storm_clients > nofile - 300:
+                self.sizes = replace(s, storm_clients=nofile - 300)
+                self.log(f"storm: {self.sizes.storm_clients} clients (open-file limit {nofile})")
+            res["storm"] = await storm(self)
         if any(self.wants(name) for name in ("client", "client_follow", "client_commit")):
             res.update(await client_rig(self))
         if self.wants("compression") and not self.args.no_compression:

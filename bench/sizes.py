@@ -88,6 +88,19 @@ class Sizes:
     client_commit_s: float = 1.5
     client_commit_max: int = 500_000  # events per commit window, whatever the rate
     client_rounds: int = 2
+    # 9. reconnect storm: live pulls on storm_stores stores; the server restarted under them
+    # (capped by the open-file limit); on the gateway one event per store every
+    # storm_push_interval s through the storm; storm_warm_s between connecting and the
+    # SIGTERM; clients still not live storm_within_s after it count as failed.
+    storm_clients: int = 19_500
+    storm_stores: int = 100
+    storm_push_interval: float = 2.0
+    storm_warm_s: float = 2.0
+    storm_within_s: float = 90.0
+    # The gateway's limits.max_pending_handshakes in the storm (-1: its default).
+    storm_max_pending: int = -1
+    # The gateway's server.backlog in the storm (-1: its default).
+    storm_backlog: int = -1
     concurrency: int = 64
     settle_s: float = 1.0  # wait before reading RSS
 
@@ -143,6 +156,11 @@ SMOKE = Sizes(
     client_window=4,
     client_commit_s=0.3,
     client_rounds=1,
+    storm_clients=40,
+    storm_stores=4,
+    storm_push_interval=0.2,
+    storm_warm_s=0.3,
+    storm_within_s=20.0,
     rounds=1,
     fan_saturated_rounds=1,
     concurrency=8,

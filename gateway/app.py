@@ -393,6 +393,7 @@ class Gateway:
             lockouts=self.auth.lockouts,
             live_subscribers=self.hub.subscriber_count(),
             stores_loaded=self.engine.stores_loaded,
+            handshakes_pending=self.listener.pending_handshakes(),
         )
         if isinstance(self.store, SqliteStore):
             path = self.store.path

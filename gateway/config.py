@@ -43,6 +43,10 @@ class ServerConfig:
     # Time allowed for the opening handshake and for an idle HTTP keep-alive connection.
     open_timeout: float = 10.0
     http_keepalive_timeout: float = 5.0
+    # Length of the kernel's queue of connections not yet accepted (listen(2); capped by
+    # net.core.somaxconn). A queue that overflows drops SYNs: clients retry them after 1 s,
+    # 3 s, ... which a reconnect storm sees as timeouts.
+    backlog: int = 4096
     close_timeout: float = 5.0
     # Answer browser CORS preflights for the HTTP transport with Access-Control-Allow-Origin.
     cors_allow_origin: str = "*"
@@ -96,6 +100,9 @@ class LimitsConfig:
     max_payload_bytes: int = 16 * 1024
     # Concurrent requests (pulls + pushes) in flight on one WebSocket connection.
     max_requests_per_connection: int = 64
+    # WebSocket requests waiting for their answer past which a sync handshake that arrives is
+    # answered 503 OVERLOADED with Retry-After at once (a reconnect storm); 0: never shed.
+    max_pending_handshakes: int = 16384
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +258,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def _validate_server(server: ServerConfig) -> None:
     if not 0 <= server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
+    if server.backlog < 1:
+        raise ConfigError("server.backlog: must be positive")
     if not server.transports or any(t not in ("ws", "http") for t in server.transports):
         raise ConfigError('server.transports: one or both of "ws", "http"')
     for name, value in server.response_headers.items():
@@ -317,6 +326,8 @@ def validate(config: Config) -> Config:
     ):
         if getattr(limits, name) < 1:
             raise ConfigError(f"limits.{name}: must be positive")
+    if limits.max_pending_handshakes < 0:
+        raise ConfigError("limits.max_pending_handshakes: must be 0 (never shed) or positive")
     _validate_auth(config.auth)
     _validate_admin(config)
     validate_rules(config.rules)

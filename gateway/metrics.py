@@ -47,6 +47,8 @@ class SessionCounters:
     evictions: int = 0
     # Requests ended by an unexpected exception (answered 1011 / 500), by transport.
     requests_failed: Counter[str] = field(default_factory=Counter)
+    # Sync handshakes answered 503 OVERLOADED (limits.max_pending_handshakes).
+    handshakes_shed: int = 0
 
 
 class Metrics:
@@ -95,6 +97,7 @@ def families(
     lockouts: Counter[str],
     live_subscribers: int,
     stores_loaded: int,
+    handshakes_pending: int = 0,
 ) -> Iterator[Metric]:
     """The metric families of one gateway, from its components' plain counters."""
     yield labelled_gauge(
@@ -162,6 +165,16 @@ def families(
         "Requests ended by an unexpected error (closed 1011 / answered 500; logged).",
         "transport",
         sessions.requests_failed,
+    )
+    yield counter(
+        "gateway_handshakes_shed",
+        "WebSocket sync handshakes answered 503 OVERLOADED while too many were pending.",
+        sessions.handshakes_shed,
+    )
+    yield gauge(
+        "gateway_handshakes_pending",
+        "WebSocket requests arrived or arriving and not answered yet (this scrape included).",
+        handshakes_pending,
     )
     yield gauge("gateway_live_subscribers", "Live pulls.", live_subscribers)
     yield gauge("gateway_stores_loaded", "Stores held in memory.", stores_loaded)

@@ -22,7 +22,7 @@ from tests.helpers.wire import assert_pull_response
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "gateway")
-SCENARIOS = ("handshake", "handshake_tls", "fanout", "durable_push", "catchup", "idle")
+SCENARIOS = ("handshake", "handshake_tls", "fanout", "durable_push", "catchup", "idle", "storm")
 
 
 def _number(value: Any) -> bool:
@@ -182,6 +182,20 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
         assert _number(rules[mode]["server_cpu_us_per_event"]), mode
     assert len(rules["paired"]["ratios"]) == 1, rules["paired"]
     assert "push rules (10 rules, 20 event schemas, strict)" in proc.stdout
+
+    # The reconnect storm: every client live again after the restart, no failed handshake,
+    # and on the gateway every event pushed through the storm reached every client once.
+    for name in SERVERS:
+        storm = res["storm"][name]
+        assert storm["live"] == storm["clients"] > 0, storm
+        assert storm["failed_handshakes"] == 0, storm
+        assert _number(storm["storm_s"]), storm
+        assert storm["handshakes"] >= storm["clients"], storm
+    storm = res["storm"]["gateway"]
+    assert storm["events_pushed"] > 0, storm
+    assert storm["events_missed"] == storm["events_duplicated"] == storm["push_errors"] == 0
+    assert "reconnect storm" in proc.stdout
+    assert {"storm_time", "storm_failed", "storm_missed"} <= {t["name"] for t in report["targets"]}
 
     for key in ("none", "deflate"):
         study = res["compression"][key]

@@ -8,7 +8,8 @@ import secrets
 import ssl as ssl_module
 from typing import Literal
 
-from gateway.client.connection import Backoff, Connection, Opener
+from gateway.client.backoff import Backoff
+from gateway.client.connection import Connection, Opener
 from gateway.client.http import POLL_INTERVAL, HttpSession
 from gateway.client.model import Stats
 from gateway.client.store import StoreClient, TokenProvider

@@ -3,7 +3,7 @@
 A :class:`Connection` reads frames in a background task and routes each to the queue of the
 request it answers (by request id). When the socket closes, every open request receives a
 :class:`Closed` marker; the owner (:class:`gateway.client.store.StoreClient`) decides whether
-to reconnect (:func:`retryable`) and with which delay (:class:`Backoff`).
+to reconnect (:func:`retryable`) and with which delay (:class:`~gateway.client.backoff.Backoff`).
 
 :class:`Session` is the interface the owner uses; :class:`Connection` and the HTTP transport's
 :class:`gateway.client.http.HttpSession` implement it.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from gateway.client.backoff import Unavailable, retry_after_seconds
 from gateway.client.model import ClientError, ProtocolViolation, Refused, Stats
 from gateway.frames import ack_frame, request_frame
 
@@ -99,32 +99,6 @@ def sync_url(
         rest += "/"
     new_scheme = ("http" if transport == "http" else "ws") + ("s" if secure[scheme] else "")
     return f"{new_scheme}://{rest}?{query}"
-
-
-class Backoff:
-    """Jittered exponential backoff: ``base``, doubling, capped at ``cap`` seconds.
-
-    Each delay is drawn uniformly from the upper half of the current step, so that clients
-    restarted together do not reconnect together.
-    """
-
-    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt (0 when the last attempt succeeded)."""
-        if self.failures == 0:
-            return 0.0
-        step = min(self.cap, self.base * 2 ** (self.failures - 1))
-        return float(step) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-
-    def failed(self) -> None:
-        self.failures += 1
-
-    def succeeded(self) -> None:
-        self.failures = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +214,8 @@ class Connection:
 
         Raises:
             Refused: The server answered the handshake with a 4xx status.
-            OSError: The server cannot be reached (or answered 5xx): worth retrying.
+            OSError: The server cannot be reached (or answered 5xx: :class:`Unavailable`,
+                with the server's ``Retry-After``): worth retrying.
         """
         # websockets refuses ssl=None for wss://: pass it only when given.
         tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
@@ -262,7 +237,8 @@ class Connection:
             code, message = _refusal_body(bytes(exc.response.body or b""))
             if 400 <= status < 500:
                 raise Refused(status, code, message) from None
-            raise OSError(f"handshake answered HTTP {status} {code}") from None
+            wait = retry_after_seconds(exc.response.headers.get("Retry-After"))
+            raise Unavailable(status, code, wait) from None
         except InvalidHandshake as exc:  # the server went away mid-handshake
             raise OSError(f"handshake failed: {exc}") from None
         return cls(ws, ping_interval=ping_interval, ping_timeout=ping_timeout, stats=stats)

@@ -11,9 +11,9 @@ from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from gateway.client.backoff import Backoff, Unavailable
 from gateway.client.connection import (
     TOKEN_EXPIRED,
-    Backoff,
     Closed,
     Connection,
     Opener,
@@ -131,6 +131,9 @@ class StoreClient:
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
                     self._conn = await self._open()
+                except Unavailable as exc:
+                    self._backoff.failed(exc.retry_after)
+                    continue
                 except OSError:
                     self._backoff.failed()
                     continue

@@ -10,7 +10,8 @@ without sync parameters is one of the plain :mod:`~gateway.transport.endpoints`;
 one becomes a session, kept by :class:`~gateway.transport.sessions.Sessions`.
 
 One request's path: ``_Sniffer`` -> ``WsConnection`` (parses the upgrade) ->
-``Listener.handshake`` -> ``admit`` (target, transport, shutdown, ``validate_payload``) ->
+``Listener.handshake`` (sheds it, 503 ``OVERLOADED``, while too many wait) -> ``admit``
+(target, transport, shutdown, ``validate_payload``) ->
 ``WsConnection.respond`` (101) -> ``Sessions.open`` -> ``Peer`` (RPC frames) ->
 ``SyncEngine`` -> store and hub.
 """
@@ -35,6 +36,7 @@ from gateway.admission import (
 )
 from gateway.config import LiveConfig
 from gateway.errors import CloseCode, Refusal, RefusalCode
+from gateway.shedding import is_sync_target, shed
 from gateway.transport import tls, upgrade
 from gateway.transport.answer import SERVER_HEADER, Answer, closing
 from gateway.transport.endpoints import Endpoints
@@ -54,10 +56,6 @@ _MAX_METHOD = 16
 HttpCall = Callable[[Admitted, protocol.Request], Awaitable[list[bytes]]]
 
 _WS_LOGGER = logging.getLogger("gateway.websockets")
-# Connections the kernel may hold accepted but not yet taken by the event loop: after a
-# restart, tens of thousands of clients reconnect at once. The kernel caps it at
-# net.core.somaxconn (4096 by default since Linux 5.4).
-LISTEN_BACKLOG = 4096
 
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
@@ -172,6 +170,9 @@ class Listener:
         self.http_connections: set[HttpConnection] = set()
         # Connections that have not sent their request method yet.
         self.sniffing: set[asyncio.Transport] = set()
+        # WebSocket connections whose request has not been answered yet: the handshakes
+        # pending (load shedding, ``limits.max_pending_handshakes``; gateway.shedding).
+        self.unanswered: set[WsConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.tls: ssl.SSLContext | None = None
@@ -189,7 +190,7 @@ class Listener:
             lambda: _Sniffer(self),
             server_config.host,
             server_config.port,
-            backlog=LISTEN_BACKLOG,
+            backlog=server_config.backlog,
             ssl=self.tls,
             ssl_handshake_timeout=server_config.open_timeout if self.tls else None,
         )
@@ -279,6 +280,7 @@ class Listener:
             logger=_WS_LOGGER,
         )
         self.ws_connections.add(connection)
+        self.unanswered.add(connection)
         transport.set_protocol(connection)
         connection.data_received(initial)
 
@@ -290,6 +292,23 @@ class Listener:
         conn.data_received(initial)
 
     # -- admission, for both transports ---------------------------------------------------
+
+    def pending_handshakes(self) -> int:
+        """WebSocket connections handed over by the sniffer whose request has not been
+        answered yet (in the queue of work, or still arriving)."""
+        return len(self.unanswered)
+
+    def _shed(self, head: Head) -> Answer | None:
+        """Load shedding, as the request arrives: 503 OVERLOADED when too many wait ahead."""
+        limit = self.settings.current.limits.max_pending_handshakes
+        # The connection asking is one of the unanswered: count the others.
+        if limit <= 0 or len(self.unanswered) <= limit or not is_sync_target(head.target):
+            return None
+        refusal = shed(len(self.unanswered) - 1, limit=limit)
+        if refusal is None:
+            return None
+        self._sessions.counters.handshakes_shed += 1
+        return Answer.refusal(refusal)
 
     async def admit(self, request: Incoming, via: Transport) -> Admitted | Refusal | NotSync:
         current = self.settings.current
@@ -308,6 +327,10 @@ class Listener:
     # -- WebSocket: the ws Owner ----------------------------------------------------------
 
     def handshake(self, connection: WsConnection, head: Head) -> None:
+        shed = self._shed(head)
+        if shed is not None:
+            self._answer(connection, head, shed)
+            return
         # Run eagerly: most handshakes are decided without waiting for anything (a JWT
         # verified in memory), and a task per handshake was 3% of a handshake's CPU. One
         # that waits (a JWKS fetch, an async hook) carries on as a task.
@@ -326,6 +349,11 @@ class Listener:
             self.request_failed("ws")
             refusal = Refusal(code=RefusalCode.INTERNAL_ERROR, message="internal server error")
             answer = Answer.refusal(refusal)
+        self._answer(connection, head, answer)
+
+    def _answer(self, connection: WsConnection, head: Head, answer: Answer | None) -> None:
+        """Send the handshake's answer (None: accept it and open the session)."""
+        self.unanswered.discard(connection)
         if answer is not None:
             connection.respond(closing(answer), None)
             return
@@ -351,6 +379,7 @@ class Listener:
 
     def closed(self, connection: WsConnection, session: Session | None) -> None:
         self.ws_connections.discard(connection)
+        self.unanswered.discard(connection)
         self._sessions.closed(connection, session)
         if self._ws_gone is not None and not self.ws_connections:
             self._ws_gone.set()
