@@ -306,10 +306,11 @@ async def test_push_whose_append_fails_is_transient_and_publishes_nothing(
         await listener.close()
 
 
-async def test_a_handshake_that_waits_carries_on(make_gateway: MakeGateway) -> None:
-    """Handshakes run eagerly; one whose ``validate_payload`` waits is carried on as a task:
-    admitted when the wait ends (and syncs), answered 500 when the hook then fails, and
-    every other handshake meanwhile is decided at once."""
+async def test_a_handshake_that_waits(make_gateway: MakeGateway) -> None:
+    """A handshake whose ``validate_payload`` waits (here under ``asyncio.timeout``, which
+    needs a task: a hook may use anything asyncio offers) is admitted when the wait ends
+    (and syncs), answered 500 when the hook then fails; every other handshake meanwhile is
+    decided at once."""
     waiting, failing = new_store_id("waiting"), new_store_id("failing")
     entered = {waiting: asyncio.Event(), failing: asyncio.Event()}
     release = asyncio.Event()
@@ -317,7 +318,8 @@ async def test_a_handshake_that_waits_carries_on(make_gateway: MakeGateway) -> N
     async def hook(context: PayloadContext) -> Admission | Refusal:
         if context.store_id in entered:
             entered[context.store_id].set()
-            await release.wait()
+            async with asyncio.timeout(30 * TIMEOUT_UNIT):
+                await release.wait()
             if context.store_id == failing:
                 raise RuntimeError("the hook broke after its wait")
         return Admission()

@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from gateway import protocol
@@ -67,29 +66,6 @@ def remote_text(address: object) -> str | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return None
-
-
-@types.coroutine
-def _steps(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
-    """Drive ``coro`` on from what its first step awaits, as a task's steps would: each
-    awaited future goes up to the task, each result or exception back down."""
-    while True:
-        try:
-            value = yield awaited
-        except BaseException as exc:  # a cancellation, thrown in by the task
-            try:
-                awaited = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                awaited = coro.send(value)
-            except StopIteration:
-                return
-
-
-async def _carry_on(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    await _steps(coro, awaited)
 
 
 class _Sniffer(asyncio.Protocol):
@@ -331,15 +307,7 @@ class Listener:
         if shed is not None:
             self._answer(connection, head, shed)
             return
-        # Run eagerly: most handshakes are decided without waiting for anything (a JWT
-        # verified in memory), and a task per handshake was 3% of a handshake's CPU. One
-        # that waits (a JWKS fetch, an async hook) carries on as a task.
-        coro = self._handshake(connection, head)
-        try:
-            awaited = coro.send(None)
-        except StopIteration:
-            return
-        self.spawn(_carry_on(coro, awaited))
+        self.spawn(self._handshake(connection, head))
 
     async def _handshake(self, connection: WsConnection, head: Head) -> None:
         try:
