@@ -267,8 +267,13 @@ async def test_a_reset_on_one_node_closes_the_store_sessions_on_the_other(
         assert await closed_with(far) == (4004, "disconnected by operator")
         assert again.ws.close_code is None
 
+        # A live session on node 1 too: its close says node 1 heard of the delete, so that
+        # the fresh session below is not one node 1 closes when the news arrives.
+        watcher = await RpcClient.open(nodes[0].ws_url(STORE), STORE)
+        await watcher.live_pull()
         assert await nodes[1].gw.admin.delete(STORE, actor="test") is True
         assert await closed_with(again) == (4004, "store deleted")
+        assert await closed_with(watcher) == (4004, "store deleted")
         fresh = await RpcClient.open(nodes[0].ws_url(STORE), STORE)
         items = await fresh.pull()
         assert items[0]["backendId"] not in (old_backend, meta.backend_id)
