@@ -93,7 +93,7 @@ async def hot_push(pusher: Pusher, hot: HotStore) -> bool:
     if minimum < 0:
         raise RuntimeError(f"hot push refused: {answer[:300]!r}")
     hot.rejected += 1
-    hot.head = max(hot.head, minimum - 1)
+    hot.head = max(hot.head, minimum)  # the gateway's minimumExpectedNum is its head
     return False
 
 

@@ -13,6 +13,13 @@ cancelled task), the appends that did not get a verdict of their own are each as
 log (:meth:`PostgresStore._committed`): committed ones are acked, lost ones fail, and the
 ones that cannot be told get :class:`CommitUnknown`, exactly as a lone append would.
 
+Appends of one store keep the order they were submitted in (pipelining: a node may submit
+a store's next append while the previous one is being written). An append whose store has an
+earlier one still pending goes into a group only once that one committed, or into the same
+group right after it; when the earlier one fails, every later one of the store fails too,
+unwritten (after a stale head with the same :class:`HeadMismatch`, else a
+:class:`StoreError`): nothing is ever written on top of an append that is not in the log.
+
 Writer ids are resolved before the transaction, in their own statements (``writers`` rows are
 never deleted, so one written for an append that then fails is harmless), so a group takes
 no lock but its stores' rows.
@@ -67,15 +74,43 @@ class Append:
     # The task writing its group, and whether it is alone in it.
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     alone: bool = False
+    # The store's previous append, pending when this one was submitted, that this one
+    # continues (written first; when it fails, this one fails too)...
+    before: Append | None = field(default=None, repr=False)
+    # ...or that this one does not continue (written first all the same).
+    after: Append | None = field(default=None, repr=False)
+
+
+def _failed(job: Append) -> BaseException | None:
+    """The failure of a decided append (its own verdict in a group counts at once)."""
+    if job.failure is not None:
+        return job.failure
+    future = job.future
+    if not future.done():
+        return None
+    if future.cancelled():
+        return StoreError("cancelled")
+    return future.exception()
+
+
+def _inherited(job: Append, failure: BaseException) -> StoreError:
+    """What an append fails with when an earlier one of its store failed: nothing written."""
+    if isinstance(failure, HeadMismatch):
+        return HeadMismatch(failure.head)
+    return StoreError(
+        f"postgres: an earlier append to {job.store_id!r} failed; this one was not written"
+    )
 
 
 def notices(written: Sequence[Append]) -> list[str]:
-    """The group's announcements: ``{"c": [[store_id, head], ...]}``, each under the limit."""
+    """The group's announcements: ``{"c": [[store_id, head], ...]}``, each under the limit
+    (a store written more than once in the group: its last head)."""
     out: list[str] = []
     parts: list[bytes] = []
     size = len(b'{"c":[]}')
-    for job in written:
-        part = orjson.dumps([job.store_id, job.events[-1].seq])
+    heads = {job.store_id: job.events[-1].seq for job in written}
+    for store_id, head in heads.items():
+        part = orjson.dumps([store_id, head])
         if parts and size + len(part) + 1 > MAX_NOTICE:
             out.append('{"c":[' + b",".join(parts).decode() + "]}")
             parts, size = [], len(b'{"c":[]}')
@@ -94,6 +129,8 @@ class GroupCommitter:
         self.max_groups = max(1, max_groups)
         self._queue: list[Append] = []
         self._running: set[asyncio.Task[None]] = set()
+        # The last append submitted to each store, while it is pending.
+        self._tails: dict[str, Append] = {}
 
     def submit(
         self,
@@ -102,12 +139,32 @@ class GroupCommitter:
         events: Sequence[NewEvent],
         created_ms: int,
         writer: Writer | None,
+        *,
+        chained: bool = True,
     ) -> Append:
+        """Queue an append; ``chained``: after the store's pending chained appends."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         job = Append(store_id, expected_head, events, created_ms, writer, future)
         self._queue.append(job)
+        if not chained:
+            self._start()
+            return job
+        before = self._tails.get(store_id)
+        if before is not None and not before.future.done():
+            if expected_head == before.events[-1].seq:
+                job.before = before  # its continuation: written after it, or not at all
+            else:
+                # Not built on it (its parent is the log's, as another node wrote it): only
+                # its turn comes after it (the log's head check decides both).
+                job.after = before
+        self._tails[store_id] = job
+        future.add_done_callback(lambda _f: self._untail(job))
         self._start()
         return job
+
+    def _untail(self, job: Append) -> None:
+        if self._tails.get(job.store_id) is job:
+            del self._tails[job.store_id]
 
     def abandon(self, job: Append) -> None:
         """Its caller was cancelled: drop it if still queued, and interrupt its group when it
@@ -116,13 +173,44 @@ class GroupCommitter:
         if job in self._queue:
             self._queue.remove(job)
             job.future.cancel()
+            self._start()  # its store's later appends fail now
         elif job.alone and job.task is not None:
             job.task.cancel()
+
+    def _take(self) -> list[Append]:
+        """The next group, in submission order: an append whose store's earlier append is
+        still pending elsewhere waits in the queue; one whose earlier append failed fails."""
+        group: list[Append] = []
+        held: list[Append] = []
+        taken: set[int] = set()
+        for job in self._queue:
+            after = job.after
+            if after is not None and id(after) not in taken and not after.future.done():
+                held.append(job)
+                continue
+            before = job.before
+            if before is not None and id(before) not in taken:
+                failure = _failed(before)
+                if failure is not None:
+                    job.future.set_exception(_inherited(job, failure))
+                    continue
+                if not before.future.done():
+                    held.append(job)
+                    continue
+            if len(group) == MAX_GROUP:
+                held.append(job)
+                continue
+            group.append(job)
+            taken.add(id(job))
+        self._queue = held
+        return group
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and len(self._running) < self.max_groups:
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            group = self._take()
+            if not group:
+                return
             task = loop.create_task(self._run(group))
             for job in group:
                 job.task, job.alone = task, len(group) == 1
@@ -139,6 +227,7 @@ class GroupCommitter:
         for job in self._queue:
             if not job.future.done():
                 job.future.set_exception(StoreError("store is closed"))
+                job.future.exception()  # (its store's later appends may have no waiter)
         self._queue.clear()
         for task in list(self._running):
             task.cancel()
@@ -203,6 +292,12 @@ class GroupCommitter:
             writer_ids = [await store._writer_id(conn, job.writer) for job in group]
             async with conn.transaction():
                 for job, writer_id in zip(group, writer_ids, strict=True):
+                    if job.before is not None:
+                        # Its store's earlier append is in this group, written just before.
+                        failure = job.before.failure
+                        if failure is not None:
+                            job.failure = _inherited(job, failure)
+                            continue
                     if alone:
                         # No savepoint: a failed statement fails the group of one (and the
                         # log is asked); a stale head wrote nothing.
