@@ -93,7 +93,10 @@ async def hot_push(pusher: Pusher, hot: HotStore) -> bool:
     if minimum < 0:
         raise RuntimeError(f"hot push refused: {answer[:300]!r}")
     hot.rejected += 1
-    hot.head = max(hot.head, minimum)  # the gateway's minimumExpectedNum is its head
+    # The gateway's minimumExpectedNum is the head its next push must build on: taken as
+    # told (a pipelined node may name the head of pushes still committing, which move it
+    # back if they fail), not merged with what others were told.
+    hot.head = minimum
     return False
 
 
