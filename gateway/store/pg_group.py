@@ -3,8 +3,10 @@
 Appends submitted while other groups are being written queue up; each group takes what is
 queued (up to :data:`MAX_GROUP` appends) into one transaction on one pooled connection, in
 ascending ``store_id`` order (every node locks store rows in the same order, so two groups
-never deadlock), each append in its own SAVEPOINT: a stale head (:class:`HeadMismatch`) or a
-statement that fails (a constraint, a statement timeout) undoes that append alone. One
+never deadlock), one statement per append: a stale head (:class:`HeadMismatch`) writes
+nothing. When a statement fails (a constraint, a statement timeout), the transaction is
+rolled back and the group written again, each append in its own SAVEPOINT, so that the
+failing one is undone alone (a savepoint is two round trips more per append: only then). One
 ``pg_notify`` per group lists every store written and its new head (several when the list
 would exceed PostgreSQL's 8000-byte payload limit). Every append is answered after COMMIT.
 
@@ -287,39 +289,60 @@ class GroupCommitter:
 
     async def _write(self, group: list[Append]) -> None:
         store = self.store
-        alone = len(group) == 1
         async with store._connection() as conn:
             writer_ids = [await store._writer_id(conn, job.writer) for job in group]
+            try:
+                # Every append in one statement, no savepoint (a stale head is no error: the
+                # statement writes nothing).
+                async with conn.transaction():
+                    await self._statements(conn, group, writer_ids, isolated=False)
+                return
+            except _StatementFailed:
+                pass  # rolled back: again, each append in its own savepoint
+            for job in group:
+                job.failure = None
             async with conn.transaction():
-                for job, writer_id in zip(group, writer_ids, strict=True):
-                    if job.before is not None:
-                        # Its store's earlier append is in this group, written just before.
-                        failure = job.before.failure
-                        if failure is not None:
-                            job.failure = _inherited(job, failure)
-                            continue
-                    if alone:
-                        # No savepoint: a failed statement fails the group of one (and the
-                        # log is asked); a stale head wrote nothing.
-                        try:
-                            await self._append(conn, job, writer_id)
-                        except GatewayError as exc:
-                            job.failure = exc
-                        continue
-                    await conn.execute("SAVEPOINT a")
-                    try:
-                        await self._append(conn, job, writer_id)
-                    except GatewayError as exc:  # a stale head, a missing store
-                        job.failure = exc
-                    except asyncpg.PostgresError as exc:
-                        # The statement failed, the connection lives: undo this append alone
-                        # (if even that fails, the group fails, and the log is asked).
-                        await conn.execute("ROLLBACK TO SAVEPOINT a")
-                        job.failure = _store_error(exc)
-                    await conn.execute("RELEASE SAVEPOINT a")
-                written = [job for job in group if job.failure is None]
-                for notice in notices(written):
-                    await conn.execute("SELECT pg_notify($1, $2)", store.channel, notice)
+                await self._statements(conn, group, writer_ids, isolated=True)
+
+    async def _statements(
+        self, conn: Conn, group: list[Append], writer_ids: list[int], *, isolated: bool
+    ) -> None:
+        """The group's statements; ``isolated``: each append in a SAVEPOINT, so that a failed
+        statement undoes it alone. Not isolated, a failed statement of a group of several
+        raises :class:`_StatementFailed` (the caller rolls back and tries isolated); of a
+        group of one, it fails the group (and the log is asked)."""
+        several = len(group) > 1
+        for job, writer_id in zip(group, writer_ids, strict=True):
+            if job.before is not None:
+                # Its store's earlier append is in this group, written just before.
+                failure = job.before.failure
+                if failure is not None:
+                    job.failure = _inherited(job, failure)
+                    continue
+            if not isolated:
+                try:
+                    await self._append(conn, job, writer_id)
+                except GatewayError as exc:  # a stale head, a missing store
+                    job.failure = exc
+                except asyncpg.PostgresError as exc:
+                    if several and not conn.is_closed():
+                        raise _StatementFailed from exc
+                    raise
+                continue
+            await conn.execute("SAVEPOINT a")
+            try:
+                await self._append(conn, job, writer_id)
+            except GatewayError as exc:  # a stale head, a missing store
+                job.failure = exc
+            except asyncpg.PostgresError as exc:
+                # The statement failed, the connection lives: undo this append alone
+                # (if even that fails, the group fails, and the log is asked).
+                await conn.execute("ROLLBACK TO SAVEPOINT a")
+                job.failure = _store_error(exc)
+            await conn.execute("RELEASE SAVEPOINT a")
+        written = [job for job in group if job.failure is None]
+        for notice in notices(written):
+            await conn.execute("SELECT pg_notify($1, $2)", self.store.channel, notice)
 
     async def _append(self, conn: Conn, job: Append, writer_id: int) -> None:
         events = job.events
@@ -341,6 +364,10 @@ class GroupCommitter:
         if head is None:
             raise StoreError(f"store {job.store_id!r} does not exist")
         raise HeadMismatch(int(head))
+
+
+class _StatementFailed(Exception):
+    """A statement of a group written without savepoints failed (the connection lives)."""
 
 
 def _consume(future: asyncio.Future[None]) -> None:
