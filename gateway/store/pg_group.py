@@ -62,6 +62,21 @@ WRITE = (
     "unnest($6::bigint[], $7::bigint[], $8::bytea[]) AS t(s, p, d)"
 )
 
+# The appends of several stores (each store once) in one statement; returns the stores
+# written (the others had another head, or do not exist).
+WRITE_MANY = (
+    "WITH j AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+    "$5::bigint[]) AS j(s, expected, head, bytes, created_ms)), "
+    "u AS (UPDATE stores SET head = j.head, bytes = stores.bytes + j.bytes, "
+    "last_ms = j.created_ms FROM j WHERE stores.store_id = j.s AND stores.head = j.expected "
+    "RETURNING stores.store_id), "
+    "i AS (INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
+    "SELECT e.s, e.seq, e.parent, e.created_ms, e.d, e.w FROM unnest($6::text[], "
+    "$7::bigint[], $8::bigint[], $9::bigint[], $10::bytea[], $11::bigint[]) "
+    "AS e(s, seq, parent, created_ms, d, w) WHERE e.s IN (SELECT store_id FROM u)) "
+    "SELECT store_id FROM u"
+)
+
 
 @dataclass(slots=True, eq=False)
 class Append:
@@ -312,6 +327,9 @@ class GroupCommitter:
         raises :class:`_StatementFailed` (the caller rolls back and tries isolated); of a
         group of one, it fails the group (and the log is asked)."""
         several = len(group) > 1
+        if several and not isolated:
+            await self._rounds(conn, group, writer_ids)
+            return
         for job, writer_id in zip(group, writer_ids, strict=True):
             if job.before is not None:
                 # Its store's earlier append is in this group, written just before.
@@ -343,6 +361,72 @@ class GroupCommitter:
         written = [job for job in group if job.failure is None]
         for notice in notices(written):
             await conn.execute("SELECT pg_notify($1, $2)", self.store.channel, notice)
+
+    async def _rounds(self, conn: Conn, group: list[Append], writer_ids: list[int]) -> None:
+        """The group in as few statements as it has appends of one store: the first append
+        of every store in one statement, the second ones in the next, and so on."""
+        rounds: list[list[tuple[Append, int]]] = []
+        depth: dict[str, int] = {}
+        for job, writer_id in zip(group, writer_ids, strict=True):
+            k = depth.get(job.store_id, 0)
+            depth[job.store_id] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((job, writer_id))
+        for round_ in rounds:
+            todo: list[tuple[Append, int]] = []
+            for job, writer_id in round_:
+                failure = job.before.failure if job.before is not None else None
+                if failure is not None:
+                    job.failure = _inherited(job, failure)
+                else:
+                    todo.append((job, writer_id))
+            if todo:
+                try:
+                    await self._write_many(conn, todo)
+                except asyncpg.PostgresError as exc:
+                    if conn.is_closed():
+                        raise
+                    raise _StatementFailed from exc
+        written = [job for job in group if job.failure is None]
+        for notice in notices(written):
+            await conn.execute("SELECT pg_notify($1, $2)", self.store.channel, notice)
+
+    async def _write_many(self, conn: Conn, todo: list[tuple[Append, int]]) -> None:
+        jobs = [job for job, _ in todo]
+        events = [(job, e, w) for job, w in todo for e in job.events]
+        rows = await conn.fetch(
+            WRITE_MANY,
+            [job.store_id for job in jobs],
+            [job.expected_head for job in jobs],
+            [job.events[-1].seq for job in jobs],
+            [sum(len(e.data) for e in job.events) for job in jobs],
+            [job.created_ms for job in jobs],
+            [job.store_id for job, _, _ in events],
+            [e.seq for _, e, _ in events],
+            [e.parent for _, e, _ in events],
+            [job.created_ms for job, _, _ in events],
+            [e.data for _, e, _ in events],
+            [w for _, _, w in events],
+        )
+        written = {row[0] for row in rows}
+        refused = [job for job in jobs if job.store_id not in written]
+        if not refused:
+            return
+        heads = {
+            row[0]: int(row[1])
+            for row in await conn.fetch(
+                "SELECT store_id, head FROM stores WHERE store_id = ANY($1::text[])",
+                [job.store_id for job in refused],
+            )
+        }
+        for job in refused:
+            head = heads.get(job.store_id)
+            job.failure = (
+                StoreError(f"store {job.store_id!r} does not exist")
+                if head is None
+                else HeadMismatch(head)
+            )
 
     async def _append(self, conn: Conn, job: Append, writer_id: int) -> None:
         events = job.events
