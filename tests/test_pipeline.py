@@ -284,3 +284,45 @@ async def test_a_killed_group_fails_the_pipelined_pushes_after_it(
     for sink in sinks:
         await sink.until(3)
         assert sink.tags() == ["z", "d", "e"]
+
+
+async def test_a_push_that_does_not_continue_a_failed_one_is_written_after_it(
+    nodes: list[SyncEngine], schema: str
+) -> None:
+    """A push whose parent is past the pending head (its client saw another writer's events)
+    is queued after the pending push but does not continue it: when that one fails, this one
+    is still written, on the log's head it names, and published after the other writer's."""
+    first, _second = nodes
+    sinks = [await subscribe(engine, HOT) for engine in nodes]
+    queued = Queued(first)
+    admin = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": schema})
+    loop = asyncio.get_running_loop()
+    try:
+        async with admin.transaction():
+            # Another writer takes seqNums 1-3 and commits once both pushes are queued.
+            await admin.execute("UPDATE stores SET head = 3 WHERE store_id = $1", HOT)
+            for seq in (1, 2, 3):
+                await admin.execute(
+                    "INSERT INTO events (store_id, seq, parent, created_ms, data) "
+                    "VALUES ($1, $2, $3, 0, $4)",
+                    HOT,
+                    seq,
+                    seq - 1,
+                    event(seq, "other").data,
+                )
+            tasks = [
+                loop.create_task(
+                    first.push(PushRequest(store_id=HOT, batch=[event(seq, tag)], backend_id=None))
+                )
+                for seq, tag in ((1, "a"), (4, "b"))
+            ]
+            await queued.until(2)
+            await blocked_backend(admin, schema)
+        outcomes = await asyncio.gather(*tasks)
+    finally:
+        await admin.close()
+    assert outcomes == [ServerAhead(3, 0), None]
+    assert await log_of(schema, HOT) == [(1, "other"), (2, "other"), (3, "other"), (4, "b")]
+    for sink in sinks:
+        await sink.until(4)
+        assert sink.tags() == ["other", "other", "other", "b"]
