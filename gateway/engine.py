@@ -36,8 +36,9 @@ from gateway.follow import READ_BATCH, Follower, StoreState
 from gateway.hub import Hub, Subscription
 from gateway.lifecycle import RetiredHook, StoreLifecycle
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, now_ms
 from gateway.protocol import NewEvent, PullRequest, PushRequest
-from gateway.store import EventStore, SharedEventStore, Writer
+from gateway.store import EventStore, PipelinedEventStore, SharedEventStore, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,7 @@ class Backlog:
     upto: int
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class SyncEngine(Follower, StoreLifecycle):
+class SyncEngine(Follower, StoreLifecycle, Pipeline):
     """Push admission and pull catch-up of one node (commits of other nodes: Follower)."""
 
     def __init__(
@@ -81,6 +78,10 @@ class SyncEngine(Follower, StoreLifecycle):
         self._heard: dict[str, int] = {}
         self._reconcile_interval = reconcile_interval
         self.shared = hasattr(store, "set_commit_listener")
+        # A backend that queues a store's appends in order: pushes are pipelined.
+        self._pipelined: PipelinedEventStore | None = (
+            store if hasattr(store, "enqueue") else None  # type: ignore[assignment]
+        )
         if self.shared:
             shared: SharedEventStore = store  # type: ignore[assignment]
             shared.set_commit_listener(self.on_commit, self.on_reconnect, self.on_retired_elsewhere)
@@ -109,6 +110,7 @@ class SyncEngine(Follower, StoreLifecycle):
             for state in self._states.values()
             if now - state.used >= idle
             and not state.lock.locked()
+            and not state.in_flight
             and not self.hub.subscriber_count(state.store_id)
         ]
         for state in stale:
@@ -200,6 +202,8 @@ class SyncEngine(Follower, StoreLifecycle):
     async def _admit(
         self, state: StoreState, batch: list[NewEvent], writer: Writer | None
     ) -> RpcFailure | None:
+        if self._pipelined is not None:
+            return await self._admit_pipelined(state, batch, writer)
         async with state.lock:
             if state.retired:
                 # Reset or deleted while this push waited: the client's log is another's.
@@ -231,15 +235,34 @@ class SyncEngine(Follower, StoreLifecycle):
             except StoreError:
                 self.counters.pushes_rejected["storage"] += 1
                 raise
-            if parent > state.head:
-                # Other nodes' events up to our parent go out first, in order.
-                try:
-                    await self._publish_range(state, parent)
-                except StoreError as exc:
-                    logger.error(
-                        "store %r: publishing up to %d failed: %s", state.store_id, parent, exc
-                    )
-            state.head = batch[-1].seq
+            await self._publish_own(state, batch, created, writer)
+        return None
+
+    async def _publish_own(
+        self, state: StoreState, batch: list[NewEvent], created: int, writer: Writer | None
+    ) -> None:
+        """Publish a committed batch (called with ``state.lock`` held), after whatever the
+        log holds before it that this node has not published yet."""
+        parent, last = batch[0].parent, batch[-1].seq
+        counters = self.counters
+        counters.pushes_accepted += 1
+        counters.events_accepted += len(batch)
+        if state.head >= last:
+            return  # a catch-up published it from the log already (a pipelined push)
+        if state.head != parent:
+            # Other nodes' events up to our parent go out first, in order (and ours with
+            # them if the head is past our parent): from the log.
+            try:
+                await self._publish_range(state, parent if state.head < parent else last)
+            except StoreError as exc:
+                logger.error("store %r: publishing up to %d failed: %s", state.store_id, last, exc)
+            if state.head != parent:
+                if state.head < last:
+                    # The next announcement or reconcile publishes the rest, without a gap.
+                    logger.error("store %r: batch to %d not published yet", state.store_id, last)
+                return
+        if not state.retired:
+            state.head = last
             started = time.perf_counter()
             meta = frames.metadata(created)
             entries = [frames.event_entry(event.data, meta) for event in batch]
@@ -249,11 +272,7 @@ class SyncEngine(Follower, StoreLifecycle):
                 attributed = [frames.event_entry(event.data, signed) for event in batch]
             sent = self.hub.publish(state.store_id, entries, state.backend_id_json, attributed)
             self.metrics.fanout_latency.observe(time.perf_counter() - started)
-            counters = self.counters
             counters.frames_delivered += sent
-            counters.pushes_accepted += 1
-            counters.events_accepted += len(batch)
-        return None
 
     async def drain(self) -> None:
         """Wait until every admitted push is written and published (for shutdown)."""

@@ -42,6 +42,20 @@ class StoreState:
     used: float = 0.0
     # Reset or deleted by an operator: whoever still holds this state must let go of it.
     retired: bool = False
+    # Pipelined pushes (gateway.pipeline): done when the last one admitted is answered and
+    # published (each finishes after the one before it), and the head it leads to.
+    tail: asyncio.Future[None] | None = None
+    tail_head: int = 0
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a pipelined push is admitted and not yet finished."""
+        return self.tail is not None and not self.tail.done()
+
+    async def settled(self) -> None:
+        """Wait until the pipelined pushes admitted so far are finished."""
+        while (tail := self.tail) is not None and not tail.done():
+            await asyncio.wait((tail,))
 
 
 class Follower:
@@ -77,11 +91,15 @@ class Follower:
         """A group's commits were announced: the stores this node is behind on are read
         together (one query), the others as :meth:`on_commit` does."""
         behind: list[tuple[StoreState, int]] = []
-        for store_id, head in commits:
+        latest: dict[str, int] = {}
+        for store_id, head in commits:  # a store may be listed more than once: its last head
+            latest[store_id] = max(head, latest.get(store_id, head))
+        for store_id, head in latest.items():
             state = self._states.get(store_id)
             if (
                 state is None
                 or state.lock.locked()  # most likely this node's own push, about to publish
+                or state.in_flight
                 or head - state.head > GROUP_READ_SPAN
                 or self.hub.wants_attribution(store_id)
             ):
@@ -115,6 +133,7 @@ class Follower:
                 if (
                     fresh
                     and fresh[0].seq == state.head + 1
+                    and fresh[-1].seq - fresh[0].seq == len(fresh) - 1
                     and not state.retired
                     and not self.hub.wants_attribution(state.store_id)
                 ):
@@ -165,6 +184,11 @@ class Follower:
         await self._catch_up(state, heads.get(state.store_id, state.head))
 
     async def _catch_up(self, state: StoreState, target: int) -> None:
+        if state.in_flight:
+            # Most likely this node's own pushes, which publish their events themselves.
+            tail = state.tail
+            assert tail is not None
+            await asyncio.wait((tail,))
         async with state.lock:
             try:
                 await self._publish_range(state, target)

@@ -73,12 +73,21 @@ class StoreLifecycle:
                 if change is not None:
                     result = await change()
             else:
-                async with state.lock:
+                # Pushes in flight (pipelined ones too) finish first; none is admitted while
+                # the lock is held.
+                await state.lock.acquire()
+                while state.in_flight:
+                    state.lock.release()
+                    await state.settled()
+                    await state.lock.acquire()
+                try:
                     if change is not None:
                         result = await change()
                     state.retired = True
                     if self._states.get(store_id) is state:
                         del self._states[store_id]
+                finally:
+                    state.lock.release()
             self.store.forget(store_id)
         finally:
             del self._retiring[store_id]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -181,6 +181,23 @@ class SharedEventStore(EventStore, Protocol):
 
     async def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
         """The current heads of ``store_ids``."""
+
+
+class PipelinedEventStore(Protocol):
+    """A backend that takes a store's next append before the previous one committed."""
+
+    def enqueue(
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
+    ) -> Any:
+        """Queue an append (written after the store's earlier ones, failing if they fail)."""
+
+    async def settle(self, job: Any) -> None:
+        """Wait for a queued append's outcome (as ``append`` reports it)."""
 
 
 def new_backend_id() -> str:

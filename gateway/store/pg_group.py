@@ -3,8 +3,11 @@
 Appends submitted while other groups are being written queue up; each group takes what is
 queued (up to :data:`MAX_GROUP` appends) into one transaction on one pooled connection, in
 ascending ``store_id`` order (every node locks store rows in the same order, so two groups
-never deadlock), each append in its own SAVEPOINT: a stale head (:class:`HeadMismatch`) or a
-statement that fails (a constraint, a statement timeout) undoes that append alone. One
+never deadlock), in one statement per round (the first append of every store, then the
+second ones...: :mod:`gateway.store.pg_write`): a stale head (:class:`HeadMismatch`) writes
+nothing. When a statement fails (a constraint, a statement timeout), the transaction is
+rolled back and the group written again, each append in its own SAVEPOINT, so that the
+failing one is undone alone (a savepoint is two round trips more per append: only then). One
 ``pg_notify`` per group lists every store written and its new head (several when the list
 would exceed PostgreSQL's 8000-byte payload limit). Every append is answered after COMMIT.
 
@@ -12,6 +15,13 @@ When the group as a whole fails (the connection lost mid-transaction or during C
 cancelled task), the appends that did not get a verdict of their own are each asked of the
 log (:meth:`PostgresStore._committed`): committed ones are acked, lost ones fail, and the
 ones that cannot be told get :class:`CommitUnknown`, exactly as a lone append would.
+
+Appends of one store keep the order they were submitted in (pipelining: a node may submit
+a store's next append while the previous one is being written). An append whose store has an
+earlier one still pending goes into a group only once that one committed, or into the same
+group right after it; when the earlier one fails, every later one of the store fails too,
+unwritten (after a stale head with the same :class:`HeadMismatch`, else a
+:class:`StoreError`): nothing is ever written on top of an append that is not in the log.
 
 Writer ids are resolved before the transaction, in their own statements (``writers`` rows are
 never deleted, so one written for an append that then fails is harmless), so a group takes
@@ -24,66 +34,42 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import asyncpg
-import orjson
-
-from gateway.errors import CommitUnknown, GatewayError, HeadMismatch, StoreError
+from gateway.errors import CommitUnknown, GatewayError, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import Writer
+from gateway.store.pg_write import (
+    MAX_NOTICE,
+    Append,
+    StatementFailed,
+    inherited,
+    notices,
+    statements,
+    store_error,
+)
 
 if TYPE_CHECKING:
-    from gateway.store.postgres import Conn, PostgresStore
+    from gateway.store.postgres import PostgresStore
+
+__all__ = ["MAX_GROUP", "MAX_NOTICE", "Append", "GroupCommitter", "notices"]
 
 logger = logging.getLogger("gateway.store.postgres")
 
 # Appends in one transaction at most (a larger group holds its rows' locks longer).
 MAX_GROUP = 100
 
-# Bytes of one notification payload at most (PostgreSQL refuses 8000 and more).
-MAX_NOTICE = 7900
 
-WRITE = (
-    "WITH u AS (UPDATE stores SET head = $3, bytes = bytes + $4, last_ms = $5 "
-    "WHERE store_id = $1 AND head = $2 RETURNING store_id) "
-    "INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
-    "SELECT u.store_id, t.s, t.p, $5, t.d, $9 FROM u, "
-    "unnest($6::bigint[], $7::bigint[], $8::bytea[]) AS t(s, p, d)"
-)
-
-
-@dataclass(slots=True, eq=False)
-class Append:
-    store_id: str
-    expected_head: int
-    events: Sequence[NewEvent]
-    created_ms: int
-    writer: Writer | None
-    future: asyncio.Future[None] = field(repr=False)
-    # Its own verdict within the group (a stale head, a failed statement): nothing written.
-    failure: BaseException | None = None
-    # The task writing its group, and whether it is alone in it.
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-    alone: bool = False
-
-
-def notices(written: Sequence[Append]) -> list[str]:
-    """The group's announcements: ``{"c": [[store_id, head], ...]}``, each under the limit."""
-    out: list[str] = []
-    parts: list[bytes] = []
-    size = len(b'{"c":[]}')
-    for job in written:
-        part = orjson.dumps([job.store_id, job.events[-1].seq])
-        if parts and size + len(part) + 1 > MAX_NOTICE:
-            out.append('{"c":[' + b",".join(parts).decode() + "]}")
-            parts, size = [], len(b'{"c":[]}')
-        parts.append(part)
-        size += len(part) + 1
-    if parts:
-        out.append('{"c":[' + b",".join(parts).decode() + "]}")
-    return out
+def _failed(job: Append) -> BaseException | None:
+    """The failure of a decided append (its own verdict in a group counts at once)."""
+    if job.failure is not None:
+        return job.failure
+    future = job.future
+    if not future.done():
+        return None
+    if future.cancelled():
+        return StoreError("cancelled")
+    return future.exception()
 
 
 class GroupCommitter:
@@ -94,6 +80,8 @@ class GroupCommitter:
         self.max_groups = max(1, max_groups)
         self._queue: list[Append] = []
         self._running: set[asyncio.Task[None]] = set()
+        # The last append submitted to each store, while it is pending.
+        self._tails: dict[str, Append] = {}
 
     def submit(
         self,
@@ -102,12 +90,32 @@ class GroupCommitter:
         events: Sequence[NewEvent],
         created_ms: int,
         writer: Writer | None,
+        *,
+        chained: bool = True,
     ) -> Append:
+        """Queue an append; ``chained``: after the store's pending chained appends."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         job = Append(store_id, expected_head, events, created_ms, writer, future)
         self._queue.append(job)
+        if not chained:
+            self._start()
+            return job
+        before = self._tails.get(store_id)
+        if before is not None and not before.future.done():
+            if expected_head == before.events[-1].seq:
+                job.before = before  # its continuation: written after it, or not at all
+            else:
+                # Not built on it (its parent is the log's, as another node wrote it): only
+                # its turn comes after it (the log's head check decides both).
+                job.after = before
+        self._tails[store_id] = job
+        future.add_done_callback(lambda _f: self._untail(job))
         self._start()
         return job
+
+    def _untail(self, job: Append) -> None:
+        if self._tails.get(job.store_id) is job:
+            del self._tails[job.store_id]
 
     def abandon(self, job: Append) -> None:
         """Its caller was cancelled: drop it if still queued, and interrupt its group when it
@@ -116,13 +124,44 @@ class GroupCommitter:
         if job in self._queue:
             self._queue.remove(job)
             job.future.cancel()
+            self._start()  # its store's later appends fail now
         elif job.alone and job.task is not None:
             job.task.cancel()
+
+    def _take(self) -> list[Append]:
+        """The next group, in submission order: an append whose store's earlier append is
+        still pending elsewhere waits in the queue; one whose earlier append failed fails."""
+        group: list[Append] = []
+        held: list[Append] = []
+        taken: set[int] = set()
+        for job in self._queue:
+            after = job.after
+            if after is not None and id(after) not in taken and not after.future.done():
+                held.append(job)
+                continue
+            before = job.before
+            if before is not None and id(before) not in taken:
+                failure = _failed(before)
+                if failure is not None:
+                    job.future.set_exception(inherited(job, failure))
+                    continue
+                if not before.future.done():
+                    held.append(job)
+                    continue
+            if len(group) == MAX_GROUP:
+                held.append(job)
+                continue
+            group.append(job)
+            taken.add(id(job))
+        self._queue = held
+        return group
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and len(self._running) < self.max_groups:
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            group = self._take()
+            if not group:
+                return
             task = loop.create_task(self._run(group))
             for job in group:
                 job.task, job.alone = task, len(group) == 1
@@ -139,6 +178,7 @@ class GroupCommitter:
         for job in self._queue:
             if not job.future.done():
                 job.future.set_exception(StoreError("store is closed"))
+                job.future.exception()  # (its store's later appends may have no waiter)
         self._queue.clear()
         for task in list(self._running):
             task.cancel()
@@ -187,7 +227,7 @@ class GroupCommitter:
                 f"postgres: the outcome of an append to {job.store_id!r} is unknown: {exc}"
             )
         elif not committed:
-            failure = exc if isinstance(exc, StoreError) else _store_error(exc)
+            failure = exc if isinstance(exc, StoreError) else store_error(exc)
         else:
             logger.warning(
                 "append to %r reported %s but committed; acknowledging", job.store_id, exc
@@ -198,63 +238,23 @@ class GroupCommitter:
 
     async def _write(self, group: list[Append]) -> None:
         store = self.store
-        alone = len(group) == 1
         async with store._connection() as conn:
             writer_ids = [await store._writer_id(conn, job.writer) for job in group]
+            try:
+                # Every append in one statement, no savepoint (a stale head is no error: the
+                # statement writes nothing).
+                async with conn.transaction():
+                    await statements(conn, group, writer_ids, store.channel, isolated=False)
+                return
+            except StatementFailed:
+                pass  # rolled back: again, each append in its own savepoint
+            for job in group:
+                job.failure = None
             async with conn.transaction():
-                for job, writer_id in zip(group, writer_ids, strict=True):
-                    if alone:
-                        # No savepoint: a failed statement fails the group of one (and the
-                        # log is asked); a stale head wrote nothing.
-                        try:
-                            await self._append(conn, job, writer_id)
-                        except GatewayError as exc:
-                            job.failure = exc
-                        continue
-                    await conn.execute("SAVEPOINT a")
-                    try:
-                        await self._append(conn, job, writer_id)
-                    except GatewayError as exc:  # a stale head, a missing store
-                        job.failure = exc
-                    except asyncpg.PostgresError as exc:
-                        # The statement failed, the connection lives: undo this append alone
-                        # (if even that fails, the group fails, and the log is asked).
-                        await conn.execute("ROLLBACK TO SAVEPOINT a")
-                        job.failure = _store_error(exc)
-                    await conn.execute("RELEASE SAVEPOINT a")
-                written = [job for job in group if job.failure is None]
-                for notice in notices(written):
-                    await conn.execute("SELECT pg_notify($1, $2)", store.channel, notice)
-
-    async def _append(self, conn: Conn, job: Append, writer_id: int) -> None:
-        events = job.events
-        status = await conn.execute(
-            WRITE,
-            job.store_id,
-            job.expected_head,
-            events[-1].seq,
-            sum(len(e.data) for e in events),
-            job.created_ms,
-            [e.seq for e in events],
-            [e.parent for e in events],
-            [e.data for e in events],
-            writer_id,
-        )
-        if status.rsplit(" ", 1)[-1] != "0":
-            return
-        head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", job.store_id)
-        if head is None:
-            raise StoreError(f"store {job.store_id!r} does not exist")
-        raise HeadMismatch(int(head))
+                await statements(conn, group, writer_ids, store.channel, isolated=True)
 
 
 def _consume(future: asyncio.Future[None]) -> None:
     """Marks the outcome of an abandoned append as retrieved (nobody waits for it)."""
     if not future.cancelled():
         future.exception()
-
-
-def _store_error(exc: BaseException) -> StoreError:
-    if isinstance(exc, StoreError):
-        return exc
-    return StoreError(f"postgres: {type(exc).__name__}: {exc}")

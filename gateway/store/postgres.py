@@ -40,7 +40,7 @@ from gateway.errors import GatewayError, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import StoredEvent, StoreMeta, Writer, new_backend_id
 from gateway.store.pg_catalog import PostgresCatalog
-from gateway.store.pg_group import GroupCommitter
+from gateway.store.pg_group import Append, GroupCommitter
 from gateway.store.pg_listen import PostgresListener
 from gateway.store.pg_schema import migrate
 
@@ -259,7 +259,25 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         if not events:
             return
         self._require_pool()
-        job = self._group.submit(store_id, expected_head, events, created_ms, writer)
+        job = self._group.submit(store_id, expected_head, events, created_ms, writer, chained=False)
+        await self.settle(job)
+
+    def enqueue(
+        self,
+        store_id: str,
+        expected_head: int,
+        events: Sequence[NewEvent],
+        created_ms: int,
+        writer: Writer | None = None,
+    ) -> Append:
+        """Queue an append now, without waiting (pipelining): a store's appends are written
+        in the order they were queued, each only once the one before it committed, and each
+        fails when the one before it failed. :meth:`settle` waits for its outcome."""
+        self._require_pool()
+        return self._group.submit(store_id, expected_head, events, created_ms, writer)
+
+    async def settle(self, job: Append) -> None:
+        """The outcome of a queued append (after COMMIT), as :meth:`append` reports it."""
         try:
             await asyncio.shield(job.future)
         except asyncio.CancelledError:
