@@ -4,7 +4,6 @@ one query and published in order, without a gap or a duplicate (gateway/follow.p
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +13,7 @@ from gateway.follow import StoreState
 from gateway.hub import Hub, Subscription
 from gateway.protocol import PullRequest, PushRequest
 from gateway.store.postgres import PostgresStore
-from tests.helpers.fakes import RecordingOutbox, new_events
+from tests.helpers.fakes import WakingOutbox, new_events
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.timeouts import TIMEOUT_UNIT
 
@@ -22,22 +21,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60 * TIMEOUT_UNIT)]
 
 STORES = [f"g{k}" for k in range(10)]
 ROUNDS = 3
-SEQ = re.compile(rb'"seqNum":(\d+)')
-
-
-class Sink(RecordingOutbox):
-    """Records frames and wakes whoever waits for the next one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Event()
-
-    def write(self, frame: bytes) -> None:
-        super().write(frame)
-        self.changed.set()
-
-    def seqs(self) -> list[int]:
-        return [int(m) for frame in self.frames for m in SEQ.findall(frame)]
 
 
 class CountingEngine(SyncEngine):
@@ -69,9 +52,9 @@ async def test_group_announcement_is_read_at_once_and_published_in_order(
     nodes: tuple[SyncEngine, CountingEngine],
 ) -> None:
     writer, follower = nodes
-    sinks: dict[str, Sink] = {}
+    sinks: dict[str, WakingOutbox] = {}
     for store_id in STORES:
-        sink = sinks[store_id] = Sink()
+        sink = sinks[store_id] = WakingOutbox()
         subscription = Subscription(sink, store_id, b'"1"')
         opened = await follower.open_pull(
             PullRequest(store_id=store_id, cursor=None, live=True), subscription

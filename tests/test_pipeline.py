@@ -19,40 +19,14 @@ from gateway.protocol import NewEvent, PullRequest, PushRequest
 from gateway.store import Writer
 from gateway.store.pg_group import Append
 from gateway.store.postgres import PostgresStore
-from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.fakes import WakingOutbox
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.timeouts import TIMEOUT_UNIT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60 * TIMEOUT_UNIT)]
 
-SEQ = re.compile(rb'"seqNum":(\d+)')
 TAG = re.compile(rb'"tag":"([^"]*)"')
 HOT = "hot"
-
-
-class Sink(RecordingOutbox):
-    """Records frames and wakes whoever waits for the next one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Event()
-
-    def write(self, frame: bytes) -> None:
-        super().write(frame)
-        self.changed.set()
-
-    def seqs(self) -> list[int]:
-        return [int(m) for frame in self.frames for m in SEQ.findall(frame)]
-
-    def tags(self) -> list[str]:
-        return [m.decode() for frame in self.frames for m in TAG.findall(frame)]
-
-    async def until(self, head: int) -> None:
-        async with asyncio.timeout(20 * TIMEOUT_UNIT):
-            while (seqs := self.seqs()) != list(range(1, head + 1)):
-                assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
-                self.changed.clear()
-                await self.changed.wait()
 
 
 def event(seq: int, tag: str) -> NewEvent:
@@ -120,8 +94,8 @@ class Queued:
                 await self.changed.wait()
 
 
-async def subscribe(engine: SyncEngine, store_id: str) -> Sink:
-    sink = Sink()
+async def subscribe(engine: SyncEngine, store_id: str) -> WakingOutbox:
+    sink = WakingOutbox()
     subscription = Subscription(sink, store_id, b'"1"')
     opened = await engine.open_pull(
         PullRequest(store_id=store_id, cursor=None, live=True), subscription

@@ -7,11 +7,17 @@ store) is real.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import orjson
 
 from gateway.protocol import NewEvent
+from tests.helpers.timeouts import TIMEOUT_UNIT
+
+_SEQ = re.compile(rb'"seqNum":(\d+)')
+_TAG = re.compile(rb'"tag":"([^"]*)"')
 
 
 def new_events(first: int, n: int, *, parent: int | None = None) -> list[NewEvent]:
@@ -63,3 +69,30 @@ class RecordingOutbox:
             for item in frame["values"]
             for entry in item["batch"]
         ]
+
+
+class WakingOutbox(RecordingOutbox):
+    """A :class:`RecordingOutbox` that wakes whoever waits for its next frame; it reads
+    ``seqNum`` and ``tag`` out of frames of any shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def write(self, frame: bytes) -> None:
+        super().write(frame)
+        self.changed.set()
+
+    def seqs(self) -> list[int]:
+        return [int(m) for frame in self.frames for m in _SEQ.findall(frame)]
+
+    def tags(self) -> list[str]:
+        return [m.decode() for frame in self.frames for m in _TAG.findall(frame)]
+
+    async def until(self, head: int) -> None:
+        """Wait until events 1..``head`` arrived, failing at once on a gap or a duplicate."""
+        async with asyncio.timeout(20 * TIMEOUT_UNIT):
+            while (seqs := self.seqs()) != list(range(1, head + 1)):
+                assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
+                self.changed.clear()
+                await self.changed.wait()
