@@ -187,7 +187,7 @@ async def test_a_push_lost_to_another_writer_fails_the_pushes_that_continue_it(
     """Three pushes pipelined on one node while another writer takes seqNum 1: the first is
     refused, and so are the two that continue it, even the one whose parent (1) is now the
     log's head: nothing is written on top of a push that is not in the log."""
-    first, second = nodes
+    first = nodes[0]
     sinks = [await subscribe(engine, HOT) for engine in nodes]
     queued = Queued(first)
     admin = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": schema})
@@ -210,6 +210,13 @@ async def test_a_push_lost_to_another_writer_fails_the_pushes_that_continue_it(
     assert outcomes == [ServerAhead(1, 0), ServerAhead(1, 1), ServerAhead(1, 2)]
     assert await log_of(schema, HOT) == [(1, "other")]
     # The next push builds on the log; every node publishes it after the other writer's.
+    await goes_on(nodes, sinks, "other")
+
+
+async def goes_on(nodes: list[SyncEngine], sinks: list[WakingOutbox], logged: str) -> None:
+    """The store goes on from the log (whose one event is tagged ``logged``): a push on each
+    node, and every node publishes the three events in order."""
+    first, second = nodes
     assert (
         await second.push(PushRequest(store_id=HOT, batch=[event(2, "d")], backend_id=None)) is None
     )
@@ -218,7 +225,7 @@ async def test_a_push_lost_to_another_writer_fails_the_pushes_that_continue_it(
     )
     for sink in sinks:
         await sink.until(3)
-        assert sink.tags() == ["other", "d", "e"]
+        assert sink.tags() == [logged, "d", "e"]
 
 
 async def test_a_killed_group_fails_the_pipelined_pushes_after_it(
@@ -227,7 +234,7 @@ async def test_a_killed_group_fails_the_pipelined_pushes_after_it(
     """The connection of a group is terminated mid-transaction (pg_terminate_backend) with
     two more pushes of the store pipelined behind it: all three fail with a StoreError (the
     client retries), none is written, and the store goes on from where the log is."""
-    first, second = nodes
+    first = nodes[0]
     sinks = [await subscribe(engine, HOT) for engine in nodes]
     assert (
         await first.push(PushRequest(store_id=HOT, batch=[event(1, "z")], backend_id=None)) is None
@@ -249,15 +256,7 @@ async def test_a_killed_group_fails_the_pipelined_pushes_after_it(
         await admin.close()
     assert all(isinstance(o, StoreError) for o in outcomes), outcomes
     assert await log_of(schema, HOT) == [(1, "z")]
-    assert (
-        await second.push(PushRequest(store_id=HOT, batch=[event(2, "d")], backend_id=None)) is None
-    )
-    assert (
-        await first.push(PushRequest(store_id=HOT, batch=[event(3, "e")], backend_id=None)) is None
-    )
-    for sink in sinks:
-        await sink.until(3)
-        assert sink.tags() == ["z", "d", "e"]
+    await goes_on(nodes, sinks, "z")
 
 
 async def test_a_push_that_does_not_continue_a_failed_one_is_written_after_it(
