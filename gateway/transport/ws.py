@@ -10,9 +10,9 @@ the protocol alone (measured in ``bench/studies/floor.py``).
 
 What a connection does, in order:
 
-1. Before the 101: bytes gather until the request head is complete (a malformed or
-   oversized one is refused at once); reading then pauses while the owner's ``handshake``
-   decides and calls :meth:`WsConnection.respond` (a 101 opens the session; anything else
+1. Before the 101 (:mod:`.wsopen`): bytes gather until the request head is complete (a
+   malformed or oversized one is refused at once); reading then pauses while the owner's
+   ``handshake`` decides and calls ``respond`` (a 101 opens the session; anything else
    refuses, half-closes and discards input until the client's FIN). The handshake must end
    within ``open_timeout``.
 2. ``OPEN``: each complete message (fragments joined, size capped by the parser: 1009) goes to
@@ -39,9 +39,9 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.errors import CloseCode, Refusal, RefusalCode, WireClosed
+from gateway.errors import CloseCode, WireClosed
 from gateway.transport import http1
-from gateway.transport.answer import Answer, closing
+from gateway.transport.wsopen import DECIDING, READING, Opening
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,16 +54,6 @@ _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
 _CLOSE = Opcode.CLOSE
-
-# The request line of an upgrade: at most what browsers send and websockets accepted.
-MAX_REQUEST_LINE = 8 * 1024
-
-# Where a connection is before its session: reading the request, waiting for the owner's
-# verdict (reading paused), or refused (the answer is out; input is discarded until the
-# client's FIN). Then websockets' ServerProtocol takes over, created in the OPEN state.
-_READING, _DECIDING, _REFUSED, _OPENED = range(4)
-
-_NOT_GET = Refusal(code=RefusalCode.METHOD_NOT_ALLOWED, message="WebSocket upgrades use GET")
 
 # Headers of unmasked, unfragmented server text frames (RFC 6455 §5.2) by payload length.
 _SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
@@ -100,28 +90,22 @@ class Owner(Protocol):
         ``session.close()``."""
 
 
-class WsConnection(asyncio.Protocol):
+class WsConnection(Opening, asyncio.Protocol):
     """A WebSocket connection; the session's ``Wire``."""
 
+    # With Opening's: _cork, _head, _phase, _rest, _timer, proto, session.
     __slots__ = (
-        "_cork",
         "_drain",
         "_fragments",
-        "_head",
         "_logger",
         "_max_size",
         "_paused",
-        "_phase",
-        "_rest",
-        "_timer",
         "admitted",
         "close_timeout",
         "owner",
         "ping_deadline",
-        "proto",
         "quiet_since",
         "seen",
-        "session",
         "transport",
     )
 
@@ -141,7 +125,7 @@ class WsConnection(asyncio.Protocol):
         self.proto: ServerProtocol | None = None
         self._max_size = max_size
         self._logger = logger
-        self._phase = _READING
+        self._phase = READING
         self._head: bytearray | None = bytearray()
         # Bytes the client sent behind its request (frames ahead of the 101).
         self._rest = b""
@@ -173,7 +157,7 @@ class WsConnection(asyncio.Protocol):
     @property
     def deciding(self) -> bool:
         """The request is in and the owner has not answered it yet."""
-        return self._phase == _DECIDING and self.transport is not None
+        return self._phase == DECIDING and self.transport is not None
 
     @property
     def close_code(self) -> int | None:
@@ -200,9 +184,9 @@ class WsConnection(asyncio.Protocol):
         self.seen = True
         proto = self.proto
         if proto is None:
-            if self._phase == _READING:
+            if self._phase == READING:
                 self._read_head(data)
-            elif self._phase == _DECIDING:
+            elif self._phase == DECIDING:
                 self._rest += data  # what the transport had read before it paused
             return
         proto.receive_data(data)
@@ -216,29 +200,6 @@ class WsConnection(asyncio.Protocol):
                 self._dispatch(events)
         finally:
             self._uncork()
-
-    def _read_head(self, data: bytes) -> None:
-        buffer = self._head
-        assert buffer is not None
-        buffer += data
-        end = http1.head_end(buffer)
-        if end < 0:
-            refusal = http1.unfinished(buffer, max_request_line=MAX_REQUEST_LINE)
-            if refusal is not None:
-                self._refuse(closing(Answer.refusal(refusal)))
-            return
-        head = http1.parse_head(bytes(buffer[:end]), max_request_line=MAX_REQUEST_LINE)
-        self._rest = bytes(buffer[http1.body_start(end) :])
-        self._head = None
-        if not isinstance(head, Refusal) and head.method != "GET":
-            head = _NOT_GET
-        if isinstance(head, Refusal):
-            self._refuse(closing(Answer.refusal(head)))
-            return
-        self._phase = _DECIDING
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self.owner.handshake(self, head)
 
     def eof_received(self) -> bool:
         if self.proto is not None:
@@ -290,68 +251,10 @@ class WsConnection(asyncio.Protocol):
         if self.session is not None and self.transport is not None:
             self.transport.resume_reading()
 
-    # -- handshake ------------------------------------------------------------------------
+    # -- handshake (the rest is gateway.transport.wsopen's) --------------------------------
 
-    def respond(self, response: bytes, session: Callable[[], Session] | None) -> None:
-        """Send the handshake's answer: with ``session``, the 101 (then open ``session()`` and
-        read on); without, a refusal (then close)."""
-        transport = self.transport
-        if transport is None or self._phase != _DECIDING:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if session is None:
-            self._refuse(response)
-            return
-        self._phase = _OPENED
-        self.proto = ServerProtocol(state=_OPEN, max_size=self._max_size, logger=self._logger)
-        # The 101 and the answers to the frames that came with the request: one write.
-        self._cork = [response]
-        try:
-            self._open(session)
-        finally:
-            self._uncork()
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def _open(self, session: Callable[[], Session]) -> None:
-        try:
-            self.session = session()
-        except Exception:
-            logger.exception("session failed to open")
-            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
-            return
-        rest, self._rest = self._rest, b""
-        if rest:
-            proto = self.proto
-            assert proto is not None
-            proto.receive_data(rest)
-            events = proto.events_received()
-            self._flush()
-            if events:
-                self._dispatch(events)
-
-    def _refuse(self, response: bytes) -> None:
-        """Write ``response``, half-close, and discard input until the client closes (or
-        the close timer aborts): closing at once while request bytes are unread would reset
-        the connection, which can destroy the answer before the client reads it."""
-        self._phase = _REFUSED
-        self._head = None
-        self._rest = b""
-        transport = self.transport
-        if transport is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        transport.write(response)
-        if not transport.can_write_eof():
-            self._timer = None
-            transport.close()
-            return
-        transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(self.close_timeout(), self._abort)
-        transport.resume_reading()
+    def _ask_owner(self, head: http1.Head) -> None:
+        self.owner.handshake(self, head)
 
     # -- reading --------------------------------------------------------------------------
 
