@@ -750,6 +750,16 @@ async def test_plain_gets_and_refused_upgrades_do_not_delay_shutdown(
     assert elapsed < close_timeout / 2, f"stop() took {elapsed:.2f}s"
 
 
+def _upgrade(
+    *, key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "13", connection: str = "Upgrade"
+) -> bytes:
+    return (
+        "GET /?storeId=x&transport=ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: {connection}\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: {version}\r\n\r\n"
+    ).encode()
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
     [
@@ -763,6 +773,11 @@ async def test_plain_gets_and_refused_upgrades_do_not_delay_shutdown(
         (b"GET /?storeId=x&transport=ws HTTP/9.9\r\nHost: x\r\n\r\n", 505, "HTTP_VERSION"),
         (b"GET / HTTP/1.1\r\n" + b"X-H: v\r\n" * 101 + b"\r\n", 431, "HEADERS_TOO_LARGE"),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "URI_TOO_LONG"),
+        (b"AVERYLONGMETHODNAME / HTTP/1.1\r\n\r\n", 405, "METHOD_NOT_ALLOWED"),
+        # Admitted sync requests that are not valid upgrades (checked after the admission).
+        (_upgrade(key="short"), 400, "BAD_REQUEST"),
+        (_upgrade(version="8"), 426, "UPGRADE_REQUIRED"),
+        (_upgrade(connection="keep-alive"), 426, "UPGRADE_REQUIRED"),
     ],
     ids=[
         "bad-header-line",
@@ -775,6 +790,10 @@ async def test_plain_gets_and_refused_upgrades_do_not_delay_shutdown(
         "bad-version",
         "too-many-headers",
         "long-request-line",
+        "not-get",
+        "bad-key",
+        "bad-version-header",
+        "no-connection-upgrade",
     ],
 )
 async def test_malformed_request_gets_its_reason_code(
@@ -795,6 +814,11 @@ async def test_malformed_request_gets_its_reason_code(
     assert head.startswith(b"HTTP/1.1 %d " % status), received
     assert b"Connection: close" in head, head
     assert orjson.loads(body)["error"]["code"] == code, body
+    if code == "UPGRADE_REQUIRED":
+        assert b"Upgrade: websocket" in head, head
+    if b"Sec-WebSocket-Version: 8" in request_bytes:
+        assert b"Sec-WebSocket-Version: 13" in head, head
+    assert gw.gw.sessions.counters.connections_total["ws"] == 0
 
 
 async def test_unfinished_requests_do_not_delay_shutdown(make_gateway: MakeGateway) -> None:

@@ -170,12 +170,6 @@ class Invalid:
 Verification = Verified | Expired | Invalid
 
 
-def token_header(token: str) -> dict[str, Any] | None:
-    """The unverified JOSE header, or None when the token is not a JWS."""
-    compact = jws.parse(token)
-    return None if compact is None else compact.header
-
-
 def _number(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)

@@ -847,16 +847,6 @@ class TestVerifyJwt:
         invalid(verify(forged, keys, rules))
 
 
-def test_token_header() -> None:
-    token = mint(headers={"kid": "k1"})
-    header = auth.token_header(token)
-    assert header is not None
-    assert header["kid"] == "k1"
-    assert header["alg"] == "HS256"
-    assert auth.token_header("garbage") is None
-    assert auth.token_header("") is None
-
-
 def test_fingerprint() -> None:
     token = mint()
     fp = auth.fingerprint(token)
