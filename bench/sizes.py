@@ -57,7 +57,8 @@ class Sizes:
     mn_rate: float = 50.0
     mn_s: float = 4.0
     # 8. PostgreSQL throughput: two gateways, single-event pushers on pg_stores stores (one
-    # each, back to back) and pg_hot clients on one hot store, for pg_s seconds.
+    # each, back to back) and pg_hot clients on one hot store, for pg_s seconds; then the hot
+    # store's clients alone for pg_s seconds.
     pg_stores: int = 200
     pg_hot: int = 16
     pg_s: float = 10.0
