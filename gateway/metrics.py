@@ -1,21 +1,29 @@
 """Prometheus metrics for ``GET /metrics``.
 
 Components keep plain integer counters (cheap on the hot path, no locks); a custom collector
-reads them at scrape time. Only latencies use prometheus-client histograms. Each gateway
-has its own registry, so several can run in one process (tests). Nothing here ever carries
-a token: labels are reasons, codes and transports only.
+reads them at scrape time, latencies included (:class:`LatencyHistogram`: prometheus-client's
+histograms take a lock per bucket and per sum on every observation, which a single-threaded
+event loop does not need). Each gateway has its own registry, so several can run in one
+process (tests). Nothing here ever carries a token: labels are reasons, codes and
+transports only.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -51,26 +59,66 @@ class SessionCounters:
     handshakes_shed: int = 0
 
 
+class LatencyHistogram:
+    """A Prometheus histogram observed from the event loop's thread only (no locks).
+
+    ``observe`` is a bisect and two additions; the cumulative buckets are made at scrape
+    time. Bucket ``i`` counts observations ``<= bounds[i]`` (Prometheus' ``le``), the
+    last one everything above.
+    """
+
+    __slots__ = ("bounds", "counts", "documentation", "name", "total")
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            buckets.append((_float(bound), running))
+        buckets.append(("+Inf", running + self.counts[-1]))
+        return HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self.total
+        )
+
+
+def _float(value: float) -> str:
+    """A bucket bound as prometheus-client writes it (``0.5``, ``1.0``, ``10.0``)."""
+    return repr(float(value))
+
+
 class Metrics:
     """The registry of one gateway and the histograms the hot path observes."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.counters = EngineCounters()
-        self.push_latency = Histogram(
+        self.push_latency = LatencyHistogram(
             "gateway_push_duration_seconds",
             "Time from receiving a push to its answer (admission, durable append, publication).",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            _LATENCY_BUCKETS,
         )
-        self.fanout_latency = Histogram(
+        self.fanout_latency = LatencyHistogram(
             "gateway_fanout_duration_seconds",
             "Time to hand one accepted batch to every live subscriber of its store.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            _LATENCY_BUCKETS,
         )
-        self._sources: list[Callable[[], Iterator[Metric]]] = []
+        self._sources: list[Callable[[], Iterator[Metric]]] = [self._latencies]
         self.registry.register(_Collector(self._sources))
+
+    def _latencies(self) -> Iterator[Metric]:
+        yield self.push_latency.family()
+        yield self.fanout_latency.family()
 
     def add_source(self, source: Callable[[], Iterator[Metric]]) -> None:
         """Register a function producing metric families at scrape time."""
