@@ -51,19 +51,21 @@ def test_round_trip_carries_every_store_s_events_byte_for_byte() -> None:
     written = [
         Written("a", "backend-a", [(10, one), (11, two)]),  # written twice in the group
         Written("ström ☃", "backend-b", [(12, three)]),
+        Written('x,"d":[y', "backend-c", [(14, _events(1, 1))]),  # the separator, escaped
         Written("head-only", None, [(13, _events(5, 1))]),
     ]
     (payload,) = encode(NODE, written)
     commits = _decode(payload)
     assert commits.node == NODE
-    assert commits.heads == [("a", 3), ("ström ☃", 10), ("head-only", 5)]
+    assert commits.heads == [("a", 3), ("ström ☃", 10), ('x,"d":[y', 1), ("head-only", 5)]
     assert commits.carried == {
         "a": Carried("backend-a", _stored(10, one) + _stored(11, two)),
         "ström ☃": Carried("backend-b", _stored(12, three)),
+        'x,"d":[y': Carried("backend-c", _stored(14, _events(1, 1))),
     }
     # Valid JSON as a whole: a node of the previous version reads its "c".
     old = orjson.loads(payload)
-    assert old["c"] == [["a", 3], ["ström ☃", 10], ["head-only", 5]]
+    assert old["c"] == [["a", 3], ["ström ☃", 10], ['x,"d":[y', 1], ["head-only", 5]]
     assert old["d"][0] == orjson.loads(one[0].data)
 
 
