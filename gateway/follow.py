@@ -1,9 +1,11 @@
 """Commits of other nodes (shared backends): bringing what this node published up to the log.
 
-A shared store (PostgreSQL) announces every commit of any node; :class:`Follower` reads the
-events this node has not published yet from the log and publishes them, in order, under the
-store's lock: late, duplicated, reordered or lost announcements cannot cause a gap or a
-duplicate (lost ones are found by :meth:`Follower.reconcile`). :class:`~gateway.engine.SyncEngine`
+A shared store (PostgreSQL) announces every commit of any node; :class:`Follower` publishes
+the events this node has not published yet, in order, under the store's lock: from the
+announcement itself when it carries them and they continue exactly what the node published
+(in the same log: same backendId), else read from the log. Late, duplicated, reordered or
+lost announcements cannot cause a gap or a duplicate (lost ones are found by
+:meth:`Follower.reconcile`). :class:`~gateway.engine.SyncEngine`
 is a Follower; this module holds the part of it that only shared backends use.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ from gateway.errors import StoreError
 from gateway.hub import Hub
 from gateway.metrics import EngineCounters
 from gateway.store import EventStore, SharedEventStore, StoredEvent
+from gateway.store.pg_notice import Carried
 
 logger = logging.getLogger("gateway.engine")
 
@@ -87,9 +91,13 @@ class Follower:
         if head > state.head:
             self._spawn(self._catch_up(state, head))
 
-    def on_commits(self, commits: list[tuple[str, int]]) -> None:
-        """A group's commits were announced: the stores this node is behind on are read
-        together (one query), the others as :meth:`on_commit` does."""
+    def on_commits(
+        self, commits: list[tuple[str, int]], carried: Mapping[str, Carried] | None = None
+    ) -> None:
+        """A group's commits were announced (by another node). A store whose announced
+        events (``carried``) continue exactly what this node published, in the log it
+        loaded, is published from them at once; the stores this node is behind on otherwise
+        are read together (one query), the others as :meth:`on_commit` does."""
         behind: list[tuple[StoreState, int]] = []
         latest: dict[str, int] = {}
         for store_id, head in commits:  # a store may be listed more than once: its last head
@@ -100,16 +108,44 @@ class Follower:
                 state is None
                 or state.lock.locked()  # most likely this node's own push, about to publish
                 or state.in_flight
-                or head - state.head > GROUP_READ_SPAN
                 or self.hub.wants_attribution(store_id)
             ):
                 self.on_commit(store_id, head)
-            elif head > state.head:
+            elif head <= state.head or (
+                carried and self._publish_carried(state, head, carried.get(store_id))
+            ):
+                continue
+            elif head - state.head > GROUP_READ_SPAN:
+                self.on_commit(store_id, head)
+            else:
                 behind.append((state, head))
         if len(behind) == 1:
             self._spawn(self._catch_up(*behind[0]))
         elif behind:
             self._spawn(self._catch_up_group(behind))
+
+    def _publish_carried(self, state: StoreState, head: int, carried: Carried | None) -> bool:
+        """Publish a store's announced events, up to ``head``, when they continue exactly
+        what this node published (``state.head + 1`` on, in the log it loaded: same
+        backendId); False when they do not (the log is read instead).
+
+        Called with the lock free and nobody holding it (checked by the caller): publishing
+        without awaiting anything is publishing under the lock, as nothing else runs
+        meanwhile; whoever takes the lock next sees the new head.
+        """
+        if carried is None or carried.backend_id != state.backend_id or state.retired:
+            return False
+        events = carried.events  # consecutive (checked when decoded)
+        if events[-1].seq != head:
+            return False
+        skip = state.head + 1 - events[0].seq  # already published (a late duplicate)
+        if skip < 0 or skip >= len(events):
+            return False  # a gap (an announcement missed or late): the log tells
+        try:
+            self._publish_rows(state, events[skip:] if skip else events)
+        except Exception:
+            logger.exception("store %r: publishing announced events failed", state.store_id)
+        return True
 
     async def _catch_up_group(self, behind: list[tuple[StoreState, int]]) -> None:
         """Read the new events of several stores at once, then publish each store's under its

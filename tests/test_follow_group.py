@@ -1,10 +1,13 @@
-"""A group commit's announcement on the other node: the stores it is behind on are read in
-one query and published in order, without a gap or a duplicate (gateway/follow.py)."""
+"""A group commit's announcement on the other node (gateway/follow.py): the events it carries
+are published straight from it; when they do not continue what the node published (a lost
+announcement), the stores it is behind on are read in one query; in order, without a gap or
+a duplicate either way."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,8 @@ from gateway.engine import Backlog, SyncEngine
 from gateway.follow import StoreState
 from gateway.hub import Hub, Subscription
 from gateway.protocol import PullRequest, PushRequest
+from gateway.store import StoredEvent
+from gateway.store.pg_notice import Carried, Commits, decode
 from gateway.store.postgres import PostgresStore
 from tests.helpers.fakes import WakingOutbox, new_events
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
@@ -33,25 +38,49 @@ class CountingEngine(SyncEngine):
         await super()._catch_up_group(behind)
 
 
+class CountingStore(PostgresStore):
+    """Counts the reads of the log; ``drop`` decides which announcements are lost."""
+
+    reads = 0
+    drop: Callable[[str], bool] = staticmethod(lambda _payload: False)
+
+    async def read(
+        self, store_id: str, after: int, upto: int, limit: int, *, writers: bool = False
+    ) -> list[StoredEvent]:
+        self.reads += 1
+        return await super().read(store_id, after, upto, limit, writers=writers)
+
+    async def read_ranges(
+        self, ranges: Sequence[tuple[str, int, int]]
+    ) -> dict[str, list[StoredEvent]]:
+        self.reads += 1
+        return await super().read_ranges(ranges)
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        if not self.drop(str(payload)):
+            super()._notified(conn, pid, channel, payload)
+
+
+Nodes = tuple[SyncEngine, CountingEngine, CountingStore]
+
+
 @pytest.fixture(name="nodes")
-async def _nodes() -> AsyncIterator[tuple[SyncEngine, CountingEngine]]:
+async def _nodes() -> AsyncIterator[Nodes]:
     await require_postgres()
     schema = fresh_schema()
-    stores = [PostgresStore(POSTGRES_DSN, schema=schema) for _ in range(2)]
-    for store in stores:
+    writing = PostgresStore(POSTGRES_DSN, schema=schema)
+    following = CountingStore(POSTGRES_DSN, schema=schema)
+    for store in (writing, following):
         await store.open()
     try:
-        yield SyncEngine(stores[0], Hub()), CountingEngine(stores[1], Hub())
+        yield SyncEngine(writing, Hub()), CountingEngine(following, Hub()), following
     finally:
-        for store in stores:
+        for store in (writing, following):
             await store.close()
         await drop_schema(schema)
 
 
-async def test_group_announcement_is_read_at_once_and_published_in_order(
-    nodes: tuple[SyncEngine, CountingEngine],
-) -> None:
-    writer, follower = nodes
+async def _subscribe(follower: SyncEngine) -> dict[str, WakingOutbox]:
     sinks: dict[str, WakingOutbox] = {}
     for store_id in STORES:
         sink = sinks[store_id] = WakingOutbox()
@@ -61,7 +90,11 @@ async def test_group_announcement_is_read_at_once_and_published_in_order(
         )
         assert isinstance(opened, Backlog), opened
         subscription.go_live()
-    for round_ in range(ROUNDS):
+    return sinks
+
+
+async def _push_rounds(writer: SyncEngine, rounds: int) -> None:
+    for round_ in range(rounds):
         # Concurrent pushes to every store: the writer's store commits them in groups.
         errors = await asyncio.gather(
             *(
@@ -72,13 +105,62 @@ async def test_group_announcement_is_read_at_once_and_published_in_order(
             )
         )
         assert errors == [None] * len(STORES)
-    expected = list(range(1, ROUNDS + 1))
-    async with asyncio.timeout(10 * TIMEOUT_UNIT):
-        for store_id, sink in sinks.items():
-            while sink.seqs() != expected:
-                assert sink.seqs() == expected[: len(sink.seqs())], (store_id, sink.seqs())
-                sink.changed.clear()
-                await sink.changed.wait()
+
+
+async def test_announced_events_are_published_without_reading_the_log(nodes: Nodes) -> None:
+    """The group notifications carry the events: the other node publishes every one of
+    them in order, without a gap or a duplicate, and never reads the log."""
+    writer, follower, following = nodes
+    sinks = await _subscribe(follower)
+    following.reads = 0
+    await _push_rounds(writer, ROUNDS)
+    for sink in sinks.values():
+        await sink.until(ROUNDS)
+    assert following.reads == 0
+    assert follower.groups == 0
+    for store_id in STORES:
+        assert (await follower.state(store_id)).head == ROUNDS
+
+
+async def test_a_gap_is_read_from_the_log_at_once_and_published_in_order(nodes: Nodes) -> None:
+    """The first round's announcements are lost: the next ones' events do not continue what
+    the node published, so it reads the stores it is behind on (together) instead."""
+    writer, follower, following = nodes
+
+    def first_round(payload: str) -> bool:
+        message = decode(payload)
+        return isinstance(message, Commits) and all(h == 1 for _, h in message.heads)
+
+    following.drop = first_round
+    sinks = await _subscribe(follower)
+    following.reads = 0
+    await _push_rounds(writer, ROUNDS)
+    for sink in sinks.values():
+        await sink.until(ROUNDS)
+    assert following.reads >= 1
     assert follower.groups >= 1
     for store_id in STORES:
         assert (await follower.state(store_id)).head == ROUNDS
+
+
+async def test_announced_events_of_another_log_are_not_published(nodes: Nodes) -> None:
+    """An announcement that comes late, after the store was reset (another backendId), or
+    whose events do not start right after the node's head: the log is read instead, and
+    what it does not hold is never published."""
+    _writer, follower, following = nodes
+    sinks = await _subscribe(follower)
+    reset, gap = await follower.state("g0"), await follower.state("g1")
+    following.reads = 0
+    follower.on_commits(
+        [("g0", 1), ("g1", 2)],
+        {
+            "g0": Carried("another-log", [StoredEvent(1, 0, 1, b'{"seqNum":1}')]),
+            "g1": Carried(gap.backend_id, [StoredEvent(2, 1, 1, b'{"seqNum":2}')]),
+        },
+    )
+    await asyncio.wait(tuple(follower._background), timeout=10 * TIMEOUT_UNIT)
+    assert not follower._background
+    assert following.reads >= 1
+    assert follower.groups == 1  # both read, together
+    assert sinks["g0"].seqs() == sinks["g1"].seqs() == []
+    assert reset.head == gap.head == 0

@@ -8,8 +8,11 @@ second ones...: :mod:`gateway.store.pg_write`): a stale head (:class:`HeadMismat
 nothing. When a statement fails (a constraint, a statement timeout), the transaction is
 rolled back and the group written again, each append in its own SAVEPOINT, so that the
 failing one is undone alone (a savepoint is two round trips more per append: only then). One
-``pg_notify`` per group lists every store written and its new head (several when the list
-would exceed PostgreSQL's 8000-byte payload limit). Every append is answered after COMMIT.
+``pg_notify`` per group lists every store written, its new head and, when they fit, the
+events written (several notifications when they would exceed PostgreSQL's 8000-byte payload
+limit; :mod:`gateway.store.pg_notice`); only appends that were written are announced, and
+only at COMMIT (a notification is part of its transaction). Every append is answered after
+COMMIT.
 
 When the group as a whole fails (the connection lost mid-transaction or during COMMIT, a
 cancelled task), the appends that did not get a verdict of their own are each asked of the
@@ -39,8 +42,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import CommitUnknown, GatewayError, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import Writer
+from gateway.store.pg_notice import MAX_NOTICE
 from gateway.store.pg_write import (
-    MAX_NOTICE,
     Append,
     StatementFailed,
     inherited,
@@ -244,14 +247,16 @@ class GroupCommitter:
                 # Every append in one statement, no savepoint (a stale head is no error: the
                 # statement writes nothing).
                 async with conn.transaction():
-                    await statements(conn, group, writer_ids, store.channel, isolated=False)
+                    await statements(
+                        conn, group, writer_ids, store.channel, store.node, isolated=False
+                    )
                 return
             except StatementFailed:
                 pass  # rolled back: again, each append in its own savepoint
             for job in group:
-                job.failure = None
+                job.failure, job.backend_id = None, None
             async with conn.transaction():
-                await statements(conn, group, writer_ids, store.channel, isolated=True)
+                await statements(conn, group, writer_ids, store.channel, store.node, isolated=True)
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -1,11 +1,14 @@
 """The PostgreSQL backend's listening connection: every node hears every node's commits.
 
 A mixin of :class:`gateway.store.postgres.PostgresStore`. One connection LISTENs on the
-store's channel; a notification names a store and its new head (``{"s", "h"}``; a group
-commit's lists them all: ``{"c": [[s, h], ...]}``), or a reset
-or delete (``{"s", "x", "n"}``, ``n`` the announcing node, which acts on its own change
-directly). The connection is watched: when it drops the node retries with backoff, reports
-not-ready meanwhile, and reconciles every loaded store once it is back.
+store's channel; a notification announces a group commit: the stores written, their new
+heads and, when they fit, their events (:mod:`gateway.store.pg_notice`; the previous
+versions' ``{"c": [[s, h], ...]}`` and ``{"s", "h"}`` are understood too), or a reset or
+delete (``{"s", "x", "n"}``). ``n`` names the announcing node, which acts on its own changes
+and publishes its own pushes directly: it skips its own announcements (a commit's by the
+payload's first bytes, unparsed). The connection is watched: when it drops the node
+retries with backoff, reports not-ready meanwhile, and reconciles every loaded store once it
+is back.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import orjson
+
+from gateway.store.pg_notice import Carried, Commits, decode, own_prefix
 
 logger = logging.getLogger("gateway.store.postgres")
 
 CommitListener = Callable[[str, int], None]
+GroupCommitListener = Callable[[list[tuple[str, int]], dict[str, Carried]], None]
 
 
 class PostgresListener:
@@ -39,13 +44,16 @@ class PostgresListener:
     _on_revoked: Callable[[], None] | None = None
 
     _on_disconnect: Callable[[dict[str, str]], None] | None = None
-    _on_commits: Callable[[list[tuple[str, int]]], None] | None = None
+    _on_commits: GroupCommitListener | None = None
 
-    def set_group_commit_listener(
-        self, on_commits: Callable[[list[tuple[str, int]]], None]
-    ) -> None:
-        """``on_commits([(store_id, head), ...])`` for a group's announcement, instead of one
-        ``on_commit`` per store (so a node can read the group's events in one query)."""
+    # How this node's own commit notifications begin (set when listening starts).
+    _own_prefix: str = "\0"
+
+    def set_group_commit_listener(self, on_commits: GroupCommitListener) -> None:
+        """``on_commits([(store_id, head), ...], carried)`` for another node's group
+        announcement, instead of one ``on_commit`` per store: ``carried`` holds the events
+        of the stores whose events the announcement carries (they need no read), by store;
+        the others' a node can read in one query."""
         self._on_commits = on_commits
 
     def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
@@ -74,14 +82,16 @@ class PostgresListener:
         self._on_retired = on_retired
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        payload = str(payload)  # (asyncpg gives text)
+        if payload.startswith(self._own_prefix):
+            return  # this node's own group commit: its pushes publish their events themselves
         try:
-            message = orjson.loads(payload)  # type: ignore[arg-type]
-            if "c" in message:  # a group's commits: [[store_id, head], ...]
-                commits = [(str(s), int(h)) for s, h in message["c"]]
+            message = decode(payload)
+            if isinstance(message, Commits):
                 if self._on_commits is not None:
-                    self._on_commits(commits)
+                    self._on_commits(message.heads, message.carried)
                 elif self._on_commit is not None:
-                    for store_id, head in commits:
+                    for store_id, head in message.heads:
                         self._on_commit(store_id, head)
                 return
             store_id = message["s"]
@@ -108,6 +118,7 @@ class PostgresListener:
             self._on_commit(store_id, head)
 
     async def _listen_forever(self) -> None:
+        self._own_prefix = own_prefix(self.node)
         delay = 0.1
         first = True
         while not self._closed:

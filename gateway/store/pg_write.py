@@ -14,39 +14,38 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
-import orjson
 
 from gateway.errors import GatewayError, HeadMismatch, StoreError
 from gateway.protocol import NewEvent
 from gateway.store import Writer
+from gateway.store.pg_notice import Written, encode
 
 if TYPE_CHECKING:
     from gateway.store.postgres import Conn
 
-# Bytes of one notification payload at most (PostgreSQL refuses 8000 and more).
-MAX_NOTICE = 7900
-
+# One append; returns the store's backendId when written (none: another head, or no store).
 WRITE = (
     "WITH u AS (UPDATE stores SET head = $3, bytes = bytes + $4, last_ms = $5 "
-    "WHERE store_id = $1 AND head = $2 RETURNING store_id) "
-    "INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
+    "WHERE store_id = $1 AND head = $2 RETURNING store_id, backend_id), "
+    "i AS (INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
     "SELECT u.store_id, t.s, t.p, $5, t.d, $9 FROM u, "
-    "unnest($6::bigint[], $7::bigint[], $8::bytea[]) AS t(s, p, d)"
+    "unnest($6::bigint[], $7::bigint[], $8::bytea[]) AS t(s, p, d)) "
+    "SELECT backend_id FROM u"
 )
 
 # The appends of several stores (each store once) in one statement; returns the stores
-# written (the others had another head, or do not exist).
+# written and their backendIds (the others had another head, or do not exist).
 WRITE_MANY = (
     "WITH j AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
     "$5::bigint[]) AS j(s, expected, head, bytes, created_ms)), "
     "u AS (UPDATE stores SET head = j.head, bytes = stores.bytes + j.bytes, "
     "last_ms = j.created_ms FROM j WHERE stores.store_id = j.s AND stores.head = j.expected "
-    "RETURNING stores.store_id), "
+    "RETURNING stores.store_id, stores.backend_id), "
     "i AS (INSERT INTO events (store_id, seq, parent, created_ms, data, writer) "
     "SELECT e.s, e.seq, e.parent, e.created_ms, e.d, e.w FROM unnest($6::text[], "
     "$7::bigint[], $8::bigint[], $9::bigint[], $10::bytea[], $11::bigint[]) "
     "AS e(s, seq, parent, created_ms, d, w) WHERE e.s IN (SELECT store_id FROM u)) "
-    "SELECT store_id FROM u"
+    "SELECT store_id, backend_id FROM u"
 )
 
 
@@ -60,6 +59,8 @@ class Append:
     future: asyncio.Future[None] = field(repr=False)
     # Its own verdict within the group (a stale head, a failed statement): nothing written.
     failure: BaseException | None = None
+    # Its store's backendId, read back when it was written (announced with its events).
+    backend_id: str | None = None
     # The task writing its group, and whether it is alone in it.
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     alone: bool = False
@@ -79,23 +80,19 @@ def inherited(job: Append, failure: BaseException) -> StoreError:
     )
 
 
-def notices(written: Sequence[Append]) -> list[str]:
-    """The group's announcements: ``{"c": [[store_id, head], ...]}``, each under the limit
-    (a store written more than once in the group: its last head)."""
-    out: list[str] = []
-    parts: list[bytes] = []
-    size = len(b'{"c":[]}')
-    heads = {job.store_id: job.events[-1].seq for job in written}
-    for store_id, head in heads.items():
-        part = orjson.dumps([store_id, head])
-        if parts and size + len(part) + 1 > MAX_NOTICE:
-            out.append('{"c":[' + b",".join(parts).decode() + "]}")
-            parts, size = [], len(b'{"c":[]}')
-        parts.append(part)
-        size += len(part) + 1
-    if parts:
-        out.append('{"c":[' + b",".join(parts).decode() + "]}")
-    return out
+def notices(node: str, written: Sequence[Append]) -> list[str]:
+    """The group's announcements (:mod:`gateway.store.pg_notice`): every store written, its
+    last head and, when they fit, its events (a store written more than once in the group:
+    its appends in order, which continue one another, as the log's head check made them)."""
+    stores: dict[str, Written] = {}
+    for job in written:
+        entry = stores.get(job.store_id)
+        if entry is None:
+            entry = stores[job.store_id] = Written(job.store_id, job.backend_id)
+        elif job.backend_id is None:
+            entry.backend_id = None
+        entry.batches.append((job.created_ms, job.events))
+    return encode(node, list(stores.values()))
 
 
 class StatementFailed(Exception):
@@ -103,7 +100,13 @@ class StatementFailed(Exception):
 
 
 async def statements(
-    conn: Conn, group: list[Append], writer_ids: list[int], channel: str, *, isolated: bool
+    conn: Conn,
+    group: list[Append],
+    writer_ids: list[int],
+    channel: str,
+    node: str,
+    *,
+    isolated: bool,
 ) -> None:
     """The group's statements; ``isolated``: each append in a SAVEPOINT, so that a failed
     statement undoes it alone. Not isolated, a failed statement of a group of several
@@ -111,7 +114,7 @@ async def statements(
     group of one, it fails the group (and the log is asked)."""
     several = len(group) > 1
     if several and not isolated:
-        await _rounds(conn, group, writer_ids, channel)
+        await _rounds(conn, group, writer_ids, channel, node)
         return
     for job, writer_id in zip(group, writer_ids, strict=True):
         if job.before is not None:
@@ -142,11 +145,13 @@ async def statements(
             job.failure = store_error(exc)
         await conn.execute("RELEASE SAVEPOINT a")
     written = [job for job in group if job.failure is None]
-    for notice in notices(written):
+    for notice in notices(node, written):
         await conn.execute("SELECT pg_notify($1, $2)", channel, notice)
 
 
-async def _rounds(conn: Conn, group: list[Append], writer_ids: list[int], channel: str) -> None:
+async def _rounds(
+    conn: Conn, group: list[Append], writer_ids: list[int], channel: str, node: str
+) -> None:
     """The group in as few statements as it has appends of one store: the first append
     of every store in one statement, the second ones in the next, and so on."""
     rounds: list[list[tuple[Append, int]]] = []
@@ -173,7 +178,7 @@ async def _rounds(conn: Conn, group: list[Append], writer_ids: list[int], channe
                     raise
                 raise StatementFailed from exc
     written = [job for job in group if job.failure is None]
-    for notice in notices(written):
+    for notice in notices(node, written):
         await conn.execute("SELECT pg_notify($1, $2)", channel, notice)
 
 
@@ -194,8 +199,14 @@ async def _write_many(conn: Conn, todo: list[tuple[Append, int]]) -> None:
         [e.data for _, e, _ in events],
         [w for _, _, w in events],
     )
-    written = {row[0] for row in rows}
-    refused = [job for job in jobs if job.store_id not in written]
+    written = {row[0]: row[1] for row in rows}
+    refused: list[Append] = []
+    for job in jobs:
+        backend_id = written.get(job.store_id)
+        if backend_id is None:
+            refused.append(job)
+        else:
+            job.backend_id = backend_id
     if not refused:
         return
     heads = {
@@ -216,7 +227,7 @@ async def _write_many(conn: Conn, todo: list[tuple[Append, int]]) -> None:
 
 async def _append(conn: Conn, job: Append, writer_id: int) -> None:
     events = job.events
-    status = await conn.execute(
+    backend_id = await conn.fetchval(
         WRITE,
         job.store_id,
         job.expected_head,
@@ -228,7 +239,8 @@ async def _append(conn: Conn, job: Append, writer_id: int) -> None:
         [e.data for e in events],
         writer_id,
     )
-    if status.rsplit(" ", 1)[-1] != "0":
+    if backend_id is not None:
+        job.backend_id = backend_id
         return
     head = await conn.fetchval("SELECT head FROM stores WHERE store_id = $1", job.store_id)
     if head is None:

@@ -7,11 +7,11 @@
   inserts; concurrent appends share one transaction, each in its own SAVEPOINT, and one
   ``pg_notify`` announces every new head of the group (:mod:`gateway.store.pg_group`). The
   ack follows COMMIT.
-- Every node LISTENs on the channel. A notification names the store and the new head; the
-  engine reads the missing range from the table, so late, reordered, duplicated or lost
-  notifications cannot cause a gap or a duplicate (lost ones are found by :meth:`heads`
-  polling and after every reconnect; a pull whose cursor is ahead of the node makes it
-  catch up to the table first).
+- Every node LISTENs on the channel. A notification names stores, new heads and, when they
+  fit, the events (:mod:`gateway.store.pg_notice`); the engine reads what they do not continue
+  from the table, so late, reordered, duplicated or lost notifications cannot cause a gap or
+  a duplicate (lost ones are found by :meth:`heads` polling and after every reconnect; a pull
+  whose cursor is ahead of the node makes it catch up to the table first).
 - The listening connection is watched: when it drops, the node keeps its clients, retries
   with backoff, reports not-ready, and reconciles every loaded store once it is back.
 - Every driver failure (a connection lost mid-operation, one left in a bad state, an

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import orjson
 import pytest
 
 from gateway.errors import CommitUnknown, HeadMismatch, StoreError
 from gateway.store.pg_group import MAX_NOTICE, Append, notices
+from gateway.store.pg_notice import Carried, Commits, decode
 from gateway.store.postgres import PostgresStore
 from tests.helpers.postgres import POSTGRES_DSN
 from tests.helpers.timeouts import TIMEOUT_UNIT
@@ -51,11 +51,16 @@ async def test_concurrent_appends_share_one_transaction_and_one_notification(
         for s in ids:
             assert [e.seq for e in await store.read(s, 0, 10, 10)] == [1, 2]
         # One notification for the lead, one for the group of twenty (sent at its COMMIT:
-        # they shared one transaction).
-        first = orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
-        second = orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
-        assert first == {"c": [["lead", 1]]}
-        assert second == {"c": [[s, 2] for s in ids]}
+        # they shared one transaction), each carrying the events written.
+        first = _commits(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        second = _commits(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        assert first.node == store.node
+        assert first.heads == [("lead", 1)]
+        assert second.heads == [(s, 2) for s in ids]
+        backend_ids = {s: (await store.store_info(s)).backend_id for s in ids}  # type: ignore[union-attr]
+        assert second.carried == {
+            s: Carried(backend_ids[s], await store.read(s, 0, 10, 10)) for s in ids
+        }
         assert payloads.empty()
     finally:
         await store.close()
@@ -100,13 +105,16 @@ async def test_one_failing_append_does_not_fail_its_group(
             "stale": 1,
             "z": 3,
         }
-        # The group announced what it wrote, nothing else.
-        assert orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT)) == {
-            "c": [["lead", 1]]
+        # The group announced what it wrote, nothing else: no refused append's events.
+        first = _commits(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        assert first.heads == [("lead", 1)]
+        second = _commits(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT))
+        assert second.heads == [("a", 2), ("z", 3)]
+        assert {s: [e.seq for e in c.events] for s, c in second.carried.items()} == {
+            "a": [1, 2],
+            "z": [1, 2, 3],
         }
-        assert orjson.loads(await asyncio.wait_for(payloads.get(), 5 * TIMEOUT_UNIT)) == {
-            "c": [["a", 2], ["z", 3]]
-        }
+        assert second.carried["a"].events == await store.read("a", 0, 5, 5)
         assert [e.data for e in await store.read("stale", 0, 5, 5)] == [_events(1, 1)[0].data]
     finally:
         await store.close()
@@ -190,18 +198,37 @@ async def test_cancelled_caller_of_a_shared_group_leaves_the_others_acked(
         await store.close()
 
 
-def _job(store_id: str, head: int) -> Append:
+def _commits(payload: str) -> Commits:
+    message = decode(payload)
+    assert isinstance(message, Commits), message
+    return message
+
+
+def _job(store_id: str, head: int, backend_id: str | None) -> Append:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    return Append(store_id, head - 1, _events(head, 1), 1, None, future)
+    job = Append(store_id, head - 1, _events(head, 1), 1, None, future)
+    job.backend_id = backend_id
+    return job
 
 
 async def test_notifications_are_split_under_the_payload_limit() -> None:
-    jobs = [_job(f"store-{'x' * 180}-{k}", k + 1) for k in range(200)]
-    payloads = notices(jobs)
-    assert len(payloads) > 1
-    assert all(len(p.encode()) <= MAX_NOTICE for p in payloads)
-    listed = [tuple(c) for p in payloads for c in orjson.loads(p)["c"]]
-    assert listed == [(job.store_id, job.events[-1].seq) for job in jobs]
+    """Head only (no backendId read back) or with events, a group's notifications each stay
+    under the limit and list every store once, in order, with its last head."""
+    for backend_id in (None, "b"):
+        jobs = [_job(f"store-{'x' * 180}-{k}", k + 1, backend_id) for k in range(200)]
+        jobs.append(_job(jobs[0].store_id, 2, backend_id))  # its second append in the group
+        jobs[-1].expected_head = 1
+        payloads = notices("node", jobs)
+        assert len(payloads) > 1
+        assert all(len(p.encode()) <= MAX_NOTICE for p in payloads)
+        listed = [h for p in payloads for h in _commits(p).heads]
+        assert listed == [(jobs[0].store_id, 2)] + [
+            (job.store_id, job.events[-1].seq) for job in jobs[1:-1]
+        ]
+        carried = {s: c for p in payloads for s, c in _commits(p).carried.items()}
+        assert len(carried) == (0 if backend_id is None else 200)
+        if backend_id is not None:
+            assert [e.seq for e in carried[jobs[0].store_id].events] == [1, 2]
 
 
 async def test_store_accepts_the_old_notification_format(schema: str) -> None:
