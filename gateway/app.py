@@ -70,6 +70,7 @@ def _postgres(config: StoreConfig) -> EventStore:
         schema=config.postgres_schema,
         pool_min=config.pool_min,
         pool_max=config.pool_max,
+        commit_groups=config.commit_groups,
         statement_timeout=config.statement_timeout,
         connect_timeout=config.connect_timeout,
     )

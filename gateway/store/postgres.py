@@ -88,6 +88,7 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         schema: str = "gateway",
         pool_min: int = 1,
         pool_max: int = 10,
+        commit_groups: int | None = None,
         statement_timeout: float = 10.0,
         connect_timeout: float = 5.0,
     ) -> None:
@@ -111,8 +112,10 @@ class PostgresStore(PostgresCatalog, PostgresListener):
         self._listening = asyncio.Event()
         self._closed = False
         self._writer_ids: dict[tuple[str, str, str], int] = {}
-        # At most half the pool writes groups; the rest serves reads.
-        self._group = GroupCommitter(self, max_groups=pool_max // 2)
+        # Groups written at once: at most half the pool; the rest serves reads.
+        half = pool_max // 2
+        groups = half if commit_groups is None else min(commit_groups, half)
+        self._group = GroupCommitter(self, max_groups=groups)
 
     # -- lifecycle ------------------------------------------------------------------------
 

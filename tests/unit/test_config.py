@@ -57,6 +57,11 @@ class TestConfig:
             ("", {"GATEWAY_SERVER_PORT": "abc"}, "GATEWAY_SERVER_PORT"),
             ("", {"GATEWAY_SERVER_NOPE": "1"}, "GATEWAY_SERVER_NOPE"),
             ("[store]\nbackend = 'mongo'\n", {}, "store.backend"),
+            (
+                "[store]\nbackend = 'postgres'\ndsn = 'postgresql://x/y'\ncommit_groups = 0\n",
+                {},
+                "store.commit_groups",
+            ),
             ("[server\n", {}, "invalid TOML"),
         ],
     )
