@@ -21,8 +21,7 @@ from gateway import frames
 from gateway.errors import StoreError
 from gateway.hub import Hub
 from gateway.metrics import EngineCounters
-from gateway.store import EventStore, SharedEventStore, StoredEvent
-from gateway.store.pg_notice import Carried
+from gateway.store import Carried, EventStore, SharedEventStore, StoredEvent
 
 logger = logging.getLogger("gateway.engine")
 

@@ -61,6 +61,15 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Carried:
+    """A store's events carried by a shared backend's commit announcement (so a node need
+    not read them): consecutive, ending at the announced head, in the log ``backend_id``."""
+
+    backend_id: str
+    events: list[StoredEvent]
+
+
+@dataclass(frozen=True, slots=True)
 class StoreMeta:
     backend_id: str
     head: int

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from gateway.protocol import NewEvent
-from gateway.store import StoredEvent
+from gateway.store import Carried, StoredEvent
 
 __all__ = ["MAX_NOTICE", "Carried", "Commits", "Written", "decode", "encode", "own_prefix"]
 
@@ -58,14 +58,6 @@ class Written:
     @property
     def head(self) -> int:
         return self.batches[-1][1][-1].seq
-
-
-@dataclass(frozen=True, slots=True)
-class Carried:
-    """A store's events carried by a notification: consecutive, ending at its head."""
-
-    backend_id: str
-    events: list[StoredEvent]
 
 
 @dataclass(slots=True)
