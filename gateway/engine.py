@@ -76,6 +76,7 @@ class SyncEngine(Follower, StoreLifecycle, Pipeline):
         self._background: set[asyncio.Task[None]] = set()
         # Commits announced while a store was loading (shared backends).
         self._heard: dict[str, int] = {}
+        self._fenced: set[str] = set()
         self._reconcile_interval = reconcile_interval
         self.shared = hasattr(store, "set_commit_listener")
         # A backend that queues a store's appends in order: pushes are pipelined.
@@ -88,6 +89,9 @@ class SyncEngine(Follower, StoreLifecycle, Pipeline):
             on_group = getattr(store, "set_group_commit_listener", None)
             if on_group is not None:
                 on_group(self.on_commits)
+            on_own = getattr(store, "set_own_change_listener", None)
+            if on_own is not None:
+                on_own(self.on_own_change)
 
     @property
     def stores_loaded(self) -> int:

@@ -71,6 +71,10 @@ class Follower:
     _states: dict[str, StoreState]
     _loading: dict[str, asyncio.Future[StoreState]]
     _heard: dict[str, int]
+    # Stores this node reset or deleted itself whose announcement it has not heard yet: an
+    # announcement committed before the change may still be on its way, and its events
+    # could match a log imported since under the old backendId. Read from the log instead.
+    _fenced: set[str]
     _reconcile_interval: float
     _background: set[asyncio.Task[None]]
 
@@ -132,7 +136,12 @@ class Follower:
         without awaiting anything is publishing under the lock, as nothing else runs
         meanwhile; whoever takes the lock next sees the new head.
         """
-        if carried is None or carried.backend_id != state.backend_id or state.retired:
+        if (
+            carried is None
+            or carried.backend_id != state.backend_id
+            or state.retired
+            or state.store_id in self._fenced
+        ):
             return False
         events = carried.events  # consecutive (checked when decoded)
         if events[-1].seq != head:
@@ -180,8 +189,14 @@ class Follower:
                 logger.exception("store %r: catching up to %d failed", state.store_id, head)
 
     def on_reconnect(self) -> None:
-        """Notifications may have been lost: compare every loaded store with the log."""
+        """Notifications may have been lost: compare every loaded store with the log. (The
+        ones committed before the listening connection came back are gone: no fence holds.)"""
+        self._fenced.clear()
         self._spawn(self.reconcile())
+
+    def on_own_change(self, store_id: str) -> None:
+        """This node's own reset or delete of ``store_id`` was announced back to it."""
+        self._fenced.discard(store_id)
 
     async def reconcile(self) -> None:
         if not self._states or not self.shared:

@@ -36,6 +36,8 @@ class StoreLifecycle:
     _states: dict[str, StoreState]
     _loading: dict[str, asyncio.Future[StoreState]]
     _retiring: dict[str, asyncio.Future[None]]
+    shared: bool
+    _fenced: set[str]
     on_retired: RetiredHook | None
 
     def _spawn(self, coro: Any) -> None:
@@ -60,6 +62,8 @@ class StoreLifecycle:
             returned something false (no such store).
         """
         await self._await_retiring(store_id)
+        if change is not None and self.shared and what in ("reset", "delete"):
+            self._fenced.add(store_id)  # until its announcement comes back (gateway.follow)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._retiring[store_id] = done
         try:

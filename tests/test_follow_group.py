@@ -164,3 +164,75 @@ async def test_announced_events_of_another_log_are_not_published(nodes: Nodes) -
     assert follower.groups == 1  # both read, together
     assert sinks["g0"].seqs() == sinks["g1"].seqs() == []
     assert reset.head == gap.head == 0
+
+
+class FenceEngine(CountingEngine):
+    """Tells when its own reset or delete came back announced."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.own_heard = asyncio.Event()
+
+    def on_own_change(self, store_id: str) -> None:
+        super().on_own_change(store_id)
+        self.own_heard.set()
+
+
+async def _delete_and_recreate(
+    engine: SyncEngine, store: PostgresStore, store_id: str
+) -> tuple[str, WakingOutbox]:
+    """This node deletes ``store_id`` and it comes back under its old backendId (an import
+    of a backup); returns that backendId and a live subscriber of the new log."""
+    backend_id = (await engine.state(store_id)).backend_id
+    assert await engine.retire(store_id, "delete", lambda: store.delete_store(store_id))
+    assert await store.create_store(store_id, backend_id)
+    sink = WakingOutbox()
+    subscription = Subscription(sink, store_id, b'"1"')
+    opened = await engine.open_pull(
+        PullRequest(store_id=store_id, cursor=None, live=True), subscription
+    )
+    assert isinstance(opened, Backlog), opened
+    subscription.go_live()
+    return backend_id, sink
+
+
+async def _announce_stale(engine: SyncEngine, store_id: str, backend_id: str) -> None:
+    """An announcement of the deleted log's first event, arriving late."""
+    engine.on_commits(
+        [(store_id, 1)],
+        {store_id: Carried(backend_id, [StoredEvent(1, 0, 1, b'{"seqNum":1,"old":true}')])},
+    )
+    if engine._background:
+        await asyncio.wait(tuple(engine._background), timeout=10 * TIMEOUT_UNIT)
+    assert not engine._background
+
+
+async def test_a_store_deleted_here_trusts_no_announced_events_until_its_delete_is_heard(
+    nodes: Nodes,
+) -> None:
+    """Announcements committed before this node's own delete may still be on their way;
+    until the delete's own announcement comes back, a store's announced events are read
+    from the log, never published as they come (they could belong to the deleted log)."""
+    _writer, _follower, following = nodes
+    engine = FenceEngine(following, Hub())
+    following.drop = lambda payload: '"x":"delete"' in payload  # its own delete: never heard
+    backend_id, sink = await _delete_and_recreate(engine, following, "g0")
+    following.reads = 0
+    await _announce_stale(engine, "g0", backend_id)
+    assert following.reads >= 1  # read from the log instead, which holds nothing
+    assert sink.seqs() == []
+    assert (await engine.state("g0")).head == 0
+
+
+async def test_the_fence_lifts_when_the_delete_is_heard(nodes: Nodes) -> None:
+    """Once this node heard its own delete, every earlier announcement was heard too:
+    announced events that continue the store's head are published from the announcement."""
+    _writer, _follower, following = nodes
+    engine = FenceEngine(following, Hub())
+    backend_id, sink = await _delete_and_recreate(engine, following, "g0")
+    async with asyncio.timeout(10 * TIMEOUT_UNIT):
+        await engine.own_heard.wait()
+    following.reads = 0
+    await _announce_stale(engine, "g0", backend_id)
+    assert following.reads == 0
+    assert sink.seqs() == [1]

@@ -44,6 +44,7 @@ class PostgresListener:
     _on_revoked: Callable[[], None] | None = None
 
     _on_disconnect: Callable[[dict[str, str]], None] | None = None
+    _on_own_change: Callable[[str], None] | None = None
     _on_commits: GroupCommitListener | None = None
 
     # How this node's own commit notifications begin (set when listening starts).
@@ -55,6 +56,11 @@ class PostgresListener:
         of the stores whose events the announcement carries (they need no read), by store;
         the others' a node can read in one query."""
         self._on_commits = on_commits
+
+    def set_own_change_listener(self, on_own_change: Callable[[str], None]) -> None:
+        """``on_own_change(store_id)`` when this node hears its own reset or delete
+        announced: every announcement committed before it has been heard by then."""
+        self._on_own_change = on_own_change
 
     def set_revocation_listener(self, on_revoked: Callable[[], None]) -> None:
         """``on_revoked()`` when another node recorded a revocation."""
@@ -104,7 +110,10 @@ class PostgresListener:
             return
         if "x" in message:
             if node == self.node:
-                return  # this node acted on its own change already
+                # This node acted on its own change already.
+                if self._on_own_change is not None and what in ("reset", "delete"):
+                    self._on_own_change(store_id)
+                return
             if what == "revoke":
                 if self._on_revoked is not None:
                     self._on_revoked()
