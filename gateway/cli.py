@@ -8,6 +8,7 @@ decodes JWTs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -150,6 +151,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _listening(gateway: Gateway) -> None:
     host = gateway.host
     shown = f"[{host}]" if ":" in host else host
+    log.flush()  # what was logged before it comes before it
     print(f"listening on {gateway.scheme}://{shown}:{gateway.port}", file=sys.stderr, flush=True)
 
 
@@ -159,6 +161,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return EXIT_CONFIG
+    log.bind(asyncio.get_running_loop())
     try:
         await gateway.run(
             reload_config=lambda: load_config(args.config, overrides=_overrides(args)),
@@ -171,6 +174,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     except StoreError as exc:
         logger.error("cannot open the store: %s", exc)
         return EXIT_STARTUP
+    finally:
+        log.unbind()
     return 0
 
 

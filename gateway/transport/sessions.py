@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+from gateway import log
 from gateway.admission import Admission, Admitted, PayloadContext
 from gateway.config import LiveConfig
 from gateway.engine import SyncEngine
@@ -218,7 +219,9 @@ class Sessions:
             session=info,
         )
         info.started = time.monotonic()
-        logger.info(
+        log.later(
+            logger,
+            logging.INFO,
             "open transport=ws store=%s subject=%s instance=%s reason=%s token=%s remote=%s",
             store_id,
             admission.subject,
@@ -241,7 +244,9 @@ class Sessions:
         self._open.discard(connection)
         self.counters.connections["ws"] -= 1
         self._schedule_expiry(connection, None)
-        logger.info(
+        log.later(
+            logger,
+            logging.INFO,
             "close transport=ws store=%s subject=%s instance=%s code=%s duration=%.1fs "
             "events_in=%d frames_out=%d remote=%s",
             info.context.store_id,
