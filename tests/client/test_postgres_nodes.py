@@ -81,7 +81,9 @@ async def test_follower_on_node2_sees_a_writer_on_node1_live(pg_cluster: Cluster
     assert [e.args for e in events] == [{"n": n} for n in range(1, 159)]
     assert {(e.name, e.client_id) for e in events} == {("v1.ItemAdded", "py-writer")}
     assert events == log, "node 2 streamed another log than node 1 serves"
-    # Each client talked to its own node only.
+    # Each client talked to its own node only (open lines are written at most 50 ms late).
+    await node1.wait_log(rf"open transport=ws store={store_id} .*instance=py-writer ")
+    await node2.wait_log(rf"open transport=ws store={store_id} .*instance=py-follower ")
     assert len(opened(node1, store_id, "py-writer")) == 1, node1.log_tail()
     assert opened(node2, store_id, "py-writer") == [], node2.log_tail()
     assert len(opened(node2, store_id, "py-follower")) == 1, node2.log_tail()
@@ -122,6 +124,8 @@ async def test_cursor_taken_on_node1_resumes_on_node2(pg_cluster: Cluster) -> No
     assert [e.seq_num for e in log] == list(range(1, 14))
     assert resumed.events[0].parent_seq_num == 6
     assert {batch.cursor.backend_id for batch in resumed.batches} == {cursor.backend_id}
+    for node in (node1, node2):
+        await node.wait_log(rf"open transport=ws store={store_id} .*instance=py-service ")
     assert len(opened(node1, store_id, "py-service")) == 1, node1.log_tail()
     assert len(opened(node2, store_id, "py-service")) == 1, node2.log_tail()
     pg_cluster.assert_no_errors()

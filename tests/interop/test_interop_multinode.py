@@ -239,6 +239,9 @@ async def test_pg_two_nodes_clients_converge(pg_cluster: Cluster, store_id: str)
 
     # Each node served its own client (and node 2 the late one), nothing else.
     opened = rf"open transport=ws store={store_id} "
+    # (Open lines are written in batches, at most 50 ms late.)
+    await node1.wait_log(opened)
+    await node2.wait_log(opened, count=2)
     assert len(node1.log_lines(opened)) == 1, node1.log_tail()
     assert len(node2.log_lines(opened)) == 2, node2.log_tail()
     pg_cluster.assert_no_errors()
@@ -329,7 +332,7 @@ async def test_pg_node_restart_while_other_node_keeps_writing(
         assert counters["backendIdMismatchErrors"] == 0, counters
     # Node 1 served A in both of its lives.
     opened = rf"open transport=ws store={store_id} "
-    assert len(node1.log_lines(opened)) >= 2, node1.log_tail()
+    await node1.wait_log(opened, count=2)
     pg_cluster.assert_no_errors()
 
 
@@ -377,5 +380,5 @@ async def test_pg_failover_to_the_other_node(pg_cluster: Cluster, store_id: str)
     assert proxy.connections >= 2, proxy.connections
     assert dump_b["counters"]["wsOpened"] == 1, dump_b["counters"]
     # Node 2 served B and then A's reconnection.
-    assert len(node2.log_lines(rf"open transport=ws store={store_id} ")) >= 2, node2.log_tail()
+    await node2.wait_log(rf"open transport=ws store={store_id} ", count=2)
     pg_cluster.assert_no_errors()
