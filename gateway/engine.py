@@ -168,8 +168,17 @@ class SyncEngine(Follower, StoreLifecycle, Pipeline):
 
     # -- push -----------------------------------------------------------------------------
 
-    async def push(self, request: PushRequest, writer: Writer | None = None) -> RpcFailure | None:
+    async def push(
+        self,
+        request: PushRequest,
+        writer: Writer | None = None,
+        *,
+        admitted: asyncio.Future[None] | None = None,
+    ) -> RpcFailure | None:
         """Admit a pushed batch; None on success, else the typed error to fail with.
+
+        ``admitted`` is set once the push has its turn at the store's lock (its admission
+        task exists: pushes admitted later queue behind it), or is answered before that.
 
         Raises:
             StoreError: the store is unavailable (transient: nothing was written, or, for
@@ -178,11 +187,16 @@ class SyncEngine(Follower, StoreLifecycle, Pipeline):
         """
         started = time.perf_counter()
         try:
-            return await self._push(request, writer)
+            return await self._push(request, writer, admitted)
         finally:
             self.metrics.push_latency.observe(time.perf_counter() - started)
 
-    async def _push(self, request: PushRequest, writer: Writer | None) -> RpcFailure | None:
+    async def _push(
+        self,
+        request: PushRequest,
+        writer: Writer | None,
+        admitted: asyncio.Future[None] | None = None,
+    ) -> RpcFailure | None:
         batch = request.batch
         if not batch:
             return None
@@ -201,6 +215,8 @@ class SyncEngine(Follower, StoreLifecycle, Pipeline):
         task = asyncio.get_running_loop().create_task(self._admit(state, batch, writer))
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
+        if admitted is not None and not admitted.done():
+            admitted.set_result(None)  # tasks take the store's lock in the order created
         return await asyncio.shield(task)
 
     async def _admit(

@@ -90,6 +90,7 @@ class Peer:
 
     __slots__ = (
         "_active",
+        "_admitted",
         "_before_push",
         "_evicted",
         "_pull_gate",
@@ -133,6 +134,11 @@ class Peer:
         self._pull_gate = pull_gate
         self._session = session
         self._active: dict[RequestId, _Active] = {}
+        # Done once the connection's last push so far was handed to the engine (admitted in
+        # its turn, or answered): the next one waits for it, so a client's pipelined pushes
+        # are admitted in the order they came, whatever each awaits before (its gate, its
+        # store's loading).
+        self._admitted: asyncio.Future[None] | None = None
         self._evicted = False
         self.events_in = 0
         self.frames_out = 0
@@ -206,7 +212,11 @@ class Peer:
             return
         active = _Active()
         if isinstance(decoded, PushRequest):
-            runner = self._push(decoded, rid_json)
+            before, self._admitted = (
+                self._admitted,
+                asyncio.get_running_loop().create_future(),
+            )
+            runner = self._push(decoded, rid_json, before, self._admitted)
         else:
             pull = decoded
             subscription = (
@@ -333,19 +343,30 @@ class Peer:
         else:
             self.write(frames.exit_success_void(rid_json))
 
-    async def _push(self, push: PushRequest, rid_json: bytes) -> None:
-        if self._before_push is not None and push.batch:
-            refused = await self._before_push(push)
-            if refused is not None:
-                self.write(frames.exit_fail(rid_json, refused))
-                return
+    async def _push(
+        self,
+        push: PushRequest,
+        rid_json: bytes,
+        before: asyncio.Future[None] | None,
+        admitted: asyncio.Future[None],
+    ) -> None:
         try:
-            error = await self.engine.push(push, self.writer)
+            if before is not None and not before.done():
+                await asyncio.wait((before,))  # the connection's previous push goes first
+            if self._before_push is not None and push.batch:
+                refused = await self._before_push(push)
+                if refused is not None:
+                    self.write(frames.exit_fail(rid_json, refused))
+                    return
+            error = await self.engine.push(push, self.writer, admitted=admitted)
         except StoreError as exc:
             # Transient: the client must see "offline" and retry, not a final UnknownError.
             logger.error("push failed store=%s: %s", self.store_id, exc)
             self.connection.close(CloseCode.INTERNAL_ERROR, "storage unavailable")
             return
+        finally:
+            if not admitted.done():
+                admitted.set_result(None)
         if error is None:
             self.events_in += len(push.batch)
             self.write(frames.exit_success(rid_json, frames.PUSH_ACK))

@@ -180,6 +180,43 @@ async def test_push_is_published_to_a_live_pull_before_it_is_acked(
     assert calls == [3]
 
 
+async def test_pipelined_pushes_are_admitted_in_the_order_they_came(
+    engine: SyncEngine, tmp_path: Path
+) -> None:
+    """A client may send its next push before the previous one is answered. When the first
+    is held up before the engine (its gate waits; a store still loading did the same), the
+    second waits for its turn instead of overtaking it and being refused: both are acked,
+    in order."""
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+    gated: list[int] = []
+
+    async def before_push(push: PushRequest) -> None:
+        gated.append(push.batch[0].seq)
+        if len(gated) == 1:
+            first_in.set()
+            await release.wait()
+
+    peer, wire = _peer(engine, tmp_path, before_push)
+    _send(peer, _push("1", make_events(1, 2)))
+    async with asyncio.timeout(5 * TIMEOUT_UNIT):
+        await first_in.wait()
+    _send(peer, _push("2", make_events(3, 2)))
+    answer = asyncio.ensure_future(wire.until(_exit("2")))
+    # Overtaking, the second push would be answered now (ServerAheadError); in its turn it
+    # is not answered while the first waits.
+    done, _ = await asyncio.wait((answer,), timeout=0.3 * TIMEOUT_UNIT)
+    assert not done, wire.frames
+    assert gated == [1]
+    release.set()
+    (first,) = await wire.until(_exit("1"))
+    (second,) = await answer
+    assert_push_ok(first)
+    assert_push_ok(second)
+    assert gated == [1, 3]
+    assert peer.events_in == 4
+
+
 async def test_push_to_another_store_fails_and_a_malformed_pull_dies(
     engine: SyncEngine, tmp_path: Path
 ) -> None:
