@@ -21,6 +21,7 @@ from gateway.store.postgres import PostgresStore
 from tests.helpers.fakes import WakingOutbox, new_events
 from tests.helpers.postgres import POSTGRES_DSN, drop_schema, fresh_schema, require_postgres
 from tests.helpers.timeouts import TIMEOUT_UNIT
+from tests.test_pipeline import subscribe
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60 * TIMEOUT_UNIT)]
 
@@ -186,14 +187,7 @@ async def _delete_and_recreate(
     backend_id = (await engine.state(store_id)).backend_id
     assert await engine.retire(store_id, "delete", lambda: store.delete_store(store_id))
     assert await store.create_store(store_id, backend_id)
-    sink = WakingOutbox()
-    subscription = Subscription(sink, store_id, b'"1"')
-    opened = await engine.open_pull(
-        PullRequest(store_id=store_id, cursor=None, live=True), subscription
-    )
-    assert isinstance(opened, Backlog), opened
-    subscription.go_live()
-    return backend_id, sink
+    return backend_id, await subscribe(engine, store_id)
 
 
 async def _announce_stale(engine: SyncEngine, store_id: str, backend_id: str) -> None:
