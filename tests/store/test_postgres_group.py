@@ -246,3 +246,25 @@ async def test_store_accepts_the_old_notification_format(schema: str) -> None:
         assert await asyncio.wait_for(heard.get(), 5 * TIMEOUT_UNIT) == ("old", 7)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("pool_max", "commit_groups", "in_flight"),
+    [(10, None, 5), (10, 2, 2), (10, 9, 5), (2, 2, 1), (1, None, 1)],
+)
+def test_group_commits_in_flight_are_capped_at_half_the_pool(
+    pool_max: int, commit_groups: int | None, in_flight: int
+) -> None:
+    """``store.commit_groups`` groups at once, never more than half the pool (the rest serves
+    reads), at least one; the configuration reaches the store."""
+    store = PostgresStore(POSTGRES_DSN, pool_max=pool_max, commit_groups=commit_groups)
+    assert store._group.max_groups == in_flight
+
+
+def test_the_configured_commit_groups_reach_the_store() -> None:
+    from gateway.app import BACKENDS
+    from gateway.config import StoreConfig
+
+    store = BACKENDS["postgres"](StoreConfig(backend="postgres", dsn=POSTGRES_DSN, commit_groups=3))
+    assert isinstance(store, PostgresStore)
+    assert store._group.max_groups == 3
